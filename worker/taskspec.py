@@ -1,0 +1,224 @@
+"""The task a project distils: prompt rendering and output parsing, shared by every stage.
+
+The same spec renders the teacher's prompt, the student's training prompt and the evaluation
+prompt, so what is taught is exactly what is asked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import jinja2
+import jsonschema
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+OutputKind = Literal["label", "json", "text"]
+OUTPUT_KINDS: tuple[OutputKind, ...] = ("label", "json", "text")
+
+
+class TemplateError(ValueError):
+    """The instruction template cannot be compiled or rendered; the message says why."""
+
+
+class SpecError(ValueError):
+    """The task spec itself is invalid (empty label set, a JSON Schema that is not a schema...)."""
+
+
+_ENV = ImmutableSandboxedEnvironment(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,  # prompts are plain text, never HTML
+    keep_trailing_newline=False,
+)
+_VARIABLE = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    instruction_template: str
+    output_kind: OutputKind
+    input_fields: tuple[str, ...]
+    system_prompt: str = ""
+    label_set: tuple[str, ...] = ()
+    json_schema: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+
+    def validate(self) -> None:
+        """Raise SpecError/TemplateError naming the field that is wrong."""
+        if self.output_kind not in OUTPUT_KINDS:
+            raise SpecError(f"output_kind: must be one of {', '.join(OUTPUT_KINDS)}")
+        if not self.input_fields:
+            raise SpecError("input_fields: a task needs at least one input field")
+        for name in self.input_fields:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise SpecError(
+                    f"input_fields: {name!r} is not a valid field name "
+                    "(letters, digits and underscores, not starting with a digit)"
+                )
+        if self.output_kind == "label":
+            labels = [label.strip() for label in self.label_set]
+            if len(labels) < 2:
+                raise SpecError("label_set: a label task needs at least two labels")
+            if any(not label for label in labels):
+                raise SpecError("label_set: labels cannot be empty")
+            if len(set(labels)) != len(labels):
+                raise SpecError("label_set: labels must be unique")
+        if self.output_kind == "json":
+            if not isinstance(self.json_schema, dict):
+                raise SpecError("json_schema: a json task needs a JSON Schema object")
+            try:
+                validator = jsonschema.validators.validator_for(self.json_schema)
+                validator.check_schema(self.json_schema)
+            except jsonschema.SchemaError as exc:
+                raise SpecError(f"json_schema: not a valid JSON Schema: {exc.message}") from exc
+        compile_template(self.instruction_template, self.input_fields)
+
+
+def compile_template(source: str, input_fields: tuple[str, ...] | list[str]) -> jinja2.Template:
+    """Compile in the sandbox and refuse variables that are not input fields."""
+    if not source.strip():
+        raise TemplateError("instruction_template: the template is empty")
+    try:
+        template = _ENV.from_string(source)
+        parsed = _ENV.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"instruction_template: syntax error on line {exc.lineno}: {exc.message}"
+        ) from exc
+    from jinja2 import meta
+
+    unknown = sorted(meta.find_undeclared_variables(parsed) - set(input_fields))
+    if unknown:
+        raise TemplateError(
+            "instruction_template: unknown field"
+            + ("s " if len(unknown) > 1 else " ")
+            + ", ".join(repr(u) for u in unknown)
+            + f"; the input fields are {', '.join(input_fields) or '(none)'}"
+        )
+    return template
+
+
+def render_prompt(spec: TaskSpec, row: dict[str, Any]) -> str:
+    """Render the instruction for one input row. Raises TemplateError on a missing field."""
+    template = compile_template(spec.instruction_template, spec.input_fields)
+    values = {name: row.get(name) for name in spec.input_fields}
+    missing = [name for name, value in values.items() if value is None]
+    if missing:
+        raise TemplateError(f"input row has no value for field(s): {', '.join(missing)}")
+    try:
+        return template.render(**values).strip()
+    except jinja2.exceptions.SecurityError as exc:
+        raise TemplateError(f"instruction_template: not allowed in the sandbox: {exc}") from exc
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"instruction_template: {exc.message}") from exc
+
+
+def output_instructions(spec: TaskSpec) -> str:
+    """The fixed suffix that tells any model (teacher or student) what shape to answer in."""
+    if spec.output_kind == "label":
+        return "Answer with exactly one of these labels and nothing else: " + ", ".join(
+            spec.label_set
+        )
+    if spec.output_kind == "json":
+        return "Answer with a single JSON object that matches this JSON Schema:\n" + json.dumps(
+            spec.json_schema, sort_keys=True
+        )
+    return ""
+
+
+def build_messages(spec: TaskSpec, row: dict[str, Any]) -> list[dict[str, str]]:
+    """Chat messages for one input: the task's system prompt (if any), then the user turn."""
+    user = render_prompt(spec, row)
+    suffix = output_instructions(spec)
+    if suffix:
+        user = f"{user}\n\n{suffix}"
+    messages: list[dict[str, str]] = []
+    if spec.system_prompt.strip():
+        messages.append({"role": "system", "content": spec.system_prompt.strip()})
+    messages.append({"role": "user", "content": user})
+    return messages
+
+
+@dataclass(frozen=True)
+class ParsedOutput:
+    value: Any  # str for label/text, dict/list for json; None when unparseable
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+def _reject_constants(token: str) -> float:
+    raise ValueError(f"{token} is not valid JSON")
+
+
+def normalise_label(raw: str, label_set: tuple[str, ...]) -> str | None:
+    """Map a model's answer to a label: exact, then case/punctuation-insensitive."""
+    text = raw.strip()
+    if text in label_set:
+        return text
+    def key(s: str) -> str:
+        return re.sub(r"[^a-z0-9]+", " ", s.lower()).strip()
+    wanted = key(text)
+    for label in label_set:
+        if key(label) == wanted:
+            return label
+    # A model that answers "Label: card_arrival." still answered card_arrival.
+    first_line = key(text.splitlines()[0]) if text else ""
+    for prefix in ("label ", "answer ", "intent "):
+        if first_line.startswith(prefix):
+            first_line = first_line[len(prefix) :]
+    for label in label_set:
+        if key(label) == first_line:
+            return label
+    return None
+
+
+def parse_output(spec: TaskSpec, raw: str) -> ParsedOutput:
+    """Parse a raw model answer according to the task kind; never raises."""
+    text = (raw or "").strip()
+    if spec.output_kind == "text":
+        if not text:
+            return ParsedOutput(None, "empty output")
+        return ParsedOutput(text)
+    if spec.output_kind == "label":
+        if not text:
+            return ParsedOutput(None, "empty output")
+        label = normalise_label(text, spec.label_set)
+        if label is None:
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            return ParsedOutput(None, f"label {shown!r} is not in the label set")
+        return ParsedOutput(label)
+    # json
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1)
+    if not text:
+        return ParsedOutput(None, "empty output")
+    try:
+        value = json.loads(text, parse_constant=_reject_constants)
+    except (json.JSONDecodeError, ValueError) as exc:
+        return ParsedOutput(None, f"not valid JSON: {exc}")
+    if isinstance(value, float) and not math.isfinite(value):
+        return ParsedOutput(None, "not valid JSON: non-finite number")
+    if spec.json_schema is not None:
+        validator_cls = jsonschema.validators.validator_for(spec.json_schema)
+        errors = sorted(validator_cls(spec.json_schema).iter_errors(value), key=lambda e: e.path)
+        if errors:
+            err = errors[0]
+            where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+            return ParsedOutput(value, f"does not match the schema at {where}: {err.message}")
+    return ParsedOutput(value)
+
+
+def canonical_output(spec: TaskSpec, value: Any) -> str:
+    """The string a student is trained to produce for a parsed value."""
+    if spec.output_kind == "json":
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(", ", ": "))
+    return str(value)
