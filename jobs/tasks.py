@@ -1,0 +1,56 @@
+"""Celery tasks: thin. Take an id, claim the job, call a service, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import shared_task
+
+from . import services
+from .models import Job
+
+logger = logging.getLogger(__name__)
+
+
+def run_claimed(job_id: int, work: Callable[[Job], dict[str, Any]]) -> None:
+    """Claim the job (a redelivered message finds it claimed and does nothing), run, finish."""
+    job = services.job_claim(job_id=job_id)
+    if job is None:
+        logger.info("job %s: not queued any more, nothing to do", job_id)
+        return
+    started = time.monotonic()
+    try:
+        result = work(job)
+    except services.JobCancelled:
+        services.job_mark_cancelled(job=job)
+        logger.info("job %s: cancelled after %.2f s", job_id, time.monotonic() - started)
+        return
+    except Exception as exc:
+        logger.exception("job %s failed", job_id)
+        services.job_fail(job=job, error=str(exc) or exc.__class__.__name__)
+        return
+    services.job_succeed(job=job, result=result)
+    logger.info("job %s: %s succeeded in %.2f s", job_id, job.kind, time.monotonic() - started)
+
+
+@shared_task(name="jobs.import_inputs")
+def import_inputs(job_id: int) -> None:
+    from projects.services import inputs_import_run
+
+    def work(job: Job) -> dict[str, Any]:
+        def progress(done: int, total: int) -> None:
+            services.job_progress(job=job, done=done, total=total)
+
+        result = inputs_import_run(job=job, progress=progress)
+        job.progress_total = result["rows_read"]
+        return result
+
+    run_claimed(job_id, work)
+
+
+@shared_task(name="jobs.reap_stale_jobs")
+def reap_stale_jobs() -> dict[str, int]:
+    return services.jobs_reap_stale()

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from projects.access import membership_for, require
+
+from . import services
+from .models import Job
+
+
+def job_for(*, user: object, job_id: int, permission: str = "read") -> Job:
+    job = (
+        Job.objects.filter(pk=job_id, team__memberships__user=user)
+        .select_related("project", "team")
+        .first()
+    )
+    if job is None:
+        raise Http404
+    require(membership_for(user=user, team=job.team_id), permission)
+    return services.job_live_view(job)
+
+
+@login_required
+def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = job_for(user=request.user, job_id=job_id)
+    membership = membership_for(user=request.user, team=job.team_id)
+    return render(request, "jobs/job_detail.html", {"job": job, "membership": membership})
+
+
+@login_required
+def job_status(request: HttpRequest, job_id: int) -> HttpResponse:
+    """The small fragment the job page polls (htmx) until the job ends."""
+    job = job_for(user=request.user, job_id=job_id)
+    return render(request, "jobs/_job_status.html", {"job": job})
+
+
+@login_required
+@require_POST
+def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = job_for(user=request.user, job_id=job_id, permission="write")
+    services.job_request_cancel(job=job)
+    return redirect("jobs:job_detail", job_id=job.pk)

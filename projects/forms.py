@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib.auth.forms import UserCreationForm
+
+from .models import OutputKind, ProviderKind, Role
+
+
+class TeamForm(forms.Form):
+    name = forms.CharField(max_length=120)
+
+
+class ProjectForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+
+
+class TaskSpecForm(forms.Form):
+    input_fields = forms.CharField(
+        help_text="Comma-separated names of the fields each input has, e.g. text or subject, body",
+    )
+    instruction_template = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 5}),
+        help_text="Jinja syntax over the input fields, e.g. Classify this ticket: {{ text }}",
+    )
+    system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    output_kind = forms.ChoiceField(choices=OutputKind.choices)
+    label_set = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6}), required=False, help_text="One label per line"
+    )
+    json_schema = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 8}), required=False, help_text="A JSON Schema object"
+    )
+
+    def clean_json_schema(self) -> dict[str, Any] | None:
+        text = self.cleaned_data.get("json_schema", "").strip()
+        if not text:
+            return None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(
+                f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+            ) from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("a JSON Schema must be a JSON object")
+        return value
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(
+        help_text="CSV with a header row, or JSONL (one JSON object per line), UTF-8"
+    )
+
+
+class MappingForm(forms.Form):
+    def __init__(
+        self,
+        *args: Any,
+        input_fields: list[str],
+        columns: list[str],
+        initial_map: dict[str, str],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [("", "—")] + [(c, c) for c in columns]
+        for field in input_fields:
+            self.fields[f"map_{field}"] = forms.ChoiceField(
+                label=f"Input field “{field}”", choices=choices, initial=initial_map.get(field, "")
+            )
+        self.fields["reference_column"] = forms.ChoiceField(
+            label="Human reference output (optional)", choices=choices, required=False
+        )
+        self.input_fields = input_fields
+
+    def field_map(self) -> dict[str, str]:
+        return {f: self.cleaned_data.get(f"map_{f}", "") for f in self.input_fields}
+
+
+class CredentialForm(forms.Form):
+    name = forms.CharField(max_length=80, help_text="e.g. prod-openai")
+    provider = forms.ChoiceField(choices=ProviderKind.choices)
+    base_url = forms.URLField(
+        required=False,
+        assume_scheme="https", help_text="Only for OpenAI-compatible endpoints (vLLM, Ollama, Together…)"
+    )
+    api_key = forms.CharField(widget=forms.PasswordInput(render_value=False), strip=True)
+    allow_private_network = forms.BooleanField(
+        required=False, help_text="Allow loopback/private addresses (self-hosted endpoints only)"
+    )
+
+
+class CredentialEditForm(forms.Form):
+    name = forms.CharField(max_length=80)
+    base_url = forms.URLField(required=False, assume_scheme="https")
+    api_key = forms.CharField(
+        widget=forms.PasswordInput(render_value=False),
+        required=False,
+        help_text="Leave empty to keep the stored key. Required when the base URL changes.",
+    )
+    allow_private_network = forms.BooleanField(required=False)
+
+
+class InviteForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.REVIEWER)
+    email = forms.EmailField(required=False, help_text="Optional, for your own reference")
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class SignupForm(UserCreationForm):
+    pass
+
+
+def apply_errors(form: forms.Form, error: Any) -> None:
+    """Put a service's ValidationError onto the form, by field where it names one."""
+    if hasattr(error, "error_dict"):
+        for field, messages in error.message_dict.items():
+            form.add_error(field if field in form.fields else None, messages)
+    else:
+        form.add_error(None, error.messages)

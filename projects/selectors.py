@@ -1,0 +1,45 @@
+"""Reads, always scoped by the user's teams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet
+
+from .models import InputRow, Membership, Project, Team
+
+
+def teams_for_user(*, user: Any) -> QuerySet[Team]:
+    return Team.objects.filter(memberships__user=user).order_by("name")
+
+
+def current_team(*, request: Any) -> Team | None:
+    teams = teams_for_user(user=request.user)
+    team_id = request.session.get("team_id")
+    team = teams.filter(pk=team_id).first() if team_id else None
+    return team or teams.first()
+
+
+def projects_for_team(*, team: Team) -> QuerySet[Project]:
+    return team.projects.annotate(input_count=Count("inputs")).order_by("-created_at")
+
+
+def members_of(*, team: Team) -> QuerySet[Membership]:
+    return team.memberships.select_related("user").order_by("user__username")
+
+
+def inputs_for_project(*, project: Project, search: str = "") -> QuerySet[InputRow]:
+    rows = InputRow.objects.filter(project=project)
+    if search.strip():
+        needle = search.strip().lower()
+        rows = rows.filter(Q(search_text__contains=needle) | Q(reference_output__icontains=needle))
+    return rows.order_by("id")
+
+
+def preview_row(*, project: Project, input_id: int | None = None) -> InputRow | None:
+    rows = InputRow.objects.filter(project=project)
+    if input_id:
+        row = rows.filter(pk=input_id).first()
+        if row:
+            return row
+    return rows.order_by("id").first()

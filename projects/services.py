@@ -1,0 +1,423 @@
+"""Writes for teams, projects, task specs, credentials and inputs. Keyword-only arguments."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+from django.utils.text import get_valid_filename
+
+from worker import ingest
+from worker.taskspec import SpecError, TaskSpec, TemplateError
+
+from .crypto import encrypt_secret
+from .models import (
+    InputRow,
+    InputUpload,
+    Invite,
+    Membership,
+    Project,
+    ProviderCredential,
+    ProviderKind,
+    Role,
+    Team,
+)
+
+INVITE_LIFETIME = timedelta(days=7)
+
+
+# Teams and members -----------------------------------------------------------------------------
+
+
+def team_create(*, name: str, owner: Any) -> Team:
+    with transaction.atomic():
+        team = Team.objects.create(name=name.strip())
+        Membership.objects.create(team=team, user=owner, role=Role.OWNER)
+    return team
+
+
+def _owners_left_after(membership: Membership, *, new_role: str | None) -> int:
+    owners = Membership.objects.filter(team=membership.team, role=Role.OWNER).exclude(
+        pk=membership.pk
+    )
+    return owners.count() + (1 if new_role == Role.OWNER else 0)
+
+
+def membership_set_role(*, membership: Membership, role: str) -> Membership:
+    if role not in Role.values:
+        raise ValidationError({"role": f"unknown role {role!r}"})
+    if (
+        membership.role == Role.OWNER
+        and role != Role.OWNER
+        and not _owners_left_after(membership, new_role=role)
+    ):
+        raise ValidationError(
+            {"role": "a team needs at least one owner; make someone else owner first"}
+        )
+    membership.role = role
+    membership.save(update_fields=["role"])
+    return membership
+
+
+def membership_remove(*, membership: Membership) -> None:
+    if membership.role == Role.OWNER and not _owners_left_after(membership, new_role=None):
+        raise ValidationError("a team needs at least one owner; make someone else owner first")
+    membership.delete()
+
+
+def invite_create(*, team: Team, role: str, user: Any, email: str = "") -> Invite:
+    if role not in Role.values:
+        raise ValidationError({"role": f"unknown role {role!r}"})
+    return Invite.objects.create(
+        team=team,
+        role=role,
+        email=email,
+        created_by=user,
+        expires_at=timezone.now() + INVITE_LIFETIME,
+    )
+
+
+def invite_accept(*, invite: Invite, user: Any) -> Membership:
+    with transaction.atomic():
+        invite = Invite.objects.select_for_update().get(pk=invite.pk)
+        if not invite.is_usable:
+            raise ValidationError("this invite link has expired or was already used")
+        membership, _created = Membership.objects.get_or_create(
+            team=invite.team, user=user, defaults={"role": invite.role}
+        )
+        invite.accepted_by = user
+        invite.accepted_at = timezone.now()
+        invite.save(update_fields=["accepted_by", "accepted_at"])
+    return membership
+
+
+# Projects and task specs -----------------------------------------------------------------------
+
+
+def project_create(*, team: Team, user: Any, name: str, description: str = "") -> Project:
+    if not name.strip():
+        raise ValidationError({"name": "a project needs a name"})
+    return Project.objects.create(
+        team=team, name=name.strip(), description=description, created_by=user
+    )
+
+
+def parse_input_fields(text: str | list[str]) -> list[str]:
+    items = text if isinstance(text, list) else text.replace("\n", ",").split(",")
+    fields: list[str] = []
+    for item in items:
+        name = item.strip()
+        if name and name not in fields:
+            fields.append(name)
+    return fields
+
+
+def parse_label_set(text: str | list[str]) -> list[str]:
+    items = text if isinstance(text, list) else text.splitlines()
+    labels: list[str] = []
+    for item in items:
+        label = item.strip()
+        if label and label not in labels:
+            labels.append(label)
+    return labels
+
+
+def task_spec_validate(spec: TaskSpec) -> None:
+    """Raise ValidationError keyed by form field."""
+    try:
+        spec.validate()
+    except (SpecError, TemplateError) as exc:
+        field, _, message = str(exc).partition(": ")
+        if field in {
+            "instruction_template",
+            "input_fields",
+            "label_set",
+            "json_schema",
+            "output_kind",
+        }:
+            raise ValidationError({field: message}) from None
+        raise ValidationError(str(exc)) from None
+
+
+def project_update_task(
+    *,
+    project: Project,
+    input_fields: list[str],
+    instruction_template: str,
+    system_prompt: str,
+    output_kind: str,
+    label_set: list[str],
+    json_schema: dict[str, Any] | None,
+) -> Project:
+    spec = TaskSpec(
+        instruction_template=instruction_template,
+        output_kind=output_kind,  # type: ignore[arg-type]
+        input_fields=tuple(input_fields),
+        system_prompt=system_prompt,
+        label_set=tuple(label_set) if output_kind == "label" else (),
+        json_schema=json_schema if output_kind == "json" else None,
+    )
+    task_spec_validate(spec)
+    project.input_fields = list(spec.input_fields)
+    project.instruction_template = spec.instruction_template
+    project.system_prompt = spec.system_prompt
+    project.output_kind = spec.output_kind
+    project.label_set = list(spec.label_set)
+    project.json_schema = spec.json_schema
+    project.save()
+    return project
+
+
+# Credentials -----------------------------------------------------------------------------------
+
+
+def _check_base_url(provider: str, base_url: str) -> str:
+    base_url = base_url.strip()
+    if provider == ProviderKind.OPENAI_COMPATIBLE and not base_url:
+        raise ValidationError({"base_url": "an OpenAI-compatible endpoint needs its base URL"})
+    if base_url and not base_url.startswith(("http://", "https://")):
+        raise ValidationError({"base_url": "the base URL must start with http:// or https://"})
+    return base_url
+
+
+def credential_create(
+    *,
+    team: Team,
+    user: Any,
+    name: str,
+    provider: str,
+    api_key: str,
+    base_url: str = "",
+    allow_private_network: bool = False,
+) -> ProviderCredential:
+    if provider not in ProviderKind.values:
+        raise ValidationError({"provider": f"unknown provider {provider!r}"})
+    api_key = api_key.strip()
+    if len(api_key) < 8:
+        raise ValidationError({"api_key": "the key looks too short (at least 8 characters)"})
+    if ProviderCredential.objects.filter(team=team, name=name.strip()).exists():
+        raise ValidationError(
+            {"name": f"this team already has a credential named {name.strip()!r}"}
+        )
+    return ProviderCredential.objects.create(
+        team=team,
+        name=name.strip(),
+        provider=provider,
+        base_url=_check_base_url(provider, base_url),
+        allow_private_network=allow_private_network,
+        encrypted_key=encrypt_secret(api_key),
+        key_last4=api_key[-4:],
+        created_by=user,
+    )
+
+
+def credential_update(
+    *,
+    credential: ProviderCredential,
+    name: str,
+    base_url: str,
+    allow_private_network: bool,
+    api_key: str = "",
+) -> ProviderCredential:
+    base_url = _check_base_url(credential.provider, base_url)
+    api_key = api_key.strip()
+    if base_url != credential.base_url and not api_key:
+        # A key must never be sent to a host its owner did not type it for.
+        raise ValidationError({"api_key": "changing the base URL requires entering the key again"})
+    if (
+        name.strip() != credential.name
+        and ProviderCredential.objects.filter(team=credential.team, name=name.strip()).exists()
+    ):
+        raise ValidationError(
+            {"name": f"this team already has a credential named {name.strip()!r}"}
+        )
+    credential.name = name.strip()
+    credential.base_url = base_url
+    credential.allow_private_network = allow_private_network
+    if api_key:
+        if len(api_key) < 8:
+            raise ValidationError({"api_key": "the key looks too short (at least 8 characters)"})
+        credential.encrypted_key = encrypt_secret(api_key)
+        credential.key_last4 = api_key[-4:]
+    credential.save()
+    return credential
+
+
+# Inputs ----------------------------------------------------------------------------------------
+
+
+def _uploads_dir(project: Project) -> Path:
+    return settings.DATA_DIR / "uploads" / f"team-{project.team_id}" / f"project-{project.pk}"
+
+
+def input_upload_create(*, project: Project, user: Any, file_name: str, source: Any) -> InputUpload:
+    """Store an uploaded file (a Django UploadedFile or a path) and read its columns.
+
+    Raises ingest.IngestError with the file (and line) named when the file cannot be used.
+    """
+    file_name = Path(file_name).name
+    fmt = ingest.detect_format(file_name)
+    relative = (
+        Path("uploads") / f"team-{project.team_id}" / f"project-{project.pk}" / uuid.uuid4().hex
+    )
+    destination = settings.DATA_DIR / relative / get_valid_filename(file_name)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if isinstance(source, (str, Path)):
+            shutil.copyfile(source, destination)
+        else:
+            with destination.open("wb") as out:
+                for chunk in source.chunks():
+                    out.write(chunk)
+        ingest.check_file(destination, file_name, max_bytes=settings.MAX_UPLOAD_BYTES)
+        columns = ingest.sniff_columns(destination, file_name, fmt)
+    except Exception:
+        shutil.rmtree(destination.parent, ignore_errors=True)
+        raise
+    return InputUpload.objects.create(
+        project=project,
+        file_name=file_name,
+        file_path=str(destination.relative_to(settings.DATA_DIR)),
+        format=fmt,
+        columns=columns,
+        size_bytes=destination.stat().st_size,
+        created_by=user,
+    )
+
+
+def suggested_mapping(*, project: Project, columns: list[str]) -> dict[str, str]:
+    lowered = {c.lower(): c for c in columns}
+    return {
+        field: lowered[field.lower()] for field in project.input_fields if field.lower() in lowered
+    }
+
+
+def input_import_start(
+    *, upload: InputUpload, user: Any, field_map: dict[str, str], reference_column: str = ""
+) -> Any:
+    """Validate the mapping and start the import as a background job."""
+    from jobs.models import JobKind
+    from jobs.services import job_create
+
+    project = upload.project
+    missing = [f for f in project.input_fields if not field_map.get(f)]
+    if not project.input_fields:
+        raise ValidationError("define the task's input fields before importing inputs")
+    if missing:
+        raise ValidationError(
+            {"field_map": f"choose a column for input field(s): {', '.join(missing)}"}
+        )
+    unknown = sorted(
+        {c for c in [*field_map.values(), reference_column] if c and c not in upload.columns}
+    )
+    if unknown:
+        raise ValidationError(
+            {"field_map": f"no column named {unknown[0]!r} in {upload.file_name}"}
+        )
+    with transaction.atomic():
+        job = job_create(
+            team=project.team,
+            project=project,
+            kind=JobKind.IMPORT_INPUTS,
+            user=user,
+            params={
+                "upload_id": upload.pk,
+                "field_map": {f: field_map[f] for f in project.input_fields},
+                "reference_column": reference_column,
+            },
+            total=_estimate_rows(upload),
+        )
+        upload.job = job
+        upload.save(update_fields=["job"])
+    return job
+
+
+def _estimate_rows(upload: InputUpload) -> int:
+    # Newlines over-count multi-line CSV records; the job corrects the total when it finishes.
+    count = 0
+    with (settings.DATA_DIR / upload.file_path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            count += block.count(b"\n")
+    return max(count - (1 if upload.format == "csv" else 0), 1)
+
+
+def content_hash(data: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def inputs_import_run(*, job: Any, progress: Any) -> dict[str, int]:
+    """Import an uploaded file in ONE transaction: a failing line imports nothing.
+
+    `progress(done, total)` is called every batch; it raises to cancel (which rolls back).
+    """
+    upload = InputUpload.objects.get(pk=job.params["upload_id"], project=job.project)
+    project = upload.project
+    field_map: dict[str, str] = job.params["field_map"]
+    reference_column: str = job.params.get("reference_column") or ""
+    path = settings.DATA_DIR / upload.file_path
+    ingest.check_file(path, upload.file_name, max_bytes=settings.MAX_UPLOAD_BYTES)
+    batch_size = settings.IMPORT_BATCH_SIZE
+    total = job.progress_total
+    seen: set[str] = set()
+    rows_read = duplicates_in_file = 0
+    batch: list[InputRow] = []
+    with transaction.atomic():
+        before = InputRow.objects.filter(project=project).count()
+        for record in ingest.iter_records(path, upload.file_name, upload.format):
+            data = {}
+            for field, column in field_map.items():
+                if column not in record.values:
+                    raise ingest.IngestError(
+                        upload.file_name, f"the row has no {column!r} field", record.line
+                    )
+                data[field] = ingest.as_text(record.values[column])
+            if not any(v.strip() for v in data.values()):
+                raise ingest.IngestError(
+                    upload.file_name, "every mapped input field is empty", record.line
+                )
+            rows_read += 1
+            digest = content_hash(data)
+            if digest in seen:
+                duplicates_in_file += 1
+                continue
+            seen.add(digest)
+            reference = None
+            if reference_column:
+                raw_ref = record.values.get(reference_column)
+                reference = ingest.as_text(raw_ref) if raw_ref not in (None, "") else None
+            batch.append(
+                InputRow(
+                    project=project,
+                    data=data,
+                    reference_output=reference,
+                    content_hash=digest,
+                    search_text=" ".join(data.values()).lower(),
+                    source_line=record.line,
+                    import_job_id=job.pk,
+                )
+            )
+            if len(batch) >= batch_size:
+                InputRow.objects.bulk_create(batch, ignore_conflicts=True)
+                batch.clear()
+                total = max(total, rows_read)
+                progress(rows_read, total)
+        if batch:
+            InputRow.objects.bulk_create(batch, ignore_conflicts=True)
+        if rows_read == 0:
+            raise ingest.IngestError(upload.file_name, "the file has no data rows")
+        imported = InputRow.objects.filter(project=project).count() - before
+    return {
+        "rows_read": rows_read,
+        "imported": imported,
+        "duplicates_in_file": duplicates_in_file,
+        "already_present": rows_read - duplicates_in_file - imported,
+    }

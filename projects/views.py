@@ -1,0 +1,443 @@
+"""Plain function views: resolve through the user's team first, call one service, render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from worker.ingest import IngestError
+from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages
+
+from . import forms, selectors, services
+from .access import project_for, scoped_get, team_for
+from .models import Invite, ProviderKind
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    team = selectors.current_team(request=request)
+    if team is None:
+        return redirect("projects:team_create")
+    _, membership = team_for(user=request.user, team_id=team.pk)
+    return render(
+        request,
+        "projects/dashboard.html",
+        {
+            "team": team,
+            "membership": membership,
+            "projects": selectors.projects_for_team(team=team),
+        },
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def team_create(request: HttpRequest) -> HttpResponse:
+    form = forms.TeamForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        team = services.team_create(name=form.cleaned_data["name"], owner=request.user)
+        request.session["team_id"] = team.pk
+        return redirect("projects:dashboard")
+    return render(request, "projects/team_create.html", {"form": form})
+
+
+@login_required
+@require_POST
+def team_switch(request: HttpRequest, team_id: int) -> HttpResponse:
+    team, _ = team_for(user=request.user, team_id=team_id)
+    request.session["team_id"] = team.pk
+    return redirect("projects:dashboard")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def team_members(request: HttpRequest, team_id: int) -> HttpResponse:
+    team, membership = team_for(user=request.user, team_id=team_id)
+    form = forms.InviteForm(request.POST or None)
+    new_invite = None
+    if request.method == "POST":
+        team_for(user=request.user, team_id=team_id, permission="manage")
+        if form.is_valid():
+            new_invite = services.invite_create(
+                team=team,
+                role=form.cleaned_data["role"],
+                email=form.cleaned_data["email"],
+                user=request.user,
+            )
+            form = forms.InviteForm()
+    invites = team.invites.filter(accepted_at__isnull=True).order_by("-created_at")
+    return render(
+        request,
+        "projects/team_members.html",
+        {
+            "team": team,
+            "membership": membership,
+            "members": selectors.members_of(team=team),
+            "invites": invites,
+            "form": form,
+            "new_invite": new_invite,
+            "roles": forms.RoleForm.base_fields["role"].choices,
+            "invite_url": (
+                request.build_absolute_uri(
+                    reverse("projects:invite_accept", args=[new_invite.token])
+                )
+                if new_invite
+                else ""
+            ),
+        },
+    )
+
+
+@login_required
+@require_POST
+def member_role(request: HttpRequest, team_id: int, membership_id: int) -> HttpResponse:
+    team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
+    target = scoped_get(team.memberships.all(), pk=membership_id)
+    form = forms.RoleForm(request.POST)
+    if form.is_valid():
+        try:
+            services.membership_set_role(membership=target, role=form.cleaned_data["role"])
+            messages.success(request, f"{target.user.username} is now {target.get_role_display()}.")
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+    return redirect("projects:team_members", team_id=team.pk)
+
+
+@login_required
+@require_POST
+def member_remove(request: HttpRequest, team_id: int, membership_id: int) -> HttpResponse:
+    team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
+    target = scoped_get(team.memberships.all(), pk=membership_id)
+    try:
+        services.membership_remove(membership=target)
+        messages.success(request, f"{target.user.username} was removed from {team.name}.")
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return redirect("projects:team_members", team_id=team.pk)
+
+
+@login_required
+@require_POST
+def invite_revoke(request: HttpRequest, team_id: int, invite_id: int) -> HttpResponse:
+    team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
+    scoped_get(team.invites.filter(accepted_at__isnull=True), pk=invite_id).delete()
+    messages.success(request, "The invite link no longer works.")
+    return redirect("projects:team_members", team_id=team.pk)
+
+
+@require_http_methods(["GET", "POST"])
+def invite_accept(request: HttpRequest, token: str) -> HttpResponse:
+    invite = get_object_or_404(Invite.objects.select_related("team"), token=token)
+    if not invite.is_usable:
+        return render(request, "projects/invite_invalid.html", status=410)
+    signup = None
+    if request.method == "POST":
+        if not request.user.is_authenticated:
+            signup = forms.SignupForm(request.POST)
+            if not signup.is_valid():
+                return render(
+                    request, "projects/invite_accept.html", {"invite": invite, "signup": signup}
+                )
+            user = signup.save()
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        try:
+            services.invite_accept(invite=invite, user=request.user)
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+            return redirect("projects:dashboard")
+        request.session["team_id"] = invite.team_id
+        messages.success(request, f"Welcome to {invite.team.name}.")
+        return redirect("projects:dashboard")
+    if not request.user.is_authenticated:
+        signup = forms.SignupForm()
+    return render(request, "projects/invite_accept.html", {"invite": invite, "signup": signup})
+
+
+# Credentials -----------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def credentials(request: HttpRequest, team_id: int) -> HttpResponse:
+    team, membership = team_for(user=request.user, team_id=team_id)
+    form = forms.CredentialForm(request.POST or None)
+    if request.method == "POST":
+        team_for(user=request.user, team_id=team_id, permission="manage")
+        if form.is_valid():
+            try:
+                services.credential_create(team=team, user=request.user, **form.cleaned_data)
+                messages.success(
+                    request, f"Credential {form.cleaned_data['name']!r} saved (encrypted)."
+                )
+                return redirect("projects:credentials", team_id=team.pk)
+            except ValidationError as exc:
+                forms.apply_errors(form, exc)
+    return render(
+        request,
+        "projects/credentials.html",
+        {
+            "team": team,
+            "membership": membership,
+            "credentials": team.credentials.all(),
+            "form": form,
+        },
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def credential_edit(request: HttpRequest, team_id: int, credential_id: int) -> HttpResponse:
+    team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
+    credential = scoped_get(team.credentials.all(), pk=credential_id)
+    initial = {
+        "name": credential.name,
+        "base_url": credential.base_url,
+        "allow_private_network": credential.allow_private_network,
+    }
+    form = forms.CredentialEditForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.credential_update(credential=credential, **form.cleaned_data)
+            messages.success(request, f"Credential {credential.name!r} updated.")
+            return redirect("projects:credentials", team_id=team.pk)
+        except ValidationError as exc:
+            forms.apply_errors(form, exc)
+    return render(
+        request,
+        "projects/credential_edit.html",
+        {
+            "team": team,
+            "credential": credential,
+            "form": form,
+            "compatible": credential.provider == ProviderKind.OPENAI_COMPATIBLE,
+        },
+    )
+
+
+@login_required
+@require_POST
+def credential_delete(request: HttpRequest, team_id: int, credential_id: int) -> HttpResponse:
+    team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
+    credential = scoped_get(team.credentials.all(), pk=credential_id)
+    credential.delete()
+    messages.success(request, f"Credential {credential.name!r} deleted.")
+    return redirect("projects:credentials", team_id=team.pk)
+
+
+# Projects --------------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def project_create(request: HttpRequest, team_id: int) -> HttpResponse:
+    team, _ = team_for(user=request.user, team_id=team_id, permission="write")
+    form = forms.ProjectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        project = services.project_create(team=team, user=request.user, **form.cleaned_data)
+        return redirect("projects:task_edit", project_id=project.pk)
+    return render(request, "projects/project_create.html", {"team": team, "form": form})
+
+
+@login_required
+def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, membership = project_for(user=request.user, project_id=project_id)
+    spec_error = ""
+    if project.has_task:
+        try:
+            project.task_spec().validate()
+        except (SpecError, TemplateError) as exc:
+            spec_error = str(exc)
+    return render(
+        request,
+        "projects/project_detail.html",
+        {
+            "project": project,
+            "membership": membership,
+            "input_count": project.inputs.count(),
+            "reference_count": project.inputs.filter(reference_output__isnull=False).count(),
+            "jobs": project.jobs.all()[:10],
+            "spec_error": spec_error,
+        },
+    )
+
+
+def _task_form_initial(project: Any) -> dict[str, Any]:
+    import json
+
+    return {
+        "input_fields": ", ".join(project.input_fields),
+        "instruction_template": project.instruction_template,
+        "system_prompt": project.system_prompt,
+        "output_kind": project.output_kind,
+        "label_set": "\n".join(project.label_set or []),
+        "json_schema": json.dumps(project.json_schema, indent=2) if project.json_schema else "",
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def task_edit(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, membership = project_for(user=request.user, project_id=project_id)
+    if request.method == "POST":
+        project_for(user=request.user, project_id=project_id, permission="write")
+    form = forms.TaskSpecForm(request.POST or None, initial=_task_form_initial(project))
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            services.project_update_task(
+                project=project,
+                input_fields=services.parse_input_fields(data["input_fields"]),
+                instruction_template=data["instruction_template"],
+                system_prompt=data["system_prompt"],
+                output_kind=data["output_kind"],
+                label_set=services.parse_label_set(data["label_set"]),
+                json_schema=data["json_schema"],
+            )
+            messages.success(request, "Task saved.")
+            return redirect("projects:project_detail", project_id=project.pk)
+        except ValidationError as exc:
+            forms.apply_errors(form, exc)
+    return render(
+        request,
+        "projects/task_edit.html",
+        {
+            "project": project,
+            "membership": membership,
+            "form": form,
+            "can_write": membership.can("write"),
+        },
+    )
+
+
+@login_required
+@require_POST
+def task_preview(request: HttpRequest, project_id: int) -> HttpResponse:
+    """htmx: render the prompt the form would produce, on a real input row. Writes nothing."""
+    project, _ = project_for(user=request.user, project_id=project_id)
+    data = request.POST
+    kind = data.get("output_kind", project.output_kind)
+    error = ""
+    schema = None
+    if kind == "json" and data.get("json_schema", "").strip():
+        import json
+
+        try:
+            schema = json.loads(data["json_schema"])
+        except json.JSONDecodeError as exc:
+            error = f"json_schema: not valid JSON: {exc.msg}"
+    spec = TaskSpec(
+        instruction_template=data.get("instruction_template", ""),
+        output_kind=kind if kind in {"label", "json", "text"} else "text",  # type: ignore[arg-type]
+        input_fields=tuple(services.parse_input_fields(data.get("input_fields", ""))),
+        system_prompt=data.get("system_prompt", ""),
+        label_set=tuple(services.parse_label_set(data.get("label_set", ""))),
+        json_schema=schema if isinstance(schema, dict) else None,
+    )
+    input_id = data.get("preview_input_id", "")
+    row = selectors.preview_row(
+        project=project, input_id=int(input_id) if input_id.isdigit() else None
+    )
+    rendered: list[dict[str, str]] = []
+    if not error:
+        try:
+            spec.validate()
+            if row is not None:
+                rendered = build_messages(spec, row.data)
+        except (SpecError, TemplateError) as exc:
+            error = str(exc)
+    return render(
+        request,
+        "projects/_task_preview.html",
+        {"row": row, "messages_out": rendered, "error": error},
+    )
+
+
+# Inputs ----------------------------------------------------------------------------------------
+
+
+@login_required
+def inputs_list(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, membership = project_for(user=request.user, project_id=project_id)
+    search = request.GET.get("q", "")
+    page = Paginator(selectors.inputs_for_project(project=project, search=search), 50).get_page(
+        request.GET.get("page")
+    )
+    return render(
+        request,
+        "projects/inputs_list.html",
+        {"project": project, "membership": membership, "page": page, "q": search},
+    )
+
+
+@login_required
+def input_detail(request: HttpRequest, project_id: int, input_id: int) -> HttpResponse:
+    project, _membership = project_for(user=request.user, project_id=project_id)
+    row = scoped_get(project.inputs.all(), pk=input_id)
+    return render(request, "projects/input_detail.html", {"project": project, "row": row})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def inputs_upload(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, _membership = project_for(user=request.user, project_id=project_id, permission="write")
+    form = forms.UploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        uploaded = form.cleaned_data["file"]
+        if uploaded.size > services.settings.MAX_UPLOAD_BYTES:
+            form.add_error(
+                "file",
+                f"{uploaded.name}: the file is {uploaded.size / 1_048_576:.1f} MB; the limit is "
+                f"{services.settings.MAX_UPLOAD_BYTES / 1_048_576:.0f} MB",
+            )
+        else:
+            try:
+                upload = services.input_upload_create(
+                    project=project, user=request.user, file_name=uploaded.name, source=uploaded
+                )
+                return redirect("projects:upload_map", project_id=project.pk, upload_id=upload.pk)
+            except IngestError as exc:
+                form.add_error("file", str(exc))
+    return render(
+        request,
+        "projects/inputs_upload.html",
+        {"project": project, "form": form},
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def upload_map(request: HttpRequest, project_id: int, upload_id: int) -> HttpResponse:
+    project, _ = project_for(user=request.user, project_id=project_id, permission="write")
+    upload = scoped_get(project.uploads.all(), pk=upload_id)
+    if upload.job_id:
+        return redirect("jobs:job_detail", job_id=upload.job_id)
+    form = forms.MappingForm(
+        request.POST or None,
+        input_fields=project.input_fields,
+        columns=upload.columns,
+        initial_map=services.suggested_mapping(project=project, columns=upload.columns),
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = services.input_import_start(
+                upload=upload,
+                user=request.user,
+                field_map=form.field_map(),
+                reference_column=form.cleaned_data.get("reference_column", ""),
+            )
+            return redirect("jobs:job_detail", job_id=job.pk)
+        except ValidationError as exc:
+            forms.apply_errors(form, exc)
+    return render(
+        request, "projects/upload_map.html", {"project": project, "upload": upload, "form": form}
+    )
