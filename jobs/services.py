@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -109,12 +109,20 @@ def job_progress(
     if figures is not None:
         job.figures = {**job.figures, **figures}
         updates["figures"] = job.figures
-    Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(**updates)
+    if not connection.in_atomic_block:
+        # Inside a transaction the update would be invisible until commit and would hold the
+        # job's row lock, blocking a user's cancel request; the cache below carries it instead.
+        Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(**updates)
     # Work done inside one transaction (an all-or-nothing import) is invisible to other
     # connections until it commits, so live figures are also published through the cache.
     cache.set(
         live_progress_key(job.pk),
-        {"done": job.progress_done, "total": job.progress_total, "figures": job.figures},
+        {
+            "done": job.progress_done,
+            "total": job.progress_total,
+            "figures": job.figures,
+            "heartbeat": updates["heartbeat_at"].timestamp(),
+        },
         timeout=24 * 3600,
     )
     if Job.objects.filter(pk=job.pk, cancel_requested=True).exists():
@@ -183,6 +191,9 @@ def jobs_reap_stale(
     cutoff = timezone.now() - timedelta(seconds=stale_after_s)
     requeued = failed = 0
     for job in Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
+        live = cache.get(live_progress_key(job.pk)) or {}
+        if live.get("heartbeat", 0) >= cutoff.timestamp():
+            continue  # alive, working inside a transaction whose row updates are not visible yet
         if job.cancel_requested:
             if Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
                 status=JobStatus.CANCELLED, finished_at=timezone.now()

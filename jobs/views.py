@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
 
 from projects.access import membership_for, require
 
@@ -38,8 +37,9 @@ def job_status(request: HttpRequest, job_id: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
 def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
     job = job_for(user=request.user, job_id=job_id, permission="write")
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
     services.job_request_cancel(job=job)
     return redirect("jobs:job_detail", job_id=job.pk)

@@ -85,7 +85,8 @@ class CredentialForm(forms.Form):
     provider = forms.ChoiceField(choices=ProviderKind.choices)
     base_url = forms.URLField(
         required=False,
-        assume_scheme="https", help_text="Only for OpenAI-compatible endpoints (vLLM, Ollama, Together…)"
+        assume_scheme="https",
+        help_text="Only for OpenAI-compatible endpoints (vLLM, Ollama, Together…)",
     )
     api_key = forms.CharField(widget=forms.PasswordInput(render_value=False), strip=True)
     allow_private_network = forms.BooleanField(

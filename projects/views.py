@@ -9,10 +9,10 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods
 
 from worker.ingest import IngestError
 from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages
@@ -51,9 +51,10 @@ def team_create(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-@require_POST
 def team_switch(request: HttpRequest, team_id: int) -> HttpResponse:
     team, _ = team_for(user=request.user, team_id=team_id)
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
     request.session["team_id"] = team.pk
     return redirect("projects:dashboard")
 
@@ -98,9 +99,10 @@ def team_members(request: HttpRequest, team_id: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
 def member_role(request: HttpRequest, team_id: int, membership_id: int) -> HttpResponse:
     team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
     target = scoped_get(team.memberships.all(), pk=membership_id)
     form = forms.RoleForm(request.POST)
     if form.is_valid():
@@ -113,9 +115,10 @@ def member_role(request: HttpRequest, team_id: int, membership_id: int) -> HttpR
 
 
 @login_required
-@require_POST
 def member_remove(request: HttpRequest, team_id: int, membership_id: int) -> HttpResponse:
     team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
     target = scoped_get(team.memberships.all(), pk=membership_id)
     try:
         services.membership_remove(membership=target)
@@ -126,9 +129,10 @@ def member_remove(request: HttpRequest, team_id: int, membership_id: int) -> Htt
 
 
 @login_required
-@require_POST
 def invite_revoke(request: HttpRequest, team_id: int, invite_id: int) -> HttpResponse:
     team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
     scoped_get(team.invites.filter(accepted_at__isnull=True), pk=invite_id).delete()
     messages.success(request, "The invite link no longer works.")
     return redirect("projects:team_members", team_id=team.pk)
@@ -224,9 +228,10 @@ def credential_edit(request: HttpRequest, team_id: int, credential_id: int) -> H
 
 
 @login_required
-@require_POST
 def credential_delete(request: HttpRequest, team_id: int, credential_id: int) -> HttpResponse:
     team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
     credential = scoped_get(team.credentials.all(), pk=credential_id)
     credential.delete()
     messages.success(request, f"Credential {credential.name!r} deleted.")
@@ -319,10 +324,11 @@ def task_edit(request: HttpRequest, project_id: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
 def task_preview(request: HttpRequest, project_id: int) -> HttpResponse:
     """htmx: render the prompt the form would produce, on a real input row. Writes nothing."""
     project, _ = project_for(user=request.user, project_id=project_id)
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
     data = request.POST
     kind = data.get("output_kind", project.output_kind)
     error = ""

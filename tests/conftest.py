@@ -78,8 +78,14 @@ def database_url_for_subprocess() -> str:
 class WorkerProcess:
     """A real `celery worker` subprocess on the test database and broker."""
 
-    def __init__(self, queues: str = "default,gpu", concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        queues: str = "default,gpu",
+        concurrency: int = 2,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.queues = queues
+        self.extra_env = extra_env or {}
         self.concurrency = concurrency
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
@@ -95,6 +101,7 @@ class WorkerProcess:
                 "DISTILLERY_DATA_DIR": str(settings.DATA_DIR),
                 "CACHE_KEY_PREFIX": settings.CACHES["default"].get("KEY_PREFIX", ""),
                 "PYTHONUNBUFFERED": "1",
+                **self.extra_env,
             }
         )
         return env
@@ -172,6 +179,23 @@ def celery_worker(transactional_db) -> Iterator[WorkerProcess]:  # type: ignore[
         yield worker
     finally:
         worker.stop()
+
+
+@pytest.fixture
+def worker_factory(transactional_db) -> Iterator:  # type: ignore[no-untyped-def]
+    """Start workers with custom settings; all are stopped at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def start(**kwargs):  # type: ignore[no-untyped-def]
+        worker = WorkerProcess(**kwargs).start()
+        started.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
 
 
 def wait_until(predicate, timeout: float = 60, interval: float = 0.1, message: str = "condition"):  # type: ignore[no-untyped-def]

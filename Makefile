@@ -1,0 +1,68 @@
+# Distillery — two commands: `make run` and `make test`. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch first, so nothing else pulls a second (multi-GB CUDA) build. GPU images set TORCH_SPEC.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test venv lint services system-deps worker smollm2 bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e '.[ml,dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+# Debian packages the tests and the CPU training path use: Chromium for browser tests,
+# tcmalloc for the training subprocess. Installed only when missing (needs root or sudo).
+system-deps:
+	@missing=""; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	test -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 -o -e /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 || missing="$$missing libtcmalloc-minimal4"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+run: venv
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py load_demo
+	@echo "Distillery on http://$(HOST):$(PORT) — web + Celery worker (Ctrl-C stops both)"
+	@trap 'kill 0' EXIT INT TERM; \
+	$(VENV)/bin/celery -A distillery worker -B -Q default,gpu --concurrency 2 -l info \
+	  -s "$${DISTILLERY_DATA_DIR:-.data}/celerybeat-schedule" & \
+	$(PY) manage.py runserver $(HOST):$(PORT)
+
+# Start a worker on another machine that mounts the same DISTILLERY_DATA_DIR and reaches the
+# same DATABASE_URL / REDIS_URL: `make worker QUEUES=gpu CONCURRENCY=1`.
+QUEUES ?= default,gpu
+CONCURRENCY ?= 2
+worker: venv
+	$(VENV)/bin/celery -A distillery worker -Q $(QUEUES) --concurrency $(CONCURRENCY) -l info
+
+services:
+	@bash .ci/services
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: venv system-deps services lint
+	DISTILLERY_ENV=production SECRET_KEY=$$(printf 'x%.0s' {1..60})-check DISTILLERY_FERNET_KEYS=$$($(PY) -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') ALLOWED_HOSTS=distillery.example.com \
+	  $(PY) manage.py check --deploy --fail-level WARNING
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+smollm2: venv
+	$(PY) -m worker.base_models "$${DISTILLERY_DATA_DIR:-.data}/models/SmolLM2-135M-Instruct"
+
+clean:
+	rm -rf $(VENV) .data staticfiles .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,156 @@
+"""Every object URL is reached through the user's team: an outsider gets 404 and changes nothing.
+
+The sweep enumerates the URL patterns themselves, so a new URL with an object id fails this test
+until its id is listed in `object_ids` below (i.e. until someone has thought about its tenancy).
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.apps import apps
+from django.contrib.sessions.models import Session
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from jobs.models import JobKind
+from jobs.services import job_create
+from projects import services
+from projects.models import ProviderKind
+from tests.factories import InputRowFactory
+
+# URL kwargs that are not tenant object ids, with the reason they are exempt.
+EXEMPT = {
+    "token": "invite links are bearer tokens by design; they carry no object id to enumerate",
+}
+
+
+def iter_patterns(resolver: URLResolver, prefix: str = ""):  # type: ignore[no-untyped-def]
+    for entry in resolver.url_patterns:
+        if isinstance(entry, URLResolver):
+            yield from iter_patterns(entry, prefix + str(entry.pattern))
+        elif isinstance(entry, URLPattern):
+            yield entry, prefix + str(entry.pattern)
+
+
+def object_url_patterns() -> list[tuple[str, list[str]]]:
+    """(route, kwarg names) for every pattern with a URL argument, excluding the admin."""
+    found = []
+    for pattern, route in iter_patterns(get_resolver()):
+        if route.startswith("admin/"):
+            continue
+        names = list(pattern.pattern.converters)
+        if names:
+            found.append((route, names))
+    return found
+
+
+def fill(route: str, values: dict[str, object]) -> str:
+    import re
+
+    return "/" + re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), route)
+
+
+def snapshot() -> dict[str, list[dict[str, object]]]:
+    state = {}
+    for model in apps.get_models():
+        if model is Session:
+            continue
+        state[model._meta.label] = list(model.objects.order_by("pk").values())
+    return state
+
+
+@pytest.fixture
+def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-def]
+    """One of every tenant object, in `team`, keyed by the URL kwarg that names it."""
+    row = InputRowFactory(project=project)
+    upload = services.input_upload_create(
+        project=project, user=owner, file_name="t.csv", source=_csv_file()
+    )
+    credential = services.credential_create(
+        team=team,
+        user=owner,
+        name="prod-openai",
+        provider=ProviderKind.OPENAI,
+        api_key="sk-test-12345678",
+    )
+    invite = services.invite_create(team=team, role="viewer", user=owner)
+    job = job_create(team=team, project=project, kind=JobKind.IMPORT_INPUTS, user=owner, params={})
+    return {
+        "team_id": team.pk,
+        "membership_id": teammate.memberships.get(team=team).pk,
+        "invite_id": invite.pk,
+        "credential_id": credential.pk,
+        "project_id": project.pk,
+        "input_id": row.pk,
+        "upload_id": upload.pk,
+        "job_id": job.pk,
+    }
+
+
+def _csv_file():  # type: ignore[no-untyped-def]
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "t.csv"
+    path.write_text("text\nhello\n")
+    return path
+
+
+def test_every_object_url_is_covered_by_the_sweep(victim_objects):  # type: ignore[no-untyped-def]
+    patterns = object_url_patterns()
+    assert len(patterns) >= 15
+    uncovered = sorted(
+        f"{route} ({name})"
+        for route, names in patterns
+        for name in names
+        if name not in victim_objects and name not in EXEMPT
+    )
+    assert not uncovered, (
+        "URL arguments with no object in the tenancy sweep (add one to victim_objects): "
+        + ", ".join(uncovered)
+    )
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_outsider_gets_404_on_every_object_url_and_changes_nothing(
+    client, outsider, victim_objects, method
+):  # type: ignore[no-untyped-def]
+    client.force_login(outsider)
+    before = snapshot()
+    checked = []
+    for route, names in object_url_patterns():
+        if any(name in EXEMPT for name in names):
+            continue
+        url = fill(route, victim_objects)
+        response = getattr(client, method)(url, {"name": "pwned", "role": "owner", "q": "x"})
+        assert response.status_code == 404, f"{method.upper()} {url} → {response.status_code}"
+        checked.append(url)
+    assert len(checked) >= 15
+    assert snapshot() == before
+
+
+def test_anonymous_users_are_sent_to_sign_in(client, victim_objects):  # type: ignore[no-untyped-def]
+    for route, names in object_url_patterns():
+        if any(name in EXEMPT for name in names):
+            continue
+        response = client.get(fill(route, victim_objects))
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"], route
+
+
+def test_a_member_of_another_team_cannot_reach_objects_through_their_own_team_url(
+    client, outsider, victim_objects
+):  # type: ignore[no-untyped-def]
+    """Nested ids are scoped too: the outsider's own team id with the victim's credential id."""
+    own_team = outsider.memberships.get().team_id
+    client.force_login(outsider)
+    for route in (
+        "teams/{t}/credentials/{c}/",
+        "teams/{t}/members/{m}/role/",
+        "teams/{t}/invites/{i}/revoke/",
+    ):
+        url = "/" + route.format(
+            t=own_team,
+            c=victim_objects["credential_id"],
+            m=victim_objects["membership_id"],
+            i=victim_objects["invite_id"],
+        )
+        assert client.post(url, {"role": "viewer", "name": "x"}).status_code == 404, url
