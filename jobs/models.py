@@ -72,3 +72,136 @@ class Job(models.Model):
         if not self.progress_total:
             return 0
         return min(100, int(100 * self.progress_done / self.progress_total))
+
+
+class PriceEntry(models.Model):
+    """A team's price for a model, overriding worker.pricing's shipped table. USD per 1M tokens."""
+
+    team = models.ForeignKey("projects.Team", on_delete=models.CASCADE, related_name="prices")
+    model = models.CharField(max_length=120)
+    input_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=6)
+    output_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=6)
+    # Fraction of the price charged in batch mode (0.5 = half price).
+    batch_multiplier = models.DecimalField(max_digits=4, decimal_places=3, default=0.5)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "model"], name="one_price_per_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model}: ${self.input_usd_per_mtok}/${self.output_usd_per_mtok} per 1M"
+
+
+class TeacherRunMode(models.TextChoices):
+    LIVE = "live", "Live calls"
+    BATCH = "batch", "Batch API"
+    IMPORTED = "imported", "Imported outputs"
+
+
+class TeacherRun(models.Model):
+    """A teacher labelling a project's inputs. Its Job carries status and progress."""
+
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="teacher_run")
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="teacher_runs"
+    )
+    credential = models.ForeignKey(
+        "projects.ProviderCredential",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    provider = models.CharField(
+        max_length=24
+    )  # openai | anthropic | openai_compatible | local_hf | imported
+    model = models.CharField(max_length=200)
+    mode = models.CharField(
+        max_length=12, choices=TeacherRunMode.choices, default=TeacherRunMode.LIVE
+    )
+    temperature = models.FloatField(default=0.0)
+    max_tokens = models.PositiveIntegerField(default=256)
+    samples_per_input = models.PositiveSmallIntegerField(default=1)
+    concurrency = models.PositiveSmallIntegerField(default=8)
+    budget_usd = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
+    # How inputs were chosen ({"kind": "all"|"sample"|"filter", ...}) and the ids chosen, so a
+    # resumed or repeated run covers exactly the same inputs.
+    selection = models.JSONField(default=dict, blank=True)
+    input_ids = models.JSONField(default=list, blank=True)
+    estimate = models.JSONField(default=dict, blank=True)
+    source = models.CharField(max_length=255, blank=True)  # imported: the file it came from
+    batch_state = models.JSONField(default=dict, blank=True)  # provider batch ids and status
+    # Running totals; the ledger is the source of truth and these are kept equal to its sums.
+    calls_made = models.PositiveIntegerField(default=0)
+    cache_hits = models.PositiveIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    stopped_reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.model} on {self.project} ({self.mode})"
+
+
+class LedgerStatus(models.TextChoices):
+    SENT = "sent", "Sent, no answer recorded"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+class LedgerEntry(models.Model):
+    """One provider call that was sent. Written BEFORE the call, so a crash leaves a trace."""
+
+    run = models.ForeignKey(TeacherRun, on_delete=models.CASCADE, related_name="ledger")
+    input = models.ForeignKey(
+        "projects.InputRow", on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    sample_index = models.PositiveSmallIntegerField(default=0)
+    cache_key = models.CharField(max_length=64)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    status = models.CharField(
+        max_length=12, choices=LedgerStatus.choices, default=LedgerStatus.SENT
+    )
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    provider_request_id = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["run", "status"], name="ledger_run_status")]
+
+    def __str__(self) -> str:
+        return f"call {self.cache_key[:8]} ({self.status})"
+
+
+class CachedResponse(models.Model):
+    """Content-addressed teacher responses, per team: the same request is never paid twice."""
+
+    team = models.ForeignKey("projects.Team", on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=64)
+    response = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "key"], name="one_cached_response_per_key")
+        ]
+
+    def __str__(self) -> str:
+        return self.key

@@ -214,3 +214,75 @@ class InputUpload(models.Model):
 
     def __str__(self) -> str:
         return self.file_name
+
+
+class ReviewStatus(models.TextChoices):
+    UNREVIEWED = "unreviewed", "Unreviewed"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    EDITED = "edited", "Edited"
+
+
+class TeacherOutput(models.Model):
+    """What a teacher answered for one input (one sample), and what reviewers decided about it."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="teacher_outputs")
+    run = models.ForeignKey("jobs.TeacherRun", on_delete=models.CASCADE, related_name="outputs")
+    input = models.ForeignKey(InputRow, on_delete=models.CASCADE, related_name="teacher_outputs")
+    sample_index = models.PositiveSmallIntegerField(default=0)
+    raw_text = models.TextField(blank=True)
+    parsed = models.JSONField(null=True, blank=True)  # label/text: a string; json: the object
+    parse_error = models.TextField(blank=True)
+    finish_reason = models.CharField(max_length=40, blank=True)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    confidence = models.FloatField(null=True, blank=True)
+    top_logprobs = models.JSONField(null=True, blank=True)
+    cache_key = models.CharField(max_length=64, blank=True)
+    from_cache = models.BooleanField(default=False)
+    # Review state (issue: review and datasets). The edited value replaces `parsed` when frozen.
+    review_status = models.CharField(
+        max_length=12, choices=ReviewStatus.choices, default=ReviewStatus.UNREVIEWED
+    )
+    edited_value = models.JSONField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    flag_codes = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "input", "sample_index"], name="one_output_per_run_input_sample"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["project", "review_status"], name="output_project_status"),
+            models.Index(fields=["project", "confidence"], name="output_project_confidence"),
+        ]
+
+    def __str__(self) -> str:
+        return f"output #{self.pk}"
+
+
+class OutputFlag(models.Model):
+    """An automatic check's finding on a teacher output (a row each, so the queue can filter)."""
+
+    output = models.ForeignKey(TeacherOutput, on_delete=models.CASCADE, related_name="flags")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    code = models.CharField(max_length=40)
+    message = models.TextField(blank=True)
+    score = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "code"], name="flag_project_code")]
+        constraints = [models.UniqueConstraint(fields=["output", "code"], name="one_flag_per_code")]
+
+    def __str__(self) -> str:
+        return self.code
