@@ -14,7 +14,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from worker.ingest import IngestError
+from worker.ingest import IngestError, check_size
 from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages
 
 from . import forms, selectors, services
@@ -398,20 +398,15 @@ def inputs_upload(request: HttpRequest, project_id: int) -> HttpResponse:
     form = forms.UploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         uploaded = form.cleaned_data["file"]
-        if uploaded.size > services.settings.MAX_UPLOAD_BYTES:
-            form.add_error(
-                "file",
-                f"{uploaded.name}: the file is {uploaded.size / 1_048_576:.1f} MB; the limit is "
-                f"{services.settings.MAX_UPLOAD_BYTES / 1_048_576:.0f} MB",
+        try:
+            # Before anything is stored: an oversized file is refused without a copy.
+            check_size(uploaded.name, uploaded.size, max_bytes=services.settings.MAX_UPLOAD_BYTES)
+            upload = services.input_upload_create(
+                project=project, user=request.user, file_name=uploaded.name, source=uploaded
             )
-        else:
-            try:
-                upload = services.input_upload_create(
-                    project=project, user=request.user, file_name=uploaded.name, source=uploaded
-                )
-                return redirect("projects:upload_map", project_id=project.pk, upload_id=upload.pk)
-            except IngestError as exc:
-                form.add_error("file", str(exc))
+            return redirect("projects:upload_map", project_id=project.pk, upload_id=upload.pk)
+        except IngestError as exc:
+            form.add_error("file", str(exc))
     return render(
         request,
         "projects/inputs_upload.html",

@@ -47,17 +47,29 @@ def detect_format(file_name: str) -> Format:
     raise IngestError(file_name, "unsupported file type: upload a .csv or .jsonl file")
 
 
+def human_size(size: int) -> str:
+    """1536 -> '1.5 KB'; sizes in binary units, as file managers show them."""
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1_048_576:
+        return f"{size / 1024:.1f} KB"
+    return f"{size / 1_048_576:.1f} MB"
+
+
+def check_size(file_name: str, size: int, *, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise IngestError(
+            file_name, f"the file is {human_size(size)}; the limit is {human_size(max_bytes)}"
+        )
+
+
 def check_file(path: Path, file_name: str, *, max_bytes: int) -> None:
     """Cheap whole-file checks before parsing: size, emptiness, binary formats, UTF-16."""
     size = path.stat().st_size
-    if size > max_bytes:
-        raise IngestError(
-            file_name,
-            f"the file is {size / 1_048_576:.1f} MB; the limit is {max_bytes / 1_048_576:.0f} MB",
-        )
+    check_size(file_name, size, max_bytes=max_bytes)
     with path.open("rb") as fh:
         head = fh.read(4096)
-    if not head.strip(b" \t\r\n" + _UTF8_BOM):
+    if len(head) == size and not head.strip(b" \t\r\n" + _UTF8_BOM):
         raise IngestError(file_name, "the file is empty")
     if head.startswith(_ZIP_MAGIC):
         raise IngestError(
@@ -121,11 +133,32 @@ def iter_csv(path: Path, file_name: str) -> Iterator[Record]:
             break
         except csv.Error as exc:
             message = str(exc)
+            line = position["line"]
             if "field larger than field limit" in message:
-                message = f"a field is longer than the limit of {MAX_FIELD_CHARS:,} characters"
+                if line > record_start:
+                    # A quoted field ran on over many lines: almost always a missing closing quote.
+                    message = (
+                        f"a quoted field starting on this line runs on past line {line} and over "
+                        f"the limit of {MAX_FIELD_CHARS:,} characters; is a closing quote missing?"
+                    )
+                    line = record_start
+                else:
+                    message = f"a field is longer than the limit of {MAX_FIELD_CHARS:,} characters"
             elif "unexpected end of data" in message or "EOF" in message:
                 message = f"unterminated quoted field (the quote opens on line {record_start})"
-            raise IngestError(file_name, message, position["line"]) from None
+            elif "new-line character seen in unquoted field" in message:
+                message = (
+                    "line breaks are bare carriage returns (old Mac format); "
+                    "save the file with LF or CRLF line endings"
+                )
+            elif "expected after" in message:
+                message = (
+                    "unexpected character after a closing quote "
+                    '(a quote inside a quoted field must be doubled: "")'
+                )
+            raise IngestError(file_name, message, line) from None
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # blank line (also before the header)
         if header is None:
             header = [name.strip() for name in row]
             if not any(header):
@@ -139,8 +172,6 @@ def iter_csv(path: Path, file_name: str) -> Iterator[Record]:
                     file_name, f"the header repeats column {dupes[0]!r}", record_start
                 )
             continue
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue  # blank line
         if len(row) != len(header):
             raise IngestError(
                 file_name,
@@ -173,15 +204,26 @@ def _reject_constant(file_name: str, line: int):  # type: ignore[no-untyped-def]
     return hook
 
 
+def _finite_float(file_name: str, line: int):  # type: ignore[no-untyped-def]
+    def hook(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):
+            raise IngestError(file_name, f"the number {token} is too large", line)
+        return value
+
+    return hook
+
+
 def iter_jsonl(path: Path, file_name: str) -> Iterator[Record]:
     for number, text in _decoded_lines(path, file_name):
         if not text.strip():
             continue
         try:
             value = json.loads(
-                text,
+                text.rstrip("\r\n"),  # so that a column number refers to this line
                 object_pairs_hook=_no_duplicate_keys(file_name, number),
                 parse_constant=_reject_constant(file_name, number),
+                parse_float=_finite_float(file_name, number),
             )
         except json.JSONDecodeError as exc:
             raise IngestError(
