@@ -52,7 +52,9 @@ class TaskSpecForm(forms.Form):
 
 class UploadForm(forms.Form):
     file = forms.FileField(
-        help_text="CSV with a header row, or JSONL (one JSON object per line), UTF-8"
+        # An empty file is refused by worker.ingest, with a message that names the file.
+        allow_empty_file=True,
+        help_text="CSV with a header row, or JSONL (one JSON object per line), UTF-8",
     )
 
 
