@@ -12,6 +12,7 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
 from worker.ingest import IngestError, check_size
@@ -138,6 +139,7 @@ def invite_revoke(request: HttpRequest, team_id: int, invite_id: int) -> HttpRes
     return redirect("projects:team_members", team_id=team.pk)
 
 
+@sensitive_post_parameters("password1", "password2")
 @require_http_methods(["GET", "POST"])
 def invite_accept(request: HttpRequest, token: str) -> HttpResponse:
     invite = get_object_or_404(Invite.objects.select_related("team"), token=token)
@@ -169,6 +171,7 @@ def invite_accept(request: HttpRequest, token: str) -> HttpResponse:
 # Credentials -----------------------------------------------------------------------------------
 
 
+@sensitive_post_parameters("api_key")  # masked in error reports
 @login_required
 @require_http_methods(["GET", "POST"])
 def credentials(request: HttpRequest, team_id: int) -> HttpResponse:
@@ -197,6 +200,7 @@ def credentials(request: HttpRequest, team_id: int) -> HttpResponse:
     )
 
 
+@sensitive_post_parameters("api_key")
 @login_required
 @require_http_methods(["GET", "POST"])
 def credential_edit(request: HttpRequest, team_id: int, credential_id: int) -> HttpResponse:
