@@ -32,7 +32,10 @@ class TaskSpecForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 6}), required=False, help_text="One label per line"
     )
     json_schema = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 8}), required=False, help_text="A JSON Schema object"
+        label="JSON Schema",
+        widget=forms.Textarea(attrs={"rows": 8}),
+        required=False,
+        help_text="A JSON Schema object",
     )
 
     def clean_json_schema(self) -> dict[str, Any] | None:
