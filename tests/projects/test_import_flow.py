@@ -17,7 +17,9 @@ def upload(client, project, name: str, content: bytes):  # type: ignore[no-untyp
     )
 
 
-def test_csv_upload_maps_columns_and_imports_with_dedup(client_for, owner, project, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+def test_csv_upload_maps_columns_and_imports_with_dedup(
+    client_for, owner, project, django_capture_on_commit_callbacks
+):  # type: ignore[no-untyped-def]
     client = client_for(owner)
     content = (
         "\ufeffticket,intent\n"
@@ -42,10 +44,19 @@ def test_csv_upload_maps_columns_and_imports_with_dedup(client_for, owner, proje
 
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED, job.error
-    assert job.result == {"rows_read": 4, "imported": 3, "duplicates_in_file": 1, "already_present": 0}
+    assert job.result == {
+        "rows_read": 4,
+        "imported": 3,
+        "duplicates_in_file": 1,
+        "already_present": 0,
+    }
     assert job.percent == 100
     rows = list(InputRow.objects.filter(project=project).order_by("id"))
-    assert [r.data["text"] for r in rows] == ["Where is my card?", "My card was stolen, help", "Top up failed again"]
+    assert [r.data["text"] for r in rows] == [
+        "Where is my card?",
+        "My card was stolen, help",
+        "Top up failed again",
+    ]
     assert [r.reference_output for r in rows] == ["card_arrival", "lost_or_stolen_card", None]
     assert rows[1].source_line == 3
 
@@ -64,10 +75,16 @@ def test_csv_upload_maps_columns_and_imports_with_dedup(client_for, owner, proje
     assert b"Where is my card?" not in listing.content
 
 
-def test_jsonl_upload_with_a_bad_line_imports_nothing_and_names_the_line(client_for, owner, project, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
+def test_jsonl_upload_with_a_bad_line_imports_nothing_and_names_the_line(
+    client_for, owner, project, django_capture_on_commit_callbacks
+):  # type: ignore[no-untyped-def]
     client = client_for(owner)
     good = b'{"text": "hello"}\n' * 3
-    content = b"".join(f'{{"text": "row {i}"}}\n'.encode() for i in range(300)) + b'["not", "an", "object"]\n' + good
+    content = (
+        b"".join(f'{{"text": "row {i}"}}\n'.encode() for i in range(300))
+        + b'["not", "an", "object"]\n'
+        + good
+    )
     response = upload(client, project, "inputs.jsonl", content)
     # The first rows sniff fine; the bad line is found by the import, which must import nothing.
     assert response.status_code == 302
