@@ -15,9 +15,10 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import get_valid_filename
+from jinja2.exceptions import SecurityError
 
 from worker import ingest
-from worker.taskspec import SpecError, TaskSpec, TemplateError
+from worker.taskspec import SpecError, TaskSpec, TemplateError, render_prompt
 
 from .crypto import encrypt_secret
 from .models import (
@@ -146,6 +147,12 @@ def task_spec_validate(spec: TaskSpec) -> None:
         }:
             raise ValidationError({field: message}) from None
         raise ValidationError(str(exc)) from None
+    # A template that reaches outside the sandbox fails on every row: refuse it when saved.
+    try:
+        render_prompt(spec, dict.fromkeys(spec.input_fields, "example"))
+    except TemplateError as exc:
+        if isinstance(exc.__cause__, SecurityError):
+            raise ValidationError({"instruction_template": str(exc).partition(": ")[2]}) from None
 
 
 def project_update_task(

@@ -28,7 +28,34 @@ class SpecError(ValueError):
     """The task spec itself is invalid (empty label set, a JSON Schema that is not a schema...)."""
 
 
-_ENV = ImmutableSandboxedEnvironment(
+# One template operation may not build more than this (characters, items, or digits of a power):
+# the sandbox blocks attribute escapes, these limits block `{{ "a" * 10**10 }}`-style exhaustion.
+MAX_TEMPLATE_RESULT = 1_000_000
+
+
+class _PromptSandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        ints = isinstance(left, int) and isinstance(right, int)
+        if (
+            operator == "**"
+            and ints
+            and abs(left) > 1
+            and right * abs(left).bit_length() > MAX_TEMPLATE_RESULT
+        ):
+            raise jinja2.exceptions.SecurityError(f"{left} ** {right} is too large")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                sized = isinstance(seq, (str, list, tuple)) and isinstance(times, int)
+                if sized and len(seq) * times > MAX_TEMPLATE_RESULT:
+                    raise jinja2.exceptions.SecurityError(
+                        f"repeating a value {times} times is too large"
+                    )
+        return super().call_binop(context, operator, left, right)
+
+
+_ENV = _PromptSandbox(
     undefined=jinja2.StrictUndefined,
     autoescape=False,  # prompts are plain text, never HTML
     keep_trailing_newline=False,
@@ -113,6 +140,8 @@ def render_prompt(spec: TaskSpec, row: dict[str, Any]) -> str:
         raise TemplateError(f"instruction_template: not allowed in the sandbox: {exc}") from exc
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"instruction_template: {exc.message}") from exc
+    except Exception as exc:  # e.g. the sandbox's range limit, a type error in an expression
+        raise TemplateError(f"instruction_template: rendering failed: {exc}") from exc
 
 
 def output_instructions(spec: TaskSpec) -> str:
@@ -163,8 +192,10 @@ def normalise_label(raw: str, label_set: tuple[str, ...]) -> str | None:
     text = raw.strip()
     if text in label_set:
         return text
+
     def key(s: str) -> str:
         return re.sub(r"[^a-z0-9]+", " ", s.lower()).strip()
+
     wanted = key(text)
     for label in label_set:
         if key(label) == wanted:
