@@ -114,10 +114,13 @@ def build_tiny_model(
     hidden_size: int = 32,
     num_layers: int = 2,
     num_heads: int = 4,
+    initializer_range: float = 0.2,
 ) -> Path:
     """Build and save a tiny random Llama + tokenizer in ``dest``; returns ``dest``.
 
-    Same arguments, same weights and tokenizer (the initialisation is seeded).
+    Same arguments, same weights and tokenizer (the initialisation is seeded). The weights are
+    initialised wider than a real model's (0.2, not 0.02): with hidden size 32 the usual scale
+    caps every logit near zero, and fine-tuning could barely move the loss in a few steps.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -165,6 +168,7 @@ def build_tiny_model(
         eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
         pad_token_id=tokenizer.convert_tokens_to_ids(PAD_TOKEN),
         tie_word_embeddings=False,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
