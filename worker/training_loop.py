@@ -1,0 +1,731 @@
+"""The training child process: load, tokenize, train (with checkpoints), save, merge.
+
+Runs only inside ``python -m worker.train_entry <output_dir>`` (see worker/training.py for the
+protocol). The speed-ups on CPU, each measured in bench/train_throughput.py:
+
+- fp32 and no gradient checkpointing (bf16 autocast on CPU and recomputation both cost time);
+- prompt/completion examples, loss on the completion only, and the language-model head applied
+  only at completion positions: with a 49k vocabulary the head is most of the compute when the
+  answer is a few tokens, and trl's default computes it at every position;
+- group-by-length batches (little padding);
+- no default system prompt from the template (short sequences);
+- torch threads = the cores this process may use; tcmalloc preloaded by the parent.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from worker.training import (
+    ADAPTER_DIR,
+    CANCEL_FILE,
+    CHECKPOINTS_DIR,
+    EVENTS_FILE,
+    MERGED_DIR,
+    RESULT_FILE,
+    Hyperparameters,
+    TrainingConfigError,
+    TrainResult,
+    TrainSpec,
+    latest_checkpoint,
+    load_spec,
+    resolve_hyperparameters,
+    spec_from_settings,
+)
+from worker.training_data import (
+    TrainExample,
+    template_injects_default_system,
+    tokenize_example,
+)
+
+log = logging.getLogger("distillery.training")
+
+TRAINING_META_FILE = "distillery_training.json"
+_STAGING = ".staging"
+
+
+class EventWriter:
+    """Appends one JSON line per event; flushed at once so the parent sees it."""
+
+    def __init__(self, path: Path):
+        self._fh = path.open("a", encoding="utf-8")
+
+    def emit(self, type_: str, **data: Any) -> None:
+        record = {"type": type_, "t": round(time.time(), 3), **data}
+        self._fh.write(json.dumps(record, default=str) + "\n")
+        self._fh.flush()
+
+
+class StopFlags:
+    """Why training should stop at the next step boundary, if it should."""
+
+    def __init__(self, cancel_path: Path):
+        self.cancel_path = cancel_path
+        self.sigterm = False
+
+    def reason(self) -> str | None:
+        if self.sigterm:
+            return "interrupted"
+        if self.cancel_path.exists():
+            return "cancelled"
+        return None
+
+
+def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------- model loading
+
+
+def load_model(base: str, hp: Hyperparameters) -> Any:
+    """The model to train: fp32 on CPU, bf16 on CUDA, 4-bit NF4 for QLoRA; LoRA-wrapped."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model: Any
+    kwargs: dict[str, Any] = {}
+    if hp.device == "cuda":
+        kwargs["dtype"] = torch.bfloat16
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    else:
+        kwargs["dtype"] = torch.float32
+    if hp.method == "qlora":
+        import transformers
+
+        bnb_config: Any = transformers.BitsAndBytesConfig
+
+        kwargs["quantization_config"] = bnb_config(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    model.config.use_cache = False
+    if hp.method == "full":
+        if hp.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        return model
+
+    import peft
+    from peft import LoraConfig, get_peft_model
+
+    prepare_kbit: Any = peft.prepare_model_for_kbit_training
+
+    if hp.method == "qlora":
+        model = prepare_kbit(
+            model,
+            use_gradient_checkpointing=hp.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif hp.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = LoraConfig(
+        r=hp.lora_r or 8,
+        lora_alpha=hp.lora_alpha or 16,
+        lora_dropout=hp.lora_dropout or 0.0,
+        target_modules=hp.lora_target_modules or "all-linear",
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+def _causal_lm(model: Any) -> Any:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def completion_nll(model: Any, batch: dict[str, Any], *, with_accuracy: bool = False) -> Any:
+    """Sum of the completion tokens' negative log-likelihood, computing the LM head only where
+    there is a label. Returns (nll_sum, n_tokens, n_exact_sequences, n_sequences)."""
+    import torch
+    import torch.nn.functional as F
+
+    causal = _causal_lm(model)
+    decoder = causal.get_decoder()
+    head = causal.get_output_embeddings()
+    hidden = decoder(
+        input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    picked = hidden[:, :-1][mask]
+    logits = head(picked.to(head.weight.dtype) if picked.dtype != head.weight.dtype else picked)
+    target_ids = targets[mask]
+    nll = F.cross_entropy(logits.float(), target_ids, reduction="sum")
+    n_tokens = mask.sum()
+    if not with_accuracy:
+        return nll, n_tokens, None, None
+    with torch.no_grad():
+        correct = torch.ones_like(mask)
+        correct[mask] = logits.argmax(dim=-1) == target_ids
+        has_label = mask.any(dim=1)
+        exact = (correct.all(dim=1) & has_label).sum()
+    return nll, n_tokens, exact, has_label.sum()
+
+
+def make_trainer_class() -> type:
+    """Our SFTTrainer: completion-position LM head, own eval, atomic checkpoints."""
+    import torch
+    from trl.trainer.sft_trainer import SFTTrainer
+
+    base: Any = SFTTrainer
+
+    class DistilleryTrainer(base):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, events: EventWriter, keep_checkpoints: int, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.events = events
+            self.keep_checkpoints = keep_checkpoints
+            self._staging_dir: str | None = None
+            self.step_nll = 0.0
+            self.step_label_tokens = 0
+            self.step_tokens = 0
+            self.step_samples = 0
+            self.last_eval: tuple[int, dict[str, float]] | None = None
+
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            nll, n_tokens, _, _ = completion_nll(model, inputs)
+            if num_items_in_batch is None:
+                denominator = n_tokens.clamp(min=1)
+            else:
+                denominator = torch.as_tensor(num_items_in_batch, device=nll.device)
+            loss = nll / denominator
+            if model.training:
+                self.step_nll += float(nll.detach())
+                self.step_label_tokens += int(n_tokens)
+                attention = inputs.get("attention_mask")
+                self.step_tokens += int(
+                    attention.sum() if attention is not None else inputs["input_ids"].numel()
+                )
+                self.step_samples += int(inputs["input_ids"].shape[0])
+            if return_outputs:
+                return loss, {"loss": loss}
+            return loss
+
+        def evaluate(
+            self,
+            eval_dataset: Any = None,
+            ignore_keys: Any = None,
+            metric_key_prefix: str = "eval",
+        ) -> dict[str, float]:
+            dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+            if dataset is None:
+                return {}
+            model: Any = self.model
+            was_training = model.training
+            model.eval()
+            nll_sum, tokens, exact, sequences = 0.0, 0, 0, 0
+            with torch.no_grad():
+                loader: Any = self.get_eval_dataloader(dataset)
+                for batch in loader:
+                    batch = self._prepare_inputs(batch)
+                    nll, n, ok, count = completion_nll(model, batch, with_accuracy=True)
+                    nll_sum += float(nll)
+                    tokens += int(n)
+                    exact += int(ok)
+                    sequences += int(count)
+            model.train(was_training)
+            metrics = {
+                f"{metric_key_prefix}_loss": nll_sum / max(tokens, 1),
+                f"{metric_key_prefix}_accuracy": exact / max(sequences, 1),
+            }
+            self.events.emit(
+                "eval",
+                step=self.state.global_step,
+                eval_loss=metrics[f"{metric_key_prefix}_loss"],
+                eval_accuracy=metrics[f"{metric_key_prefix}_accuracy"],
+            )
+            self.last_eval = (self.state.global_step, metrics)
+            self.log(metrics)
+            me: Any = self
+            me.control = me.callback_handler.on_evaluate(me.args, me.state, me.control, metrics)
+            return metrics
+
+        def _get_output_dir(self, trial: Any) -> str:
+            if self._staging_dir is not None:
+                return self._staging_dir
+            return str(super()._get_output_dir(trial))
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            # Written in a staging folder, then renamed: a kill mid-save leaves no
+            # half-written checkpoint for the next start to resume from.
+            root = Path(str(self.args.output_dir))
+            staging = root / _STAGING
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            self._staging_dir = str(staging)
+            try:
+                save: Any = super()._save_checkpoint
+                save(model, trial)
+            finally:
+                self._staging_dir = None
+            name = f"checkpoint-{self.state.global_step}"
+            target = root / name
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging / name, target)
+            shutil.rmtree(staging, ignore_errors=True)
+            _fsync_dir(root)
+            self._rotate(root)
+            self.events.emit("checkpoint", step=self.state.global_step, path=str(target))
+
+        def _rotate(self, root: Path) -> None:
+            found = sorted(
+                (int(p.name.split("-")[1]), p)
+                for p in root.iterdir()
+                if p.is_dir() and p.name.startswith("checkpoint-") and p.name[11:].isdigit()
+            )
+            for _, path in found[: max(0, len(found) - self.keep_checkpoints)]:
+                shutil.rmtree(path, ignore_errors=True)
+
+    return DistilleryTrainer
+
+
+def make_progress_callback(
+    events: EventWriter, flags: StopFlags, total_steps: int, samples_per_step: int
+) -> Any:
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.trainer: Any = None
+            self.stop_reason: str | None = None
+            self.started = time.perf_counter()
+            self.first_step: int | None = None
+            self.trained_tokens = 0
+            self.trained_samples = 0
+            self.step_started = time.perf_counter()
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.started = time.perf_counter()
+            self.first_step = state.global_step
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.step_started = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            t = self.trainer
+            elapsed = time.perf_counter() - self.started
+            self.trained_tokens += t.step_tokens
+            self.trained_samples += t.step_samples
+            done = state.global_step - (self.first_step or 0)
+            per_step = elapsed / max(done, 1)
+            lr = t.lr_scheduler.get_last_lr()[0] if t.lr_scheduler is not None else None
+            events.emit(
+                "step",
+                step=state.global_step,
+                total_steps=total_steps,
+                loss=t.step_nll / max(t.step_label_tokens, 1),
+                learning_rate=lr,
+                epoch=state.epoch,
+                tokens_per_s=self.trained_tokens / max(elapsed, 1e-9),
+                samples_per_s=self.trained_samples / max(elapsed, 1e-9),
+                step_s=time.perf_counter() - self.step_started,
+                trained_tokens=self.trained_tokens,
+                elapsed_s=elapsed,
+                eta_s=per_step * max(total_steps - state.global_step, 0),
+            )
+            t.step_nll, t.step_label_tokens, t.step_tokens, t.step_samples = 0.0, 0, 0, 0
+            reason = flags.reason()
+            if reason is not None and state.global_step < total_steps:
+                self.stop_reason = reason
+                control.should_save = True
+                control.should_training_stop = True
+
+    return Progress()
+
+
+def tokenize_dataset(examples: list[TrainExample], tokenizer: Any, max_length: int) -> Any:
+    from datasets import Dataset
+
+    inject = template_injects_default_system(tokenizer)
+    ids, labels, lengths, truncated = [], [], [], 0
+    for example in examples:
+        tok = tokenize_example(
+            example, tokenizer, max_length=max_length, inject_empty_system=inject
+        )
+        ids.append(tok.input_ids)
+        labels.append(tok.labels)
+        lengths.append(len(tok.input_ids))
+        truncated += tok.truncated
+    dataset = Dataset.from_dict({"input_ids": ids, "labels": labels, "length": lengths})
+    return dataset, truncated, inject
+
+
+def build_trainer(
+    *,
+    hp: Hyperparameters,
+    model: Any,
+    tokenizer: Any,
+    train_ds: Any,
+    eval_ds: Any,
+    checkpoints: Path,
+    events: EventWriter,
+    progress: Any,
+    keep_checkpoints: int,
+) -> Any:
+    from trl.trainer.sft_config import SFTConfig
+
+    sft_config: Any = SFTConfig
+
+    cuda = hp.device == "cuda"
+    args = sft_config(
+        output_dir=str(checkpoints),
+        max_steps=hp.total_steps,
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.grad_accum,
+        learning_rate=hp.learning_rate,
+        warmup_steps=hp.warmup_ratio,
+        lr_scheduler_type="linear",
+        weight_decay=0.0,
+        bf16=hp.bf16,
+        fp16=False,
+        gradient_checkpointing=False,  # set on the model in load_model, when wanted
+        use_cpu=not cuda,
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        max_length=None,  # tokenize_dataset already fits every example
+        save_strategy="steps",
+        save_steps=hp.checkpoint_every_steps,
+        save_total_limit=None,  # our _rotate keeps the newest keep_checkpoints
+        eval_strategy="steps" if eval_ds is not None and hp.eval_every_steps else "no",
+        eval_steps=hp.eval_every_steps,
+        logging_steps=10,
+        report_to="none",
+        disable_tqdm=True,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        dataloader_pin_memory=cuda,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        dataset_num_proc=None,
+        save_only_model=False,
+    )
+    trainer_cls = make_trainer_class()
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=[progress],
+        events=events,
+        keep_checkpoints=keep_checkpoints,
+    )
+    progress.trainer = trainer
+    return trainer
+
+
+def _save_tokenizer(tokenizer: Any, dest: Path) -> None:
+    tokenizer.save_pretrained(str(dest))
+
+
+def merge_adapter(
+    base: str, adapter_dir: Path, dest: Path, tokenizer: Any, hp: Hyperparameters
+) -> None:
+    """Merge the adapter into a full-precision copy of the base (never into 4-bit weights)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if hp.device == "cuda" else torch.float32
+    base_model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
+    merged.config.use_cache = True
+    staging = dest.with_name(dest.name + _STAGING)
+    shutil.rmtree(staging, ignore_errors=True)
+    merged.save_pretrained(str(staging))
+    _save_tokenizer(tokenizer, staging)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(staging, dest)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_child(output_dir: Path) -> int:
+    out = Path(output_dir)
+    events = EventWriter(out / EVENTS_FILE)
+    flags = StopFlags(out / CANCEL_FILE)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        flags.sigterm = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    timings = {"load_s": 0.0, "tokenize_s": 0.0, "train_s": 0.0, "save_s": 0.0, "merge_s": 0.0}
+    result = TrainResult(status="failed")
+    try:
+        result = _train(out, events, flags, timings)
+    except TrainingConfigError as exc:
+        result = TrainResult(status="failed", error=str(exc), timings=timings)
+    except Exception as exc:
+        log.error("training failed:\n%s", traceback.format_exc())
+        checkpoint = latest_checkpoint(out)
+        result = TrainResult(
+            status="failed",
+            error=f"{type(exc).__name__}: {exc}",
+            timings=timings,
+            last_checkpoint=str(checkpoint) if checkpoint else None,
+        )
+    if result.status == "failed":
+        events.emit("error", message=result.error)
+    line = " ".join(f"{k[:-2]}={v:.1f}s" for k, v in timings.items())
+    log.info("timings %s", line)
+    events.emit("timings", **{k: round(v, 3) for k, v in timings.items()})
+    _atomic_write_json(out / RESULT_FILE, asdict(result))
+    events.emit(
+        "finished",
+        status=result.status,
+        step=result.step,
+        metrics=result.metrics,
+        adapter_dir=result.adapter_dir,
+        merged_dir=result.merged_dir,
+        last_checkpoint=result.last_checkpoint,
+        error=result.error,
+    )
+    return 0 if result.status != "failed" else 1
+
+
+def _train(
+    out: Path, events: EventWriter, flags: StopFlags, timings: dict[str, float]
+) -> TrainResult:
+    import torch
+
+    settings, train_examples, eval_examples = load_spec(out)
+    spec: TrainSpec = spec_from_settings(settings, train_examples, eval_examples)
+    device = str(settings.get("device", "cpu"))
+    if spec.method == "qlora" and device != "cuda":
+        raise TrainingConfigError("QLoRA needs a CUDA GPU; this worker has none")
+    hp = resolve_hyperparameters(spec, n_train=len(train_examples), device=device)
+    threads = spec.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    checkpoints = out / CHECKPOINTS_DIR
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    resume = latest_checkpoint(out)
+    resumed_from = int(resume.name.split("-")[1]) if resume else 0
+
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    disable_bars: Any = hf_logging.disable_progress_bar
+    disable_bars()
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = load_model(spec.base_model, hp)
+    timings["load_s"] += time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    train_ds, truncated, empty_system = tokenize_dataset(train_examples, tokenizer, hp.max_length)
+    eval_ds = None
+    if eval_examples:
+        eval_ds, _, _ = tokenize_dataset(eval_examples, tokenizer, hp.max_length)
+    timings["tokenize_s"] += time.perf_counter() - t0
+    events.emit(
+        "started",
+        pid=os.getpid(),
+        device=device,
+        threads=threads,
+        n_train=len(train_examples),
+        n_eval=len(eval_examples),
+        truncated_examples=truncated,
+        total_steps=hp.total_steps,
+        resumed_from_step=resumed_from,
+        hyperparameters=hp.to_json(),
+        tcmalloc="tcmalloc" in os.environ.get("LD_PRELOAD", ""),
+    )
+    if flags.reason() is not None and resume is None:
+        # Stopped before the first step: nothing to keep.
+        return TrainResult(
+            status=flags.reason() or "cancelled",  # type: ignore[arg-type]
+            total_steps=hp.total_steps,
+            timings=timings,
+            hyperparameters=hp.to_json(),
+        )
+
+    samples_per_step = hp.batch_size * hp.grad_accum
+    attempts = 0
+    t0 = time.perf_counter()
+    while True:
+        progress = make_progress_callback(events, flags, hp.total_steps, samples_per_step)
+        trainer = build_trainer(
+            hp=hp,
+            model=model,
+            tokenizer=tokenizer,
+            train_ds=train_ds,
+            eval_ds=eval_ds,
+            checkpoints=checkpoints,
+            events=events,
+            progress=progress,
+            keep_checkpoints=spec.keep_checkpoints,
+        )
+        resume = latest_checkpoint(out)
+        try:
+            output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            break
+        except torch.OutOfMemoryError:
+            attempts += 1
+            if hp.device != "cuda" or attempts > spec.max_oom_retries:
+                raise
+            hp = _smaller(hp)
+            events.emit(
+                "oom_retry",
+                batch_size=hp.batch_size,
+                grad_accum=hp.grad_accum,
+                gradient_checkpointing=hp.gradient_checkpointing,
+            )
+            del trainer, model
+            gc.collect()
+            torch.cuda.empty_cache()
+            model = load_model(spec.base_model, hp)
+    timings["train_s"] += time.perf_counter() - t0
+    step = trainer.state.global_step
+    last = latest_checkpoint(out)
+    metrics: dict[str, float] = {
+        "train_loss": float(output.training_loss),
+        "train_runtime_s": float(output.metrics.get("train_runtime", 0.0)),
+        "samples_per_s": progress.trained_samples
+        / max(time.perf_counter() - progress.started, 1e-9),
+        "tokens_per_s": progress.trained_tokens / max(time.perf_counter() - progress.started, 1e-9),
+    }
+    if progress.stop_reason is not None:
+        return TrainResult(
+            status=progress.stop_reason,
+            step=step,
+            total_steps=hp.total_steps,
+            metrics=metrics,
+            last_checkpoint=str(last) if last else None,
+            timings=timings,
+            hyperparameters=hp.to_json(),
+        )
+    if eval_ds is not None:
+        if trainer.last_eval is not None and trainer.last_eval[0] == step:
+            metrics.update(trainer.last_eval[1])
+        else:
+            metrics.update(trainer.evaluate())
+    if hp.device == "cuda":
+        metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+
+    t0 = time.perf_counter()
+    meta = {
+        "base_model": spec.base_model,
+        "method": hp.method,
+        "hyperparameters": hp.to_json(),
+        "metrics": metrics,
+        "n_train": len(train_examples),
+        "n_eval": len(eval_examples),
+        # Inference must render prompts the same way (worker.training_data.student_messages).
+        "prompt_format": {"empty_system_turn_when_task_has_none": empty_system},
+    }
+    adapter_dir: Path | None = None
+    merged_dir: Path | None = None
+    if hp.method == "full":
+        merged_dir = out / MERGED_DIR
+        staging = out / (MERGED_DIR + _STAGING)
+        shutil.rmtree(staging, ignore_errors=True)
+        trainer.model.config.use_cache = True
+        trainer.model.save_pretrained(str(staging))
+        _save_tokenizer(tokenizer, staging)
+        _atomic_write_json(staging / TRAINING_META_FILE, meta)
+        shutil.rmtree(merged_dir, ignore_errors=True)
+        os.replace(staging, merged_dir)
+        timings["save_s"] += time.perf_counter() - t0
+    else:
+        adapter_dir = out / ADAPTER_DIR
+        staging = out / (ADAPTER_DIR + _STAGING)
+        shutil.rmtree(staging, ignore_errors=True)
+        trainer.model.save_pretrained(str(staging))
+        _save_tokenizer(tokenizer, staging)
+        _atomic_write_json(staging / TRAINING_META_FILE, meta)
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        os.replace(staging, adapter_dir)
+        timings["save_s"] += time.perf_counter() - t0
+        if spec.merge:
+            t0 = time.perf_counter()
+            del trainer, model
+            gc.collect()
+            merged_dir = out / MERGED_DIR
+            merge_adapter(spec.base_model, adapter_dir, merged_dir, tokenizer, hp)
+            _atomic_write_json(merged_dir / TRAINING_META_FILE, meta)
+            timings["merge_s"] += time.perf_counter() - t0
+    if adapter_dir is not None:
+        metrics["adapter_bytes"] = float(_tree_size(adapter_dir))
+    if merged_dir is not None:
+        metrics["merged_bytes"] = float(_tree_size(merged_dir))
+    return TrainResult(
+        status="succeeded",
+        step=step,
+        total_steps=hp.total_steps,
+        metrics=metrics,
+        adapter_dir=str(adapter_dir) if adapter_dir else None,
+        merged_dir=str(merged_dir) if merged_dir else None,
+        last_checkpoint=str(last) if last else None,
+        timings=timings,
+        hyperparameters=hp.to_json(),
+    )
+
+
+def _smaller(hp: Hyperparameters) -> Hyperparameters:
+    """After a CUDA out-of-memory: first recompute activations, then halve the micro-batch
+    (doubling accumulation, so the effective batch and the step count stay the same)."""
+    from dataclasses import replace
+
+    if not hp.gradient_checkpointing:
+        return replace(hp, gradient_checkpointing=True)
+    if hp.batch_size == 1:
+        raise RuntimeError("out of GPU memory even with batch size 1 and gradient checkpointing")
+    return replace(hp, batch_size=hp.batch_size // 2, grad_accum=hp.grad_accum * 2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m worker.train_entry OUTPUT_DIR", file=sys.stderr)
+        return 2
+    return run_child(Path(args[0]))
