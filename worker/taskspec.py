@@ -6,6 +6,7 @@ prompt, so what is taught is exactly what is asked.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -105,6 +106,13 @@ class TaskSpec:
 
 def compile_template(source: str, input_fields: tuple[str, ...] | list[str]) -> jinja2.Template:
     """Compile in the sandbox and refuse variables that are not input fields."""
+    return _compile_template(source, tuple(input_fields))
+
+
+# Compiling costs ~1 ms and every prompt of an export or a run uses the same template: compile
+# once (a compiled template renders safely from many threads; errors are not cached).
+@functools.lru_cache(maxsize=256)
+def _compile_template(source: str, input_fields: tuple[str, ...]) -> jinja2.Template:
     if not source.strip():
         raise TemplateError("instruction_template: the template is empty")
     try:
