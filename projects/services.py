@@ -365,6 +365,9 @@ def inputs_import_run(*, job: Any, progress: Any) -> dict[str, int]:
     """Import an uploaded file in ONE transaction: a failing line imports nothing.
 
     `progress(done, total)` is called every batch; it raises to cancel (which rolls back).
+    Memory stays flat: the file is streamed and deduplicated one batch at a time against the
+    database (rows this job already wrote carry its id), never against an in-memory set of
+    every hash in the file.
     """
     upload = InputUpload.objects.get(pk=job.params["upload_id"], project=job.project)
     project = upload.project
@@ -374,11 +377,29 @@ def inputs_import_run(*, job: Any, progress: Any) -> dict[str, int]:
     ingest.check_file(path, upload.file_name, max_bytes=settings.MAX_UPLOAD_BYTES)
     batch_size = settings.IMPORT_BATCH_SIZE
     total = job.progress_total
-    seen: set[str] = set()
+    # Hashes of rows that were in the project before this import and appear in the file: only
+    # those need remembering (to count their second appearance as a duplicate in the file).
+    present_before: set[str] = set()
     rows_read = duplicates_in_file = 0
-    batch: list[InputRow] = []
+    batch: dict[str, InputRow] = {}
+
+    def flush() -> int:
+        """Write the batch; return how many of its rows were already in the file earlier."""
+        repeated = 0
+        known = InputRow.objects.filter(project=project, content_hash__in=list(batch)).values_list(
+            "content_hash", "import_job_id"
+        )
+        for digest, import_job_id in known:
+            del batch[digest]
+            if import_job_id == job.pk or digest in present_before:
+                repeated += 1
+            else:
+                present_before.add(digest)
+        InputRow.objects.bulk_create(batch.values(), ignore_conflicts=True)
+        batch.clear()
+        return repeated
+
     with transaction.atomic():
-        before = InputRow.objects.filter(project=project).count()
         for record in ingest.iter_records(path, upload.file_name, upload.format):
             data = {}
             for field, column in field_map.items():
@@ -393,35 +414,31 @@ def inputs_import_run(*, job: Any, progress: Any) -> dict[str, int]:
                 )
             rows_read += 1
             digest = content_hash(data)
-            if digest in seen:
+            if digest in batch:
                 duplicates_in_file += 1
                 continue
-            seen.add(digest)
             reference = None
             if reference_column:
                 raw_ref = record.values.get(reference_column)
                 reference = ingest.as_text(raw_ref) if raw_ref not in (None, "") else None
-            batch.append(
-                InputRow(
-                    project=project,
-                    data=data,
-                    reference_output=reference,
-                    content_hash=digest,
-                    search_text=" ".join(data.values()).lower(),
-                    source_line=record.line,
-                    import_job_id=job.pk,
-                )
+            batch[digest] = InputRow(
+                project=project,
+                data=data,
+                reference_output=reference,
+                content_hash=digest,
+                search_text=" ".join(data.values()).lower(),
+                source_line=record.line,
+                import_job_id=job.pk,
             )
             if len(batch) >= batch_size:
-                InputRow.objects.bulk_create(batch, ignore_conflicts=True)
-                batch.clear()
+                duplicates_in_file += flush()
                 total = max(total, rows_read)
                 progress(rows_read, total)
         if batch:
-            InputRow.objects.bulk_create(batch, ignore_conflicts=True)
+            duplicates_in_file += flush()
         if rows_read == 0:
             raise ingest.IngestError(upload.file_name, "the file has no data rows")
-        imported = InputRow.objects.filter(project=project).count() - before
+        imported = InputRow.objects.filter(project=project, import_job_id=job.pk).count()
     return {
         "rows_read": rows_read,
         "imported": imported,
