@@ -229,10 +229,11 @@ def near_duplicate_pairs(
     if not found:
         return []
     keys = np.unique(np.concatenate(found))
-    sets = [frozenset(x) for x in token_lists]
+    sets: dict[int, frozenset[int]] = {}
     pairs: list[tuple[int, int, float]] = []
     for i, j in zip((keys // n).tolist(), (keys % n).tolist(), strict=True):
-        a, b = sets[i], sets[j]
+        a = sets.get(i) or sets.setdefault(i, frozenset(token_lists[i]))
+        b = sets.get(j) or sets.setdefault(j, frozenset(token_lists[j]))
         inter = len(a & b)
         similarity = inter / (len(a) + len(b) - inter)
         if similarity >= threshold - eps:

@@ -6,7 +6,10 @@ import csv
 import io
 import itertools
 import json
+import os
 import random
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -475,3 +478,38 @@ def test_assign_reviewers_splits_the_queue_with_the_requested_overlap():
     assert len(pairs) == 3  # every pair of reviewers shares some items
     with pytest.raises(DatasetError, match="overlap:"):
         assign_reviewers(items, reviewers, overlap=1.5)
+
+
+def test_the_hash_and_splits_do_not_depend_on_the_process(banking):
+    """Python randomises str hashing per process; nothing in a freeze may depend on it."""
+    program = (
+        "import json, sys\n"
+        "from worker.datasets import DatasetRow, FreezeParams, freeze\n"
+        "from worker.taskspec import TaskSpec\n"
+        "spec = TaskSpec(**json.loads(sys.argv[1]))\n"
+        "rows = [DatasetRow(i, {'text': t}, l, 'teacher') for i, (t, l) in enumerate(json.loads(sys.argv[2]))]\n"
+        "v = freeze(spec, rows, FreezeParams(seed=5))\n"
+        "print(v.content_hash, ''.join(r.split[0] for r in v.rows))\n"
+    )
+    spec, rows = banking
+    spec_json = json.dumps(
+        {
+            "instruction_template": spec.instruction_template,
+            "output_kind": spec.output_kind,
+            "input_fields": list(spec.input_fields),
+            "label_set": list(spec.label_set),
+        }
+    )
+    rows_json = json.dumps([(r["text"], r["label"]) for r in rows[:400]])
+    results = set()
+    for hash_seed in ("1", "2"):
+        done = subprocess.run(
+            [sys.executable, "-c", program, spec_json, rows_json],
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results.add(done.stdout)
+    assert len(results) == 1
