@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -198,6 +199,7 @@ def main() -> int:
 
     if not args.keep:
         team.delete()
+        shutil.rmtree(work, ignore_errors=True)
     result = {
         "bench": "import_inputs",
         "rows": args.rows,
