@@ -90,11 +90,11 @@ class Flag:
 
 
 @dataclass(frozen=True)
-class TeacherOutput:
+class OutputToCheck:
     """What the checks know about one teacher output.
 
-    ``inputs`` identifies the input row (population checks count *different* inputs; without
-    it every output counts as its own input). ``samples`` are the extra self-consistency samples
+    ``input_id`` (or, failing that, ``inputs``) identifies the input row: population checks
+    count *different* inputs, and without either every output counts as its own input. ``samples`` are the extra self-consistency samples
     for the same input (the output itself is counted as one more). ``confidence`` is a
     probability in [0, 1]; if it is None and ``token_logprobs`` are given, the confidence is
     their geometric-mean probability, ``exp(mean(logprobs))``.
@@ -103,6 +103,7 @@ class TeacherOutput:
     output_id: str | int
     raw: str
     inputs: Mapping[str, Any] | None = None
+    input_id: str | int | None = None
     samples: tuple[str, ...] = ()
     reference: str | None = None
     token_logprobs: tuple[float, ...] | None = None
@@ -315,7 +316,7 @@ def comparable_value(spec: TaskSpec, raw: str) -> str | None:
 
 
 def check_output(
-    spec: TaskSpec, output: TeacherOutput, config: CheckConfig | None = None
+    spec: TaskSpec, output: OutputToCheck, config: CheckConfig | None = None
 ) -> list[Flag]:
     """All per-output flags for one output, in a stable order."""
     config = config or CheckConfig()
@@ -382,7 +383,7 @@ def _iter_strings(value: Any) -> Iterable[str]:
             yield from _iter_strings(v)
 
 
-def _consistency_flag(spec: TaskSpec, output: TeacherOutput, config: CheckConfig) -> Flag | None:
+def _consistency_flag(spec: TaskSpec, output: OutputToCheck, config: CheckConfig) -> Flag | None:
     answers = [output.raw, *output.samples]
     n = len(answers)
     if spec.output_kind == "text":
@@ -483,7 +484,7 @@ def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check_population(
-    spec: TaskSpec, outputs: Sequence[TeacherOutput], config: CheckConfig | None = None
+    spec: TaskSpec, outputs: Sequence[OutputToCheck], config: CheckConfig | None = None
 ) -> dict[str | int, list[Flag]]:
     """Flags that need all of a project's outputs: length outliers and repeated outputs.
 
@@ -517,7 +518,7 @@ def robust_z_scores(values: Sequence[float], min_mad: float = 0.0) -> list[float
 
 
 def _length_outliers(
-    spec: TaskSpec, outputs: Sequence[TeacherOutput], config: CheckConfig
+    spec: TaskSpec, outputs: Sequence[OutputToCheck], config: CheckConfig
 ) -> Iterable[tuple[str | int, Flag]]:
     # A label's length is the label's, not the teacher's; a wrong label is flagged elsewhere.
     if spec.output_kind == "label":
@@ -565,13 +566,13 @@ def finite_output_space(schema: Mapping[str, Any] | None) -> bool:
 
 
 def _repeated_outputs(
-    spec: TaskSpec, outputs: Sequence[TeacherOutput], config: CheckConfig
+    spec: TaskSpec, outputs: Sequence[OutputToCheck], config: CheckConfig
 ) -> Iterable[tuple[str | int, Flag]]:
     if spec.output_kind == "label":
         return
     if spec.output_kind == "json" and finite_output_space(spec.json_schema):
         return
-    by_value: dict[str, list[TeacherOutput]] = defaultdict(list)
+    by_value: dict[str, list[OutputToCheck]] = defaultdict(list)
     for output in outputs:
         key = comparable_value(spec, output.raw) if spec.output_kind == "json" else None
         if key is None:
@@ -596,14 +597,16 @@ def _repeated_outputs(
             )
 
 
-def _input_key(output: TeacherOutput) -> str:
+def _input_key(output: OutputToCheck) -> str:
+    if output.input_id is not None:
+        return f"input:{output.input_id!r}"
     if output.inputs is None:
         return f"id:{output.output_id!r}"
     return json.dumps(output.inputs, sort_keys=True, default=str, ensure_ascii=False)
 
 
 def run_checks(
-    spec: TaskSpec, outputs: Sequence[TeacherOutput], config: CheckConfig | None = None
+    spec: TaskSpec, outputs: Sequence[OutputToCheck], config: CheckConfig | None = None
 ) -> dict[str | int, list[Flag]]:
     """Per-output and population flags for every output (an empty list when unflagged)."""
     config = config or CheckConfig()
@@ -943,7 +946,7 @@ def _flag_codes(where: str, value: Any) -> tuple[str, ...]:
 
 
 def evaluate(
-    rule: Rule | Mapping[str, Any], output: TeacherOutput, flags: Sequence[Flag]
+    rule: Rule | Mapping[str, Any], output: OutputToCheck, flags: Sequence[Flag]
 ) -> RuleAction | None:
     """The rule's action when all its conditions hold for this output and its flags, else None."""
     rule = validate_rule(rule)
@@ -972,7 +975,7 @@ def _in_range(value: float | None, low: float | None, high: float | None) -> boo
 
 
 def first_matching_rule(
-    rules: Sequence[Rule | Mapping[str, Any]], output: TeacherOutput, flags: Sequence[Flag]
+    rules: Sequence[Rule | Mapping[str, Any]], output: OutputToCheck, flags: Sequence[Flag]
 ) -> tuple[int, RuleAction] | None:
     """(index, action) of the first rule that matches, in order; None when none does.
 

@@ -12,8 +12,8 @@ from worker.checks import (
     CheckConfig,
     Flag,
     JudgeRubric,
+    OutputToCheck,
     RuleError,
-    TeacherOutput,
     check_output,
     check_population,
     evaluate,
@@ -69,7 +69,7 @@ def codes(flags: list[Flag]) -> list[str]:
 
 
 def one(spec: TaskSpec, raw: str, **kwargs: object) -> list[str]:
-    return codes(check_output(spec, TeacherOutput(output_id=1, raw=raw, **kwargs)))  # type: ignore[arg-type]
+    return codes(check_output(spec, OutputToCheck(output_id=1, raw=raw, **kwargs)))  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- per-output
@@ -88,15 +88,15 @@ def test_empty_output_is_flagged_empty(spec):
 
 
 def test_label_outside_the_label_set_names_the_answer():
-    flags = check_output(LABELS, TeacherOutput(1, "card_delivery_estimate"))
+    flags = check_output(LABELS, OutputToCheck(1, "card_delivery_estimate"))
     assert codes(flags) == ["label_outside_set"]
     assert "card_delivery_estimate" in flags[0].message
 
 
 def test_json_that_does_not_parse_is_unparseable_and_json_off_schema_is_schema_invalid():
-    bad = check_output(RECEIPT, TeacherOutput(1, '{"vendor": "Tesco", "total": 12.5'))
+    bad = check_output(RECEIPT, OutputToCheck(1, '{"vendor": "Tesco", "total": 12.5'))
     assert codes(bad) == ["unparseable"]
-    off = check_output(RECEIPT, TeacherOutput(2, '{"vendor": "Tesco", "total": "twelve"}'))
+    off = check_output(RECEIPT, OutputToCheck(2, '{"vendor": "Tesco", "total": "twelve"}'))
     assert codes(off) == ["schema_invalid"]
     assert "total" in off[0].message
 
@@ -140,28 +140,28 @@ def test_self_consistency_flags_a_split_vote_and_a_minority_answer():
     # 1 of 3 each: no majority at all.
     split = check_output(
         LABELS,
-        TeacherOutput(1, "card_arrival", samples=("lost_or_stolen_card", "cancel_transfer")),
+        OutputToCheck(1, "card_arrival", samples=("lost_or_stolen_card", "cancel_transfer")),
     )
     assert codes(split) == ["self_inconsistent"]
     assert split[0].score == pytest.approx(1 / 3)
     # The majority (2 of 3) says something else than this output.
     minority = check_output(
         LABELS,
-        TeacherOutput(1, "card_arrival", samples=("cancel_transfer", "Cancel transfer")),
+        OutputToCheck(1, "card_arrival", samples=("cancel_transfer", "Cancel transfer")),
     )
     assert codes(minority) == ["self_inconsistent"]
     assert "cancel_transfer" in minority[0].message
     # Agreeing samples, even spelled differently, are fine.
-    agree = TeacherOutput(1, "card_arrival", samples=("Card arrival", "card_arrival"))
+    agree = OutputToCheck(1, "card_arrival", samples=("Card arrival", "card_arrival"))
     assert check_output(LABELS, agree) == []
 
 
 def test_self_consistency_compares_json_by_value_and_text_by_overlap():
-    same_json = TeacherOutput(
+    same_json = OutputToCheck(
         1, '{"vendor": "Tesco", "total": 3}', samples=('{"total": 3, "vendor": "Tesco"}',)
     )
     assert check_output(RECEIPT, same_json) == []
-    text = TeacherOutput(
+    text = OutputToCheck(
         1,
         "The customer wants a refund for a late parcel.",
         samples=(
@@ -186,7 +186,7 @@ def test_disagreement_with_the_human_reference_is_kind_aware():
     )
     flags = check_output(
         RECEIPT,
-        TeacherOutput(
+        OutputToCheck(
             1, '{"vendor": "Tesco", "total": 3}', reference='{"vendor": "Tesco", "total": 30}'
         ),
     )
@@ -202,20 +202,20 @@ def test_low_confidence_from_logprobs_or_a_given_confidence():
     confident = [math.log(0.95)] * 3
     unsure = [math.log(0.9), math.log(0.2), math.log(0.3)]
     assert one(LABELS, "card_arrival", token_logprobs=tuple(confident)) == []
-    flags = check_output(LABELS, TeacherOutput(1, "card_arrival", token_logprobs=tuple(unsure)))
+    flags = check_output(LABELS, OutputToCheck(1, "card_arrival", token_logprobs=tuple(unsure)))
     assert codes(flags) == ["low_confidence"]
     assert flags[0].score == pytest.approx((0.9 * 0.2 * 0.3) ** (1 / 3))
     assert one(LABELS, "card_arrival", confidence=0.3) == ["low_confidence"]
     strict = CheckConfig(min_confidence=0.99)
     assert codes(
-        check_output(LABELS, TeacherOutput(1, "card_arrival", confidence=0.97), strict)
+        check_output(LABELS, OutputToCheck(1, "card_arrival", confidence=0.97), strict)
     ) == ["low_confidence"]
 
 
 def test_flags_are_json_serialisable_and_round_trip():
     flags = check_output(
         LABELS,
-        TeacherOutput(1, "nonsense", samples=("card_arrival", "cancel_transfer"), confidence=0.1),
+        OutputToCheck(1, "nonsense", samples=("card_arrival", "cancel_transfer"), confidence=0.1),
     )
     assert len(flags) == len({f.code for f in flags})  # one flag per code, as the DB requires
     text = json.dumps([f.to_dict() for f in flags])
@@ -226,9 +226,9 @@ def test_flags_are_json_serialisable_and_round_trip():
 # ----------------------------------------------------------------------------- population
 
 
-def _summaries(n: int) -> list[TeacherOutput]:
+def _summaries(n: int) -> list[OutputToCheck]:
     return [
-        TeacherOutput(
+        OutputToCheck(
             i,
             f"#Person1# asks about order {i}; #Person2# says it ships on day {i % 7}.",
             inputs={"dialogue": f"d{i}"},
@@ -239,8 +239,8 @@ def _summaries(n: int) -> list[TeacherOutput]:
 
 def test_a_much_longer_output_is_a_length_outlier_and_only_it():
     outputs = _summaries(30)
-    outputs.append(TeacherOutput("long", "word " * 400, inputs={"dialogue": "long"}))
-    outputs.append(TeacherOutput("short", "ok", inputs={"dialogue": "short"}))
+    outputs.append(OutputToCheck("long", "word " * 400, inputs={"dialogue": "long"}))
+    outputs.append(OutputToCheck("short", "ok", inputs={"dialogue": "short"}))
     flags = check_population(SUMMARY, outputs)
     assert set(flags) == {"long", "short"}
     assert codes(flags["long"]) == ["length_outlier"] and flags["long"][0].score > 3.5
@@ -248,10 +248,10 @@ def test_a_much_longer_output_is_a_length_outlier_and_only_it():
 
 
 def test_length_outliers_need_a_population_and_skip_label_tasks():
-    few = [*_summaries(5), TeacherOutput("long", "word " * 400)]
+    few = [*_summaries(5), OutputToCheck("long", "word " * 400)]
     assert check_population(SUMMARY, few) == {}
-    labels = [TeacherOutput(i, "card_arrival") for i in range(30)]
-    labels.append(TeacherOutput("odd", "refund_not_showing_up"))
+    labels = [OutputToCheck(i, "card_arrival") for i in range(30)]
+    labels.append(OutputToCheck("odd", "refund_not_showing_up"))
     assert check_population(LABELS, labels) == {}
 
 
@@ -266,9 +266,9 @@ def test_robust_z_scores_survive_a_zero_mad():
 def test_the_same_text_for_many_different_inputs_is_flagged():
     outputs = _summaries(10)
     boiler = "The dialogue is about a customer service issue."
-    outputs += [TeacherOutput(f"b{i}", boiler, inputs={"dialogue": f"x{i}"}) for i in range(3)]
+    outputs += [OutputToCheck(f"b{i}", boiler, inputs={"dialogue": f"x{i}"}) for i in range(3)]
     outputs.append(
-        TeacherOutput(
+        OutputToCheck(
             "b3", "the dialogue is about a customer-service issue", inputs={"dialogue": "y"}
         )
     )
@@ -278,30 +278,34 @@ def test_the_same_text_for_many_different_inputs_is_flagged():
 
 
 def test_repeats_for_the_same_input_or_below_the_threshold_are_not_flagged():
-    same_input = [TeacherOutput(i, "Same answer.", inputs={"dialogue": "one"}) for i in range(5)]
+    same_input = [OutputToCheck(i, "Same answer.", inputs={"dialogue": "one"}) for i in range(5)]
     assert check_population(SUMMARY, same_input) == {}
-    two = [TeacherOutput(i, "Same answer.", inputs={"dialogue": str(i)}) for i in range(2)]
+    same_id = [OutputToCheck(i, "Same answer.", input_id=7) for i in range(5)]
+    assert check_population(SUMMARY, same_id) == {}
+    by_id = [OutputToCheck(i, "Same answer.", input_id=i) for i in range(5)]
+    assert set(check_population(SUMMARY, by_id)) == {0, 1, 2, 3, 4}
+    two = [OutputToCheck(i, "Same answer.", inputs={"dialogue": str(i)}) for i in range(2)]
     assert check_population(SUMMARY, two) == {}
 
 
 def test_repeats_are_normal_for_labels_and_enum_only_json_but_not_for_extraction():
-    labels = [TeacherOutput(i, "card_arrival", inputs={"text": str(i)}) for i in range(50)]
+    labels = [OutputToCheck(i, "card_arrival", inputs={"text": str(i)}) for i in range(50)]
     assert check_population(LABELS, labels) == {}
     sentiments = [
-        TeacherOutput(i, '{"sentiment": "positive"}', inputs={"text": str(i)}) for i in range(50)
+        OutputToCheck(i, '{"sentiment": "positive"}', inputs={"text": str(i)}) for i in range(50)
     ]
     assert check_population(SENTIMENT_JSON, sentiments) == {}
     receipts = [
-        TeacherOutput(i, '{"vendor": "Tesco", "total": 9.99}', inputs={"receipt": str(i)})
+        OutputToCheck(i, '{"vendor": "Tesco", "total": 9.99}', inputs={"receipt": str(i)})
         for i in range(3)
     ]
-    receipts.append(TeacherOutput(9, '{"total": 9.99, "vendor": "Tesco"}', inputs={"receipt": "9"}))
+    receipts.append(OutputToCheck(9, '{"total": 9.99, "vendor": "Tesco"}', inputs={"receipt": "9"}))
     assert set(check_population(RECEIPT, receipts)) == {0, 1, 2, 9}
 
 
 def test_run_checks_merges_per_output_and_population_flags():
     outputs = _summaries(25)
-    outputs.append(TeacherOutput("long", "I'm sorry, " + "no " * 300, inputs={"dialogue": "z"}))
+    outputs.append(OutputToCheck("long", "I'm sorry, " + "no " * 300, inputs={"dialogue": "z"}))
     result = run_checks(SUMMARY, outputs)
     assert set(result) == {o.output_id for o in outputs}
     assert codes(result["long"]) == ["refusal", "length_outlier"]
@@ -421,9 +425,9 @@ def test_bad_rules_are_refused_naming_the_field(rule, field):
 def test_rules_evaluate_on_flags_and_confidence():
     approve = {"action": "approve", "when": {"unflagged": True, "min_confidence": 0.9}}
     reject = {"action": "reject", "when": {"flag": "refusal"}}
-    sure = TeacherOutput(1, "card_arrival", confidence=0.95)
-    unsure = TeacherOutput(2, "card_arrival", confidence=0.5)
-    unknown = TeacherOutput(3, "card_arrival")
+    sure = OutputToCheck(1, "card_arrival", confidence=0.95)
+    unsure = OutputToCheck(2, "card_arrival", confidence=0.5)
+    unknown = OutputToCheck(3, "card_arrival")
     refusal = [Flag("refusal", "reads like a refusal")]
     assert evaluate(approve, sure, []) == "approve"
     assert evaluate(approve, unsure, []) is None
@@ -442,9 +446,9 @@ def test_judge_and_without_flag_conditions_and_the_first_matching_rule_wins():
             "when": {"without_flag": ["low_confidence", "refusal"], "min_judge_score": 0.75},
         },
     ]
-    good = TeacherOutput(1, "x", judge_score=1.0)
-    bad = TeacherOutput(2, "x", judge_score=0.25)
+    good = OutputToCheck(1, "x", judge_score=1.0)
+    bad = OutputToCheck(2, "x", judge_score=0.25)
     assert first_matching_rule(rules, good, [Flag("length_outlier", "")]) == (1, "approve")
     assert first_matching_rule(rules, good, [Flag("refusal", "")]) is None
     assert first_matching_rule(rules, bad, []) == (0, "reject")
-    assert first_matching_rule(rules, TeacherOutput(3, "x"), []) is None
+    assert first_matching_rule(rules, OutputToCheck(3, "x"), []) is None
