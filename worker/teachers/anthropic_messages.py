@@ -1,0 +1,284 @@
+"""Anthropic Messages through the official ``anthropic`` SDK (AsyncAnthropic).
+
+- System messages go to the ``system`` parameter; the rest stay as turns.
+- json tasks use tool use: one tool whose ``input_schema`` is the task's schema (wrapped when its
+  root is not an object), with ``tool_choice`` forcing that tool. The tool input becomes
+  ``raw_text`` as JSON, which the task's parser then validates against the schema.
+- Batch mode: Message Batches (create, retrieve, results streamed by ``custom_id``).
+
+The SDK never retries (``max_retries=0``): the runner does, and counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from worker.teachers.base import (
+    BatchStatus,
+    BatchSubmission,
+    ProviderConfig,
+    TeacherConfigError,
+    TeacherConnectionError,
+    TeacherError,
+    TeacherMalformedResponseError,
+    TeacherRequest,
+    TeacherResponse,
+    TeacherTimeoutError,
+    error_from_status,
+)
+from worker.teachers.structured import provider_schema, unwrap_json_text
+
+TOOL_NAME = "record_output"
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "tool_use": "stop",  # the forced tool was called: a complete answer
+    "max_tokens": "length",
+    "refusal": "content_filter",
+}
+
+
+def message_params(request: TeacherRequest) -> dict[str, Any]:
+    """The Messages body for one request (the same for direct calls and batch entries)."""
+    system = "\n\n".join(str(m["content"]) for m in request.messages if m.get("role") == "system")
+    turns = [
+        {"role": m["role"], "content": m["content"]}
+        for m in request.messages
+        if m.get("role") != "system"
+    ]
+    params: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": int(request.max_tokens),
+        "messages": turns,
+        "temperature": float(request.temperature),
+    }
+    if system:
+        params["system"] = system
+    if request.output_kind == "json":
+        schema, _ = provider_schema(request.json_schema)
+        params["tools"] = [
+            {
+                "name": TOOL_NAME,
+                "description": "Record the answer, in exactly the structure of this schema.",
+                "input_schema": schema,
+            }
+        ]
+        params["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
+    return params
+
+
+def response_from_message(
+    request: TeacherRequest | None,
+    custom_id: str,
+    message: Any,
+    *,
+    latency_ms: int | None,
+    request_id: str = "",
+) -> TeacherResponse:
+    blocks = list(getattr(message, "content", None) or [])
+    text = "".join(str(getattr(b, "text", "")) for b in blocks if getattr(b, "type", "") == "text")
+    if request is not None and request.output_kind == "json":
+        _, wrapped = provider_schema(request.json_schema)
+        for block in blocks:
+            if getattr(block, "type", "") == "tool_use" and block.name == TOOL_NAME:
+                text = unwrap_json_text(block.input, wrapped)
+                break
+    stop = str(getattr(message, "stop_reason", "") or "")
+    usage = getattr(message, "usage", None)
+    return TeacherResponse(
+        custom_id=custom_id,
+        raw_text=text,
+        input_tokens=int(getattr(usage, "input_tokens", 0) or 0),
+        output_tokens=int(getattr(usage, "output_tokens", 0) or 0),
+        finish_reason=_FINISH.get(stop, stop),
+        latency_ms=latency_ms,
+        provider_request_id=request_id or str(getattr(message, "id", "") or ""),
+    )
+
+
+def _detail(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return str(getattr(exc, "message", "") or exc)
+
+
+def translate_error(exc: BaseException, config: ProviderConfig, model: str) -> TeacherError:
+    import anthropic
+
+    if isinstance(exc, TeacherError):
+        return exc
+    if isinstance(exc, anthropic.APITimeoutError):
+        return TeacherTimeoutError(
+            f"the request to {config.label} timed out after {config.request_timeout_s:g} s"
+        )
+    if isinstance(exc, anthropic.APIConnectionError):
+        return TeacherConnectionError(f"could not connect to {config.label}: {exc}")
+    if isinstance(exc, anthropic.APIStatusError):
+        return error_from_status(
+            exc.status_code,
+            _detail(exc),
+            config=config,
+            model=model,
+            headers=exc.response.headers,
+            request_id=str(getattr(exc, "request_id", "") or ""),
+        )
+    if isinstance(exc, anthropic.APIResponseValidationError | ValueError):
+        return TeacherMalformedResponseError(
+            f"{config.label} answered with a body that is not a valid response: {exc}"
+        )
+    return TeacherError(f"{config.label}: {type(exc).__name__}: {exc}")
+
+
+class AnthropicMessagesProvider:
+    def __init__(self, config: ProviderConfig) -> None:
+        import anthropic
+
+        if config.kind != "anthropic":
+            raise TeacherConfigError(f"AnthropicMessagesProvider cannot serve kind {config.kind!r}")
+        if not config.api_key:
+            raise TeacherConfigError(f"{config.label}: no API key")
+        self.config = config
+        timeout = anthropic.Timeout(config.request_timeout_s, connect=config.connect_timeout_s)
+        base_url = config.base_url.strip() or None
+        http_client = None
+        if base_url:
+            from worker.ssrf import UnsafeURLError, check_base_url
+
+            try:
+                check_base_url(base_url, allow_private=config.allow_private_network)
+            except UnsafeURLError as exc:
+                raise TeacherConfigError(f"{config.label}: {exc}") from exc
+            http_client = anthropic.DefaultAsyncHttpxClient(timeout=timeout, follow_redirects=False)
+        self.client = anthropic.AsyncAnthropic(
+            api_key=config.api_key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=timeout,
+            http_client=http_client,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    async def generate(self, request: TeacherRequest) -> TeacherResponse:
+        params = message_params(request)
+        started = time.perf_counter()
+        try:
+            raw = await self.client.messages.with_raw_response.create(**params)
+            message = raw.parse()
+        except Exception as exc:
+            raise translate_error(exc, self.config, request.model) from exc
+        latency = int((time.perf_counter() - started) * 1000)
+        return response_from_message(
+            request,
+            request.custom_id,
+            message,
+            latency_ms=latency,
+            request_id=raw.headers.get("request-id") or "",
+        )
+
+    # -- batch --------------------------------------------------------------------------------
+
+    async def submit_batch(self, requests: Sequence[TeacherRequest]) -> BatchSubmission:
+        import re
+
+        if not requests:
+            raise TeacherConfigError("a batch needs at least one request")
+        ids = [r.custom_id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise TeacherConfigError("custom_id values in a batch must be unique")
+        bad = [i for i in ids if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", i)]
+        if bad:
+            raise TeacherConfigError(
+                f"Anthropic batch custom_id {bad[0]!r} must be 1-64 letters, digits, _ or -"
+            )
+        entries: list[Any] = [
+            {"custom_id": r.custom_id, "params": message_params(r)} for r in requests
+        ]
+        try:
+            batch = await self.client.messages.batches.create(requests=entries)
+        except Exception as exc:
+            raise translate_error(exc, self.config, requests[0].model) from exc
+        return BatchSubmission(batch_id=batch.id, request_count=len(requests))
+
+    async def poll_batch(self, batch_id: str) -> BatchStatus:
+        try:
+            batch = await self.client.messages.batches.retrieve(batch_id)
+        except Exception as exc:
+            raise translate_error(exc, self.config, "") from exc
+        return _status(batch)
+
+    async def cancel_batch(self, batch_id: str) -> BatchStatus:
+        try:
+            batch = await self.client.messages.batches.cancel(batch_id)
+        except Exception as exc:
+            raise translate_error(exc, self.config, "") from exc
+        return _status(batch)
+
+    async def collect_batch(
+        self, batch_id: str, requests: Sequence[TeacherRequest] = ()
+    ) -> dict[str, TeacherResponse]:
+        """Responses by custom_id; errored/canceled/expired entries carry ``error``
+        (canceled and expired ones were not processed and cost nothing)."""
+        by_id = {r.custom_id: r for r in requests}
+        results: dict[str, TeacherResponse] = {}
+        try:
+            stream = await self.client.messages.batches.results(batch_id)
+            async for item in stream:
+                custom_id = str(item.custom_id)
+                result = item.result
+                request = by_id.get(custom_id)
+                if result.type == "succeeded":
+                    results[custom_id] = response_from_message(
+                        request, custom_id, result.message, latency_ms=None
+                    )
+                elif result.type == "errored":
+                    error = getattr(result.error, "error", None)
+                    message = str(getattr(error, "message", "") or "the request failed")
+                    kind = str(getattr(error, "type", "") or "error")
+                    results[custom_id] = TeacherResponse(
+                        custom_id=custom_id, raw_text="", error=f"{kind}: {message}"
+                    )
+                else:
+                    results[custom_id] = TeacherResponse(
+                        custom_id=custom_id,
+                        raw_text="",
+                        error=f"not processed: the batch entry was {result.type}",
+                    )
+        except Exception as exc:
+            raise translate_error(exc, self.config, "") from exc
+        return results
+
+
+def _status(batch: Any) -> BatchStatus:
+    counts = batch.request_counts
+    succeeded = int(counts.succeeded or 0)
+    errored = int(counts.errored or 0)
+    canceled = int(counts.canceled or 0)
+    expired = int(counts.expired or 0)
+    processing = int(counts.processing or 0)
+    status = str(batch.processing_status)
+    if status == "in_progress":
+        state = "in_progress"
+    elif status == "canceling":
+        state = "cancelling"
+    elif succeeded + errored == 0 and canceled:
+        state = "cancelled"
+    elif succeeded + errored == 0 and expired:
+        state = "expired"
+    else:
+        state = "completed"
+    return BatchStatus(
+        batch_id=batch.id,
+        state=state,
+        provider_status=status,
+        total=succeeded + errored + canceled + expired + processing,
+        completed=succeeded,
+        failed=errored + canceled + expired,
+        done=status == "ended",
+    )

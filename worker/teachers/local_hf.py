@@ -1,0 +1,200 @@
+"""A local Hugging Face causal LM as a teacher (open-weight teachers on a team's own GPUs).
+
+Requests arriving concurrently from the runner are gathered into batches of up to
+``config.local_batch_size`` and generated together: chat template applied, left padding (so
+every row's answer starts right after its prompt), greedy decoding at temperature 0, sampling
+otherwise. Generation runs in a worker thread so the event loop keeps serving.
+
+torch and transformers are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from worker.teachers.base import (
+    ProviderConfig,
+    TeacherConfigError,
+    TeacherError,
+    TeacherRequest,
+    TeacherResponse,
+)
+
+
+@dataclass
+class _Pending:
+    request: TeacherRequest
+    future: asyncio.Future[TeacherResponse]
+
+
+class LocalHFProvider:
+    def __init__(self, config: ProviderConfig) -> None:
+        if config.kind != "local_hf":
+            raise TeacherConfigError(f"LocalHFProvider cannot serve kind {config.kind!r}")
+        if not config.local_model_path:
+            raise TeacherConfigError(f"{config.label}: no local model path")
+        self.config = config
+        self.batch_size = max(1, int(config.local_batch_size))
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._device = ""
+        self._queue: list[_Pending] = []
+        self._wakeup: asyncio.Event | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._load_lock: asyncio.Lock | None = None
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the model and tokenizer (blocking; called once, in a thread)."""
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = self.config.local_model_path
+        device = self.config.local_device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype: Any = "auto"
+        if self.config.local_dtype not in ("", "auto"):
+            dtype = getattr(torch, self.config.local_dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise TeacherConfigError(
+                f"{self.config.label}: cannot load model at {path}: {exc}"
+            ) from exc
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.to(device)
+        model.eval()
+        self._tokenizer, self._model, self._device = tokenizer, model, device
+
+    # -- the provider interface ---------------------------------------------------------------
+
+    async def generate(self, request: TeacherRequest) -> TeacherResponse:
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+            self._load_lock = asyncio.Lock()
+        assert self._load_lock is not None
+        async with self._load_lock:
+            if self._model is None:
+                await asyncio.to_thread(self.load)
+        future: asyncio.Future[TeacherResponse] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(request, future))
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._batch_loop())
+        self._wakeup.set()
+        return await future
+
+    async def aclose(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            # The loop only ends by cancellation; whatever it raised was delivered to the callers.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop_task
+        self._model = None
+        self._tokenizer = None
+
+    async def _batch_loop(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            # Let every coroutine that is about to enqueue do so before we cut a batch.
+            await asyncio.sleep(0)
+            while self._queue:
+                first = self._queue[0].request
+                group_key = (first.temperature, first.max_tokens)
+                batch = [
+                    p
+                    for p in self._queue
+                    if (p.request.temperature, p.request.max_tokens) == group_key
+                ][: self.batch_size]
+                for pending in batch:
+                    self._queue.remove(pending)
+                try:
+                    responses = await asyncio.to_thread(
+                        self.generate_batch, [p.request for p in batch]
+                    )
+                except Exception as exc:
+                    error = (
+                        exc
+                        if isinstance(exc, TeacherError)
+                        else TeacherError(f"{self.config.label}: local generation failed: {exc}")
+                    )
+                    for pending in batch:
+                        if not pending.future.done():
+                            pending.future.set_exception(error)
+                    continue
+                for pending, response in zip(batch, responses, strict=True):
+                    if not pending.future.done():
+                        pending.future.set_result(response)
+
+    # -- batched generation (blocking) --------------------------------------------------------
+
+    def generate_batch(self, requests: list[TeacherRequest]) -> list[TeacherResponse]:
+        """Generate answers for requests sharing temperature and max_tokens, in one pass."""
+        import torch
+
+        self.load()
+        tokenizer, model = self._tokenizer, self._model
+        prompts = [
+            tokenizer.apply_chat_template(
+                [dict(m) for m in r.messages], tokenize=False, add_generation_prompt=True
+            )
+            for r in requests
+        ]
+        encoded = tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self._device)
+        temperature = float(requests[0].temperature)
+        max_new = int(requests[0].max_tokens)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+        else:
+            kwargs.update(do_sample=False)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            output = model.generate(**encoded, **kwargs)
+        elapsed_ms = int((time.perf_counter() - started) * 1000)
+        prompt_len = encoded["input_ids"].shape[1]
+        responses = []
+        for row, request in enumerate(requests):
+            generated = output[row, prompt_len:].tolist()
+            finish = "length"
+            kept: list[int] = []
+            for token in generated:
+                if token == tokenizer.eos_token_id:
+                    finish = "stop"
+                    break
+                if (
+                    token == tokenizer.pad_token_id
+                    and tokenizer.pad_token_id != tokenizer.eos_token_id
+                ):
+                    finish = "stop"
+                    break
+                kept.append(token)
+            text = tokenizer.decode(kept, skip_special_tokens=True)
+            responses.append(
+                TeacherResponse(
+                    custom_id=request.custom_id,
+                    raw_text=text.strip(),
+                    input_tokens=int(encoded["attention_mask"][row].sum().item()),
+                    # the stop token is generated too: count it, as the APIs do
+                    output_tokens=len(kept) + (1 if finish == "stop" else 0),
+                    finish_reason=finish,
+                    latency_ms=elapsed_ms,
+                )
+            )
+        return responses
