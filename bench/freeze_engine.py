@@ -8,7 +8,8 @@ demo sample when that is missing) with the gold label as the teacher's output. T
 unique the way production inputs are: every copy after the first gets a distinct order number
 ("… (order #12345)"), so each message has ~4 near-duplicate siblings that the freeze must keep
 in one split. The stress case (full mode) instead joins two random messages per row — longer
-texts whose rare words repeat in ~8 rows — the worst case for the near-duplicate join.
+texts whose rare words repeat in ~8 rows — the worst case for the near-duplicate join — and
+also freezes 50,000 DialogSum dialogues (long inputs, ~130 words, a text task), same scheme.
 
 Ours: worker.datasets.freeze (validation + canonical outputs, grouping by normalised text,
 near-duplicate join and grouping, stratified seeded splits, leakage report, sha256 content hash,
@@ -155,6 +156,28 @@ def main() -> None:
             file=sys.stderr,
         )
 
+    long_s = long_cpu_s = None
+    dialogsum = Path("/work/shared/data/dialogsum/train.jsonl")
+    if not args.quick and dialogsum.exists():
+        # Long inputs (~130 words): a dialogue-summary text task, same order-number scheme.
+        dialogues = [
+            json.loads(line) for line in dialogsum.read_text(encoding="utf-8").splitlines()
+        ]
+        text_spec = TaskSpec("Summarise the dialogue:\n{{ dialogue }}", "text", ("dialogue",))
+        long_rows = []
+        for i in range(n):
+            d = dialogues[i % len(dialogues)]
+            suffix = "" if i < len(dialogues) else f"\n#Person1#: My order number is {10_000 + i}."
+            long_rows.append(
+                DatasetRow(i, {"dialogue": d["dialogue"] + suffix}, d["summary"], "teacher")
+            )
+        long_times, long_cpu, _ = time_freeze(text_spec, long_rows, 1)
+        long_s, long_cpu_s = long_times[0], long_cpu[0]
+        print(
+            f"long inputs (DialogSum dialogues): {long_s:.2f} s ({long_cpu_s:.2f} s CPU)",
+            file=sys.stderr,
+        )
+
     # Baseline vs ours on the same sample of unique normalised texts.
     sample = sorted({normalise_text(r.inputs["text"]) for r in rows})
     random.Random(3).shuffle(sample)
@@ -192,6 +215,8 @@ def main() -> None:
         "export_chat_jsonl_s": round(export_s, 3),
         "export_chat_jsonl_mb": round(export_mb, 1),
         "stress_two_messages_freeze_s": None if stress_s is None else round(stress_s, 3),
+        "long_inputs_dialogsum_freeze_s": None if long_s is None else round(long_s, 3),
+        "long_inputs_dialogsum_cpu_s": None if long_cpu_s is None else round(long_cpu_s, 3),
         "baseline_sample": len(sample),
         "baseline_all_pairs_s": round(baseline_s, 3),
         "ours_on_sample_s": round(ours_sample_s, 4),

@@ -176,16 +176,20 @@ def near_duplicate_pairs(
     rank_of[np.lexsort((np.arange(len(vocab)), freq))] = np.arange(len(vocab))
     rank = rank_of[flat]
 
+    # Entries are row-major already (row i's words are contiguous); sort each row's words
+    # rarest first with one integer sort.
+    rank = np.sort(row * len(vocab) + rank) % len(vocab)
+    starts = np.cumsum(sizes) - sizes
+    nonempty = sizes > 0
+
     sketch_words = 4  # 4 x 64 bits
     bit = (rank * np.int64(0x9E3779B1)) % (64 * sketch_words)
+    one_bit = np.left_shift(np.uint64(1), (bit % 64).astype(np.uint64))
     sketch = np.zeros((n, sketch_words), dtype=np.uint64)
-    np.bitwise_or.at(
-        sketch, (row, bit // 64), np.left_shift(np.uint64(1), (bit % 64).astype(np.uint64))
-    )
+    for word in range(sketch_words):
+        values = np.where(bit // 64 == word, one_bit, np.uint64(0))
+        sketch[nonempty, word] = np.bitwise_or.reduceat(values, starts[nonempty])
 
-    by_row = np.lexsort((rank, row))  # each row's words, rarest first
-    rank = rank[by_row]
-    starts = np.cumsum(sizes) - sizes
     pos = np.arange(len(rank)) - np.repeat(starts, sizes)
     probe_len = sizes - np.ceil(threshold * sizes - eps).astype(np.int64) + 1
     index_len = sizes - np.ceil(2 * threshold / (1 + threshold) * sizes - eps).astype(np.int64) + 1
