@@ -46,7 +46,6 @@ class BaseModelError(RuntimeError):
 @dataclass(frozen=True)
 class BaseModelInfo:
     name: str
-    path: str
     source: str
     gguf_file: str
     gguf_sha256: str
@@ -183,7 +182,6 @@ def _convert_gguf(gguf_path: Path, origin: str, out: Path) -> None:
     tokenizer.save_pretrained(out)
     info = BaseModelInfo(
         name=SMOLLM2_NAME,
-        path=str(out),
         source=origin,
         gguf_file=name,
         gguf_sha256=_sha256(gguf_path),

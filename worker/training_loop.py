@@ -649,6 +649,7 @@ def _train(
             metrics.update(trainer.last_eval[1])
         else:
             metrics.update(trainer.evaluate())
+    metrics["peak_rss_mb"] = peak_rss_mb()
     if hp.device == "cuda":
         metrics["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
 
@@ -709,6 +710,13 @@ def _train(
         timings=timings,
         hyperparameters=hp.to_json(),
     )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _smaller(hp: Hyperparameters) -> Hyperparameters:
