@@ -426,6 +426,17 @@ class FrozenVersion:
     leakage: LeakageReport
     skipped: list[SkippedRow]
 
+    def manifest(self) -> dict[str, Any]:
+        """Everything but the rows, JSON-ready: what the version record stores."""
+        return {
+            "format": FORMAT_VERSION,
+            "content_hash": self.content_hash,
+            "params": asdict(self.params),
+            "stats": asdict(self.stats),
+            "leakage": self.leakage.to_dict(),
+            "skipped": [asdict(s) for s in self.skipped],
+        }
+
     def split_rows(self, split: Split) -> list[FrozenRow]:
         return [row for row in self.rows if row.split == split]
 
@@ -454,6 +465,17 @@ def freeze(
     params.validate()
     valid, skipped = _validated_rows(spec, rows, params)
     selected, dropped = _apply_ratio(valid, params)
+    if not selected:
+        raise DatasetError(
+            "rows: nothing to freeze"
+            + (
+                f" ({len(skipped)} row(s) skipped as invalid)"
+                if skipped
+                else " (no approved outputs or reference rows)"
+                if not valid
+                else f" once real_ratio = {params.real_ratio:g} is applied"
+            )
+        )
     selected.sort(key=lambda r: _id_key(r.row_id))
 
     exact_text = [input_text(r.inputs, spec.input_fields) for r in selected]

@@ -228,6 +228,8 @@ def test_real_to_synthetic_ratio_is_controlled_with_the_seed():
     assert sources(0.1) == {"human_reference": 11, "teacher": 100}
     assert sources(0.0) == {"teacher": 100}
     assert sources(1.0) == {"human_reference": 30}
+    with pytest.raises(DatasetError, match="rows: nothing to freeze once real_ratio = 1"):
+        freeze(SUMMARY, synthetic, FreezeParams(real_ratio=1.0))
     version = freeze(SUMMARY, rows, FreezeParams(real_ratio=0.5))
     assert version.stats.real_share == 0.5
     assert version.stats.dropped_for_ratio == {"real": 0, "synthetic": 70}
@@ -265,6 +267,7 @@ def test_outputs_are_canonicalised_and_invalid_rows_refused_or_skipped(banking):
         ([(1, {"other": "a"}, "x", "teacher")], "row 1: input has no value for field(s): dialogue"),
         ([(1, {"dialogue": "a"}, "", "teacher")], "row 1: output: empty output"),
         ([(1, {"dialogue": "a"}, "x")], "expected (row_id, inputs, output, source"),
+        ([], "rows: nothing to freeze"),
     ],
 )
 def test_bad_rows_are_refused_with_a_message_naming_the_row(rows, message):
@@ -302,9 +305,10 @@ def test_stats_and_the_record_of_what_went_in(banking):
     assert version.row_ids == list(range(len(rows)))
     assert version.decision_ids == [1000 + i for i in range(len(rows))]
     assert sum(len(version.split_rows(s)) for s in ("train", "validation", "test")) == len(rows)
-    json.dumps(
-        {"stats": stats.__dict__, "leakage": version.leakage.to_dict()}
-    )  # JSON-serialisable for the stats page
+    manifest = json.loads(json.dumps(version.manifest()))  # JSON-ready for the version record
+    assert manifest["content_hash"] == version.content_hash
+    assert manifest["stats"]["counts"] == stats.counts and manifest["params"]["seed"] == 1
+    assert FreezeParams(**manifest["params"]) == version.params
 
 
 # ----------------------------------------------------------------------------- exports
