@@ -452,3 +452,41 @@ def test_judge_and_without_flag_conditions_and_the_first_matching_rule_wins():
     assert first_matching_rule(rules, good, [Flag("refusal", "")]) is None
     assert first_matching_rule(rules, bad, []) == (0, "reject")
     assert first_matching_rule(rules, OutputToCheck(3, "x"), []) is None
+
+
+def test_judge_through_the_openai_sdk_against_the_loopback_provider():
+    """The judge call as the web side makes it: the official SDK, over HTTP, to a fake far end."""
+    from openai import OpenAI
+
+    from tests.fakes.provider_server import FakeProviderServer
+
+    def grader(request):  # the fake judge reads the prompt our check built
+        prompt = request.last_user_text
+        answer = prompt.split("<answer>\n", 1)[1].split("\n</answer>", 1)[0]
+        if '"total": 12.5' in answer:
+            return '{"score": 5, "reason": "The total matches."}'
+        return "**Score:** 2/5\n**Reason:** the total is not the grand total."
+
+    rubric = JudgeRubric("The total must equal the receipt's grand total.")
+    row = {"receipt": "TESCO\nTOTAL 12.50"}
+    with FakeProviderServer(responder=grader) as server:
+        client = OpenAI(base_url=server.openai_base_url, api_key="sk-test", max_retries=0)
+
+        def call(messages: list[dict[str, str]]) -> str:
+            reply = client.chat.completions.create(model="judge", messages=messages)  # type: ignore[arg-type]
+            return reply.choices[0].message.content or ""
+
+        good, good_flags = judge_output(
+            call, rubric, RECEIPT, row, '{"vendor": "Tesco", "total": 12.5}'
+        )
+        bad, bad_flags = judge_output(
+            call, rubric, RECEIPT, row, '{"vendor": "Tesco", "total": 1.25}'
+        )
+        server.fail_next(500)
+        _, error_flags = judge_output(call, rubric, RECEIPT, row, "{}")
+        sent = server.requests("openai.chat")[0].body
+    assert good.score == 5 and good_flags == []
+    assert bad.score == 2 and bad.reason == "the total is not the grand total."
+    assert codes(bad_flags) == ["judge_low_score"]
+    assert codes(error_flags) == ["judge_error"] and "500" in error_flags[0].message
+    assert sent is not None and sent["messages"][0]["role"] == "system"
