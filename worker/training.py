@@ -188,11 +188,19 @@ def resolve_hyperparameters(spec: TrainSpec, *, n_train: int, device: str) -> Hy
         raise TrainingConfigError(f"preset: must be one of {', '.join(PRESETS)}")
     if n_train < 1:
         raise TrainingConfigError("train_examples: there is nothing to train on")
+    for name in ("batch_size", "grad_accum", "lora_r", "lora_alpha", "max_length", "max_steps"):
+        value = getattr(spec, name)
+        if value is not None and value < 1:
+            raise TrainingConfigError(f"{name}: must be at least 1")
+    if spec.epochs is not None and spec.epochs <= 0:
+        raise TrainingConfigError("epochs: must be more than 0")
+    if spec.lora_dropout is not None and not 0 <= spec.lora_dropout < 1:
+        raise TrainingConfigError("lora_dropout: must be between 0 and 1")
     base_epochs, r, alpha, dropout, lr_lora, lr_full, cpu_cap = _PRESETS[preset]
     on_cuda = device == "cuda"
 
-    batch_size = spec.batch_size or (16 if on_cuda else 8)
-    grad_accum = spec.grad_accum or 1
+    batch_size = spec.batch_size if spec.batch_size is not None else (16 if on_cuda else 8)
+    grad_accum = spec.grad_accum if spec.grad_accum is not None else 1
     epochs = spec.epochs if spec.epochs is not None else _epochs_for(base_epochs, n_train)
     if spec.max_steps is not None:
         total_steps = spec.max_steps
@@ -200,16 +208,14 @@ def resolve_hyperparameters(spec: TrainSpec, *, n_train: int, device: str) -> Hy
         total_steps = math.ceil(epochs * n_train / (batch_size * grad_accum))
         if not on_cuda and cpu_cap is not None and spec.epochs is None:
             total_steps = min(total_steps, cpu_cap)
-    if total_steps < 1:
-        raise TrainingConfigError("max_steps/epochs: the run would take no optimisation step")
-    for name in ("batch_size", "grad_accum", "lora_r", "lora_alpha", "max_length"):
-        value = getattr(spec, name)
-        if value is not None and value < 1:
-            raise TrainingConfigError(f"{name}: must be at least 1")
-    learning_rate = spec.learning_rate or (lr_full if spec.method == "full" else lr_lora)
+    learning_rate = spec.learning_rate
+    if learning_rate is None:
+        learning_rate = lr_full if spec.method == "full" else lr_lora
     if not 0 < learning_rate < 1:
         raise TrainingConfigError("learning_rate: must be between 0 and 1")
     lora = spec.method != "full"
+    if spec.checkpoint_every_steps is not None and spec.checkpoint_every_steps < 1:
+        raise TrainingConfigError("checkpoint_every_steps: must be at least 1")
     checkpoint_every = spec.checkpoint_every_steps or max(1, min(200, round(total_steps / 10)))
     has_eval = bool(spec.eval_examples) or spec.eval_fraction > 0
     eval_every = (spec.eval_every_steps or max(1, total_steps // 5)) if has_eval else None
