@@ -218,6 +218,8 @@ class FakeProviderServer:
         self._anthropic_results: dict[str, bytes] = {}
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._active = 0
+        self.max_concurrent = 0  # most generation calls being answered at the same time
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -303,6 +305,7 @@ class FakeProviderServer:
             self._log.clear()
             self._failures.clear()
             self._malformed = 0
+            self.max_concurrent = 0
 
     # -- the request log ----------------------------------------------------------------------
 
@@ -670,6 +673,13 @@ def _fmt_number(value: float | str) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # 529 "Overloaded" is Anthropic's own
+        return "Overloaded" if status == 529 else f"HTTP {status}"
+
+
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
@@ -770,11 +780,11 @@ class _Handler(BaseHTTPRequestHandler):
             api_key=api_key,
             headers={k.lower(): v for k, v in self.headers.items()},
         )
-        try:
-            self._route(kind, params, body, raw, api_key, entry)
-        finally:
-            if kind != "control":
-                self.fake._record(entry)
+        # Logged on arrival (status filled in before the answer goes out), so a test that has
+        # its answer always finds the request in the log.
+        if kind != "control":
+            self.fake._record(entry)
+        self._route(kind, params, body, raw, api_key, entry)
 
     def _api_key(self) -> str:
         auth = self.headers.get("authorization") or ""
@@ -809,32 +819,50 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(entry, 401, error(401, message))
             return
         if kind in GENERATION_KINDS:
-            if fake.latency_s:
-                time.sleep(fake.latency_s)
-            fault = fake._take_fault()
-            if fault == "malformed":
-                self._send(entry, 200, b'{"id": "broken", "choices": [', "application/json")
-                return
-            if isinstance(fault, _Failure):
-                headers = {}
-                if fault.retry_after is not None:
-                    headers["retry-after"] = fault.retry_after
-                if fault.retry_after_ms is not None:
-                    headers["retry-after-ms"] = fault.retry_after_ms
-                message = fault.message or HTTPStatus(fault.status).phrase
-                self._json(entry, fault.status, error(fault.status, message), headers)
-                return
-            if body is None:
-                self._json(entry, 400, error(400, "the body is not JSON"))
-                return
-            if anthropic:
-                status, answer = fake.anthropic_message(body, batch=False)
-            else:
-                status, answer = fake.openai_completion(body, batch=False)
-            request_header = "request-id" if anthropic else "x-request-id"
-            self._json(entry, status, answer, {request_header: fake._ids("req_")})
+            with fake._lock:
+                fake._active += 1
+                fake.max_concurrent = max(fake.max_concurrent, fake._active)
+            try:
+                self._generation(kind, body, entry, anthropic, error)
+            finally:
+                with fake._lock:
+                    fake._active -= 1
             return
         self._batch_route(kind, params, body, raw, entry)
+
+    def _generation(
+        self,
+        kind: str,
+        body: dict[str, Any] | None,
+        entry: LoggedRequest,
+        anthropic: bool,
+        error: Callable[[int, str], dict[str, Any]],
+    ) -> None:
+        fake = self.fake
+        if fake.latency_s:
+            time.sleep(fake.latency_s)
+        fault = fake._take_fault()
+        if fault == "malformed":
+            self._send(entry, 200, b'{"id": "broken", "choices": [', "application/json")
+            return
+        if isinstance(fault, _Failure):
+            headers = {}
+            if fault.retry_after is not None:
+                headers["retry-after"] = fault.retry_after
+            if fault.retry_after_ms is not None:
+                headers["retry-after-ms"] = fault.retry_after_ms
+            message = fault.message or _phrase(fault.status)
+            self._json(entry, fault.status, error(fault.status, message), headers)
+            return
+        if body is None:
+            self._json(entry, 400, error(400, "the body is not JSON"))
+            return
+        if anthropic:
+            status, answer = fake.anthropic_message(body, batch=False)
+        else:
+            status, answer = fake.openai_completion(body, batch=False)
+        request_header = "request-id" if anthropic else "x-request-id"
+        self._json(entry, status, answer, {request_header: fake._ids("req_")})
 
     def _batch_route(
         self,

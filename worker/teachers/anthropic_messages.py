@@ -11,6 +11,8 @@ The SDK never retries (``max_retries=0``): the runner does, and counts.
 
 from __future__ import annotations
 
+import inspect
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +42,18 @@ _FINISH = {
 }
 
 
+# Claude models from Opus 4.7 on reject sampling parameters with a 400 ("temperature is
+# deprecated for this model"); older ones accept them. The current SDK no longer has a
+# ``temperature`` argument, so it travels in ``extra_body`` for the models that take it.
+_TAKES_TEMPERATURE = re.compile(
+    r"^claude-(?:3[-\w.]*|(?:opus|sonnet)-4(?:-[0-6])?|haiku-4-5)(?:-\d{8}|-latest)?$"
+)
+
+
+def accepts_temperature(model: str) -> bool:
+    return bool(_TAKES_TEMPERATURE.match(model.strip().split("/")[-1].lower()))
+
+
 def message_params(request: TeacherRequest) -> dict[str, Any]:
     """The Messages body for one request (the same for direct calls and batch entries)."""
     system = "\n\n".join(str(m["content"]) for m in request.messages if m.get("role") == "system")
@@ -52,8 +66,9 @@ def message_params(request: TeacherRequest) -> dict[str, Any]:
         "model": request.model,
         "max_tokens": int(request.max_tokens),
         "messages": turns,
-        "temperature": float(request.temperature),
     }
+    if accepts_temperature(request.model):
+        params["temperature"] = float(request.temperature)
     if system:
         params["system"] = system
     if request.output_kind == "json":
@@ -167,10 +182,14 @@ class AnthropicMessagesProvider:
 
     async def generate(self, request: TeacherRequest) -> TeacherResponse:
         params = message_params(request)
+        if "temperature" in params:
+            params["extra_body"] = {"temperature": params.pop("temperature")}
         started = time.perf_counter()
         try:
             raw = await self.client.messages.with_raw_response.create(**params)
             message = raw.parse()
+            if inspect.isawaitable(message):  # the SDKs differ: sync (legacy) or async parse
+                message = await message
         except Exception as exc:
             raise translate_error(exc, self.config, request.model) from exc
         latency = int((time.perf_counter() - started) * 1000)
@@ -185,8 +204,6 @@ class AnthropicMessagesProvider:
     # -- batch --------------------------------------------------------------------------------
 
     async def submit_batch(self, requests: Sequence[TeacherRequest]) -> BatchSubmission:
-        import re
-
         if not requests:
             raise TeacherConfigError("a batch needs at least one request")
         ids = [r.custom_id for r in requests]

@@ -16,6 +16,7 @@ The SDK never retries (``max_retries=0``): the runner does, and counts.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import time
@@ -217,6 +218,8 @@ class OpenAIChatProvider:
         try:
             raw = await self.client.chat.completions.with_raw_response.create(**params)
             completion = raw.parse()
+            if inspect.isawaitable(completion):  # the SDKs differ: sync (legacy) or async parse
+                completion = await completion
         except Exception as exc:
             raise translate_error(exc, self.config, request.model) from exc
         latency = int((time.perf_counter() - started) * 1000)
