@@ -18,6 +18,8 @@ class JobStatus(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
+    # Stopped on purpose (a user's pause, or a teacher run's budget cap); resuming re-queues it.
+    PAUSED = "paused", "Paused"
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
@@ -137,6 +139,14 @@ class TeacherRun(models.Model):
     estimate = models.JSONField(default=dict, blank=True)
     source = models.CharField(max_length=255, blank=True)  # imported: the file it came from
     batch_state = models.JSONField(default=dict, blank=True)  # provider batch ids and status
+    # provider=local_hf: the model directory on the worker (under an allowed root).
+    local_model_path = models.CharField(max_length=500, blank=True)
+    # Asked by a user; the running task stops at its next check and the job becomes "paused".
+    pause_requested = models.BooleanField(default=False)
+    # When the current stretch of work (first start or a resume) began, and how many outputs were
+    # stored before it: the run page's ETA is the rate since then.
+    segment_started_at = models.DateTimeField(null=True, blank=True)
+    segment_done_start = models.PositiveIntegerField(default=0)
     # Running totals; the ledger is the source of truth and these are kept equal to its sums.
     calls_made = models.PositiveIntegerField(default=0)
     cache_hits = models.PositiveIntegerField(default=0)

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 # jobs.tasks (which imports this module).
 TASK_FOR_KIND: dict[str, tuple[str, str]] = {
     JobKind.IMPORT_INPUTS: ("jobs.import_inputs", "default"),
+    JobKind.TEACHER_RUN: ("jobs.teacher_run", "default"),
 }
 
 
@@ -219,3 +220,43 @@ def jobs_reap_stale(
                 job_enqueue(job=job)
                 requeued += 1
     return {"requeued": requeued, "failed": failed}
+
+
+# Pause and resume (teacher runs) --------------------------------------------------------------
+
+
+class JobPaused(Exception):
+    """Raised inside a running job that stopped on purpose and can be resumed later (a user's
+    pause, a budget cap). The job becomes "paused"; resuming re-queues it."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def job_mark_paused(*, job: Job) -> bool:
+    """Called by the running task once it has stopped (running → paused)."""
+    now = timezone.now()
+    moved = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+        status=JobStatus.PAUSED, heartbeat_at=now, finished_at=now
+    )
+    job.refresh_from_db()
+    return bool(moved)
+
+
+def job_resume(*, job: Job, from_statuses: tuple[str, ...] = (JobStatus.PAUSED,)) -> bool:
+    """Re-queue a stopped job (a new claim picks it up). Attempts restart from zero: the reaper's
+    limit is about one stretch of work, not about how often a user resumed."""
+    with transaction.atomic():
+        moved = Job.objects.filter(pk=job.pk, status__in=from_statuses).update(
+            status=JobStatus.QUEUED,
+            cancel_requested=False,
+            finished_at=None,
+            error="",
+            attempts=0,
+            worker="",
+        )
+        if moved:
+            job_enqueue(job=job)
+    job.refresh_from_db()
+    return bool(moved)

@@ -28,6 +28,10 @@ def run_claimed(job_id: int, work: Callable[[Job], dict[str, Any]]) -> None:
         services.job_mark_cancelled(job=job)
         logger.info("job %s: cancelled after %.2f s", job_id, time.monotonic() - started)
         return
+    except services.JobPaused as paused:
+        services.job_mark_paused(job=job)
+        logger.info("job %s: paused after %.2f s (%s)", job_id, time.monotonic() - started, paused)
+        return
     except Exception as exc:
         logger.exception("job %s failed", job_id)
         services.job_fail(job=job, error=str(exc) or exc.__class__.__name__)
