@@ -156,15 +156,15 @@ def _refusal(address_text: str, *, allow_private: bool) -> str:
         "255.255.255.255"
     ):
         return "is the broadcast address"
-    if address.is_reserved:
-        return "is in a reserved range"
-    if address.is_loopback:
+    if address.is_loopback:  # before "reserved": ::1 sits inside the reserved ::/8
         if allow_private:
             return ""
         return (
             "is a loopback address; an owner must allow private network addresses "
             "for this credential to use a self-hosted endpoint"
         )
+    if address.is_reserved:
+        return "is in a reserved range"
     private = address.is_private or (
         isinstance(address, ipaddress.IPv4Address) and address in _SHARED_ADDRESS_SPACE
     )
