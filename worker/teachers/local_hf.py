@@ -46,6 +46,7 @@ class LocalHFProvider:
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._load_lock: asyncio.Lock | None = None
+        self.batch_sizes: list[int] = []  # one entry per generate pass (progress/diagnostics)
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -62,8 +63,11 @@ class LocalHFProvider:
         if self.config.local_dtype not in ("", "auto"):
             dtype = getattr(torch, self.config.local_dtype)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            # A local path only: a teacher run never downloads weights from a hub.
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, local_files_only=True
+            )
         except (OSError, ValueError) as exc:
             raise TeacherConfigError(
                 f"{self.config.label}: cannot load model at {path}: {exc}"
@@ -164,6 +168,7 @@ class LocalHFProvider:
             kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
         else:
             kwargs.update(do_sample=False)
+        self.batch_sizes.append(len(requests))
         started = time.perf_counter()
         with torch.inference_mode():
             output = model.generate(**encoded, **kwargs)
