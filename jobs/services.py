@@ -234,6 +234,11 @@ class JobPaused(Exception):
         self.reason = reason
 
 
+class JobHandedOff(Exception):
+    """Raised by a task whose job goes on in another, scheduled task (a provider batch that is
+    polled every few minutes): the job stays running, and that task heartbeats and finishes it."""
+
+
 def job_mark_paused(*, job: Job) -> bool:
     """Called by the running task once it has stopped (running → paused)."""
     now = timezone.now()

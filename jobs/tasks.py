@@ -28,6 +28,9 @@ def run_claimed(job_id: int, work: Callable[[Job], dict[str, Any]]) -> None:
         services.job_mark_cancelled(job=job)
         logger.info("job %s: cancelled after %.2f s", job_id, time.monotonic() - started)
         return
+    except services.JobHandedOff:
+        logger.info("job %s: handed off after %.2f s", job_id, time.monotonic() - started)
+        return
     except services.JobPaused as paused:
         services.job_mark_paused(job=job)
         logger.info("job %s: paused after %.2f s (%s)", job_id, time.monotonic() - started, paused)
@@ -58,3 +61,23 @@ def import_inputs(job_id: int) -> None:
 @shared_task(name="jobs.reap_stale_jobs")
 def reap_stale_jobs() -> dict[str, int]:
     return services.jobs_reap_stale()
+
+
+# Teacher runs ----------------------------------------------------------------------------------
+
+
+@shared_task(name="jobs.teacher_run")
+def teacher_run(job_id: int) -> None:
+    from .teacher_services import teacher_run_execute
+
+    run_claimed(job_id, lambda job: teacher_run_execute(job=job))
+
+
+@shared_task(name="jobs.teacher_batch_poll")
+def teacher_batch_poll(job_id: int, chain: str) -> None:
+    """One poll of a provider batch; it schedules the next one itself (countdown) until the
+    batch is collected. If the chain is lost (a worker died), the reaper re-queues the job and
+    the re-claimed run resumes polling the same batch."""
+    from .teacher_services import teacher_batch_poll_step
+
+    teacher_batch_poll_step(job_id=job_id, chain=chain)
