@@ -11,7 +11,6 @@ The SDK never retries (``max_retries=0``): the runner does, and counts.
 
 from __future__ import annotations
 
-import inspect
 import re
 import time
 from collections.abc import Sequence
@@ -186,10 +185,7 @@ class AnthropicMessagesProvider:
             params["extra_body"] = {"temperature": params.pop("temperature")}
         started = time.perf_counter()
         try:
-            raw = await self.client.messages.with_raw_response.create(**params)
-            message = raw.parse()
-            if inspect.isawaitable(message):  # the SDKs differ: sync (legacy) or async parse
-                message = await message
+            message = await self.client.messages.create(**params)
         except Exception as exc:
             raise translate_error(exc, self.config, request.model) from exc
         latency = int((time.perf_counter() - started) * 1000)
@@ -198,7 +194,7 @@ class AnthropicMessagesProvider:
             request.custom_id,
             message,
             latency_ms=latency,
-            request_id=raw.headers.get("request-id") or "",
+            request_id=str(getattr(message, "_request_id", "") or ""),
         )
 
     # -- batch --------------------------------------------------------------------------------

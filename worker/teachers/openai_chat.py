@@ -16,7 +16,6 @@ The SDK never retries (``max_retries=0``): the runner does, and counts.
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import time
@@ -213,17 +212,23 @@ class OpenAIChatProvider:
         await self.client.close()
 
     async def generate(self, request: TeacherRequest) -> TeacherResponse:
+        from openai.types.chat import ChatCompletion
+
         params = chat_params(request, self.kind)
         started = time.perf_counter()
         try:
-            raw = await self.client.chat.completions.with_raw_response.create(**params)
-            completion = raw.parse()
-            if inspect.isawaitable(completion):  # the SDKs differ: sync (legacy) or async parse
-                completion = await completion
+            # Same endpoint, auth, timeouts, errors and response model as
+            # ``chat.completions.create``, minus its re-walk of our already-plain params through
+            # the SDK's TypedDict transform (~0.3 ms of CPU per call, a fifth of the client's
+            # cost at high concurrency). ``chat_params`` builds exactly the documented body.
+            completion = await self.client.post(
+                "/chat/completions", body=params, cast_to=ChatCompletion
+            )
         except Exception as exc:
             raise translate_error(exc, self.config, request.model) from exc
         latency = int((time.perf_counter() - started) * 1000)
-        request_id = raw.headers.get("x-request-id") or ""
+        # The SDK keeps the x-request-id header on every response object.
+        request_id = str(getattr(completion, "_request_id", "") or "")
         return response_from_completion(
             request, request.custom_id, completion, latency_ms=latency, request_id=request_id
         )

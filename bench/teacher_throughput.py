@@ -1,0 +1,184 @@
+"""Teacher runner throughput against the loopback provider server.
+
+2,000 requests (real BANKING77 texts as a label task), a fixed 100 ms server latency,
+concurrency 32. The ideal wall time is bound = 2000 * 0.1 / 32 s; the runner (real ``openai``
+SDK over real HTTP, our retries/cache/metering code) should get within 10 % of it. Then an
+identical second run goes through the same in-memory cache and should call nothing.
+
+The server runs in its own process (as a provider would), so its threads do not compete with
+the runner for this interpreter's GIL.
+
+    .venv/bin/python bench/teacher_throughput.py            # full: 2,000 requests
+    .venv/bin/python bench/teacher_throughput.py --quick    # 320 requests, a few seconds
+
+The last line is JSON: {"ratio_to_bound", "rerun_calls", "seconds", "bound_s", "calls", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.request import Request, urlopen
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from worker.taskspec import TaskSpec, build_messages  # noqa: E402
+from worker.teacher_cache import InMemoryTeacherCache  # noqa: E402
+from worker.teacher_runner import run  # noqa: E402
+from worker.teachers import ProviderConfig, TeacherRequest, make_provider  # noqa: E402
+
+DATA = Path(os.environ.get("DISTILLERY_SHARED_DATA", "/work/shared/data")) / "banking77"
+
+
+def load_texts(n: int) -> tuple[list[str], tuple[str, ...]]:
+    texts: list[str] = []
+    labels: set[str] = set()
+    seen: set[str] = set()
+    for name in ("test.jsonl", "train.jsonl"):
+        path = DATA / name
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            labels.add(str(row["label"]))
+            if row["text"] not in seen and len(texts) < n:
+                seen.add(row["text"])
+                texts.append(row["text"])
+    if len(texts) < n:  # no shared data on this machine: synthetic but distinct messages
+        texts += [f"Synthetic support message number {i}" for i in range(len(texts), n)]
+        labels |= {"card_arrival", "exchange_rate", "lost_or_stolen_card"}
+    return texts, tuple(sorted(labels))
+
+
+def start_server(latency_s: float) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.provider_server",
+            "--latency",
+            str(latency_s),
+            "--responder",
+            "first_label",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    if not line.startswith("READY "):
+        process.kill()
+        raise RuntimeError(f"the fake provider did not start: {line!r}")
+    return process, line.split(" ", 1)[1]
+
+
+def generation_count(url: str) -> int:
+    with urlopen(Request(f"{url}/_fake/log"), timeout=30) as response:
+        log = json.load(response)["requests"]
+    return sum(1 for r in log if r["kind"] == "openai.chat")
+
+
+async def one_run(
+    config: ProviderConfig,
+    requests: list[TeacherRequest],
+    cache: InMemoryTeacherCache,
+    concurrency: int,
+) -> tuple[float, float, object]:
+    provider = make_provider(config)
+    try:
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        summary = await run(
+            requests,
+            provider,
+            concurrency=concurrency,
+            cache_lookup=cache.lookup,
+            cache_store=cache.store,
+        )
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+    finally:
+        await provider.aclose()
+    return wall, cpu, summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="320 requests instead of 2,000")
+    parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    n = args.requests or (320 if args.quick else 2000)
+
+    texts, labels = load_texts(n)
+    spec = TaskSpec(
+        "Classify the customer message into one intent.\nMessage: {{ text }}",
+        "label",
+        ("text",),
+        label_set=labels,
+    )
+    requests = [
+        TeacherRequest(
+            custom_id=f"input-{i}-0",
+            messages=build_messages(spec, {"text": text}),
+            model="gpt-4o-mini",
+            max_tokens=16,
+            output_kind="label",
+            label_set=labels,
+        )
+        for i, text in enumerate(texts)
+    ]
+    server, url = start_server(args.latency)
+    try:
+        config = ProviderConfig(
+            kind="openai",
+            credential_name="bench",
+            api_key="sk-bench",
+            base_url=f"{url}/v1",
+            allow_private_network=True,
+        )
+        cache = InMemoryTeacherCache()
+        wall, cpu, first = asyncio.run(one_run(config, requests, cache, args.concurrency))
+        calls_after_first = generation_count(url)
+        rerun_wall, _, second = asyncio.run(one_run(config, requests, cache, args.concurrency))
+        rerun_over_wire = generation_count(url) - calls_after_first
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    bound = n * args.latency / args.concurrency
+    result = {
+        "ratio_to_bound": round(bound / wall, 4),
+        "rerun_calls": second.calls,  # type: ignore[attr-defined]
+        "seconds": round(wall, 3),
+        "bound_s": round(bound, 3),
+        "calls": first.calls,  # type: ignore[attr-defined]
+        "requests": n,
+        "concurrency": args.concurrency,
+        "latency_s": args.latency,
+        "first_run_failed": first.failed,  # type: ignore[attr-defined]
+        "first_run_calls_seen_by_server": calls_after_first,
+        "rerun_calls_seen_by_server": rerun_over_wire,
+        "rerun_cache_hits": second.cache_hits,  # type: ignore[attr-defined]
+        "rerun_seconds": round(rerun_wall, 3),
+        # CPU this process used during the first run (SDK + runner); on a busy machine the
+        # ratio drops when this process cannot get that much CPU in time.
+        "client_cpu_s": round(cpu, 3),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "cpu_count": os.cpu_count(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
