@@ -10,6 +10,9 @@ class JobKind(models.TextChoices):
     FINE_TUNE = "fine_tune", "Fine-tuning"
     EVALUATION = "evaluation", "Evaluation"
     EXPERIMENT = "experiment", "Weekend experiment"
+    # Review and datasets (projects.review_services / projects.dataset_services)
+    REVIEW_CHECKS = "review_checks", "Review checks"
+    DATASET_FREEZE = "dataset_freeze", "Dataset freeze"
 
 
 class JobStatus(models.TextChoices):

@@ -63,6 +63,35 @@ def reap_stale_jobs() -> dict[str, int]:
     return services.jobs_reap_stale()
 
 
+# Review and datasets ---------------------------------------------------------------------------
+
+
+@shared_task(name="jobs.review_checks")
+def review_checks(job_id: int) -> None:
+    from projects.review_services import checks_job_run
+
+    def work(job: Job) -> dict[str, Any]:
+        def progress(done: int, total: int, figures: dict[str, Any]) -> None:
+            services.job_progress(job=job, done=done, total=total, figures=figures or None)
+
+        return checks_job_run(job=job, progress=progress)
+
+    run_claimed(job_id, work)
+
+
+@shared_task(name="jobs.dataset_freeze")
+def dataset_freeze(job_id: int) -> None:
+    from projects.dataset_services import dataset_freeze_job_run
+
+    def work(job: Job) -> dict[str, Any]:
+        def progress(done: int, total: int, figures: dict[str, Any]) -> None:
+            services.job_progress(job=job, done=done, total=total, figures=figures or None)
+
+        return dataset_freeze_job_run(job=job, progress=progress)
+
+    run_claimed(job_id, work)
+
+
 # Teacher runs ----------------------------------------------------------------------------------
 
 

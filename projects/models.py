@@ -252,6 +252,18 @@ class TeacherOutput(models.Model):
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
     flag_codes = models.JSONField(default=list, blank=True)
+    # Review bookkeeping (projects.review_services). Every decision bumps review_version; a
+    # decision is only accepted against the version the reviewer saw, so two people deciding at
+    # the same moment produce one decision, never two.
+    review_version = models.PositiveIntegerField(default=0)
+    # Two assigned reviewers disagreed; an owner resolves it, and until then it is not frozen.
+    review_conflict = models.BooleanField(default=False)
+    decided_by_rule = models.ForeignKey(
+        "ReviewRule", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # The optional LLM judge: normalised score in [0, 1] and its reason (or why it failed).
+    judge_score = models.FloatField(null=True, blank=True)
+    judge_reason = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -264,6 +276,8 @@ class TeacherOutput(models.Model):
         indexes = [
             models.Index(fields=["project", "review_status"], name="output_project_status"),
             models.Index(fields=["project", "confidence"], name="output_project_confidence"),
+            models.Index(fields=["project", "id"], name="output_project_id"),
+            models.Index(fields=["project", "reviewed_by"], name="output_project_reviewer"),
         ]
 
     def __str__(self) -> str:
@@ -286,3 +300,255 @@ class OutputFlag(models.Model):
 
     def __str__(self) -> str:
         return self.code
+
+
+# ===============================================================================================
+# Review and datasets (issue 4): rules, decisions, comments, assignments, audit, dataset versions
+# ===============================================================================================
+
+
+class ReviewRule(models.Model):
+    """An owner's auto rule (worker.checks rule language), applied in `position` order."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="review_rules")
+    name = models.CharField(max_length=120)
+    definition = models.JSONField()  # {"action": "approve", "when": {...}}
+    position = models.PositiveIntegerField(default=0)
+    is_active = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def action(self) -> str:
+        return str(self.definition.get("action", ""))
+
+
+class DecisionKind(models.TextChoices):
+    MANUAL = "manual", "Reviewer"
+    BULK = "bulk", "Bulk action"
+    RULE = "rule", "Auto rule"
+    CORRECTION = "correction", "Correction applied to identical outputs"
+    RESOLUTION = "resolution", "Conflict resolved by an owner"
+
+
+class ReviewDecision(models.Model):
+    """One decision on one output: who (or which rule), what, and the state it replaced.
+
+    `counts_for_output` is False for an assigned second reviewer's independent decision on an
+    overlap item: it is recorded for agreement, and marks a conflict when it disagrees, but does
+    not overwrite the first reviewer's decision."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    output = models.ForeignKey(TeacherOutput, on_delete=models.CASCADE, related_name="decisions")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    kind = models.CharField(max_length=12, choices=DecisionKind.choices)
+    status = models.CharField(max_length=12, choices=ReviewStatus.choices)
+    edited_value = models.JSONField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    rule = models.ForeignKey(
+        ReviewRule, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    counts_for_output = models.BooleanField(default=True)
+    before = models.JSONField(default=dict)  # the output's review state before this decision
+    version_after = models.PositiveIntegerField(default=0)
+    undone_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["project", "reviewer", "kind"], name="decision_project_reviewer"),
+            models.Index(fields=["output", "reviewer"], name="decision_output_reviewer"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.status} on output #{self.output_id}"
+
+
+class ReviewComment(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    output = models.ForeignKey(TeacherOutput, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"comment on output #{self.output_id}"
+
+
+class ReviewAssignment(models.Model):
+    """An output in a reviewer's share of the queue. Overlap items have two reviewers."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    output = models.ForeignKey(TeacherOutput, on_delete=models.CASCADE, related_name="assignments")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["output", "reviewer"], name="one_assignment_each")
+        ]
+        indexes = [models.Index(fields=["project", "reviewer"], name="assignment_reviewer")]
+
+    def __str__(self) -> str:
+        return f"output #{self.output_id} → {self.reviewer_id}"
+
+
+class JudgeScale(models.TextChoices):
+    ONE_TO_FIVE = "1-5", "1 (unacceptable) to 5 (perfect)"
+    ZERO_TO_ONE = "0-1", "0 (unacceptable) to 1 (perfect)"
+
+
+class ReviewSettings(models.Model):
+    """Per-project review settings: the optional LLM judge's rubric and model."""
+
+    project = models.OneToOneField(
+        Project, on_delete=models.CASCADE, related_name="review_settings"
+    )
+    judge_rubric = models.TextField(blank=True)
+    judge_scale = models.CharField(
+        max_length=4, choices=JudgeScale.choices, default=JudgeScale.ONE_TO_FIVE
+    )
+    judge_pass_score = models.FloatField(null=True, blank=True)
+    judge_credential = models.ForeignKey(
+        ProviderCredential, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    judge_model = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"review settings of {self.project}"
+
+
+class AuditAction(models.TextChoices):
+    DECISION = "decision", "Decision"
+    UNDO = "undo", "Undo"
+    BULK = "bulk", "Bulk action"
+    RULE_APPLIED = "rule_applied", "Auto rule applied"
+    RULE_CHANGED = "rule_changed", "Auto rules changed"
+    CORRECTION = "correction", "Correction applied to identical outputs"
+    COMMENT = "comment", "Comment"
+    ASSIGNMENT = "assignment", "Assignment"
+    RESOLUTION = "resolution", "Conflict resolved"
+    CHECKS = "checks", "Automatic checks"
+    FREEZE = "freeze", "Dataset frozen"
+
+
+class AuditEvent(models.Model):
+    """Who did what, when, with the state before and after. Written by services, never edited."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="audit_events")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    action = models.CharField(max_length=16, choices=AuditAction.choices)
+    output = models.ForeignKey(
+        TeacherOutput, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    rule = models.ForeignKey(
+        ReviewRule, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    dataset_version = models.ForeignKey(
+        "DatasetVersion", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    summary = models.CharField(max_length=500)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["project", "-id"], name="audit_project_recent"),
+            models.Index(fields=["project", "action"], name="audit_project_action"),
+            models.Index(fields=["project", "output"], name="audit_project_output"),
+        ]
+
+    def __str__(self) -> str:
+        return self.summary
+
+
+class ImmutableError(Exception):
+    """A frozen dataset version (or one of its rows) was about to be changed."""
+
+
+class DatasetVersion(models.Model):
+    """A frozen, named, hashed dataset. Never changes once written (save() refuses updates)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="dataset_versions")
+    name = models.CharField(max_length=120)
+    content_hash = models.CharField(max_length=64)
+    params = models.JSONField(default=dict)  # worker.datasets.FreezeParams + selection options
+    stats = models.JSONField(default=dict)
+    leakage = models.JSONField(default=dict)
+    skipped = models.JSONField(default=list)
+    row_count = models.PositiveIntegerField(default=0)
+    decision_count = models.PositiveIntegerField(default=0)
+    files = models.JSONField(default=dict)  # "format:split" -> path relative to DATA_DIR
+    job = models.ForeignKey(
+        "jobs.Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="dataset_name_unique")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise ImmutableError(f"dataset version {self.name!r} is frozen and cannot change")
+        super().save(*args, **kwargs)
+
+
+class DatasetItem(models.Model):
+    """One row of a frozen version, copied (inputs and output), so later edits never touch it."""
+
+    version = models.ForeignKey(DatasetVersion, on_delete=models.CASCADE, related_name="items")
+    row_id = models.CharField(max_length=40)
+    split = models.CharField(max_length=12)
+    source = models.CharField(max_length=20)
+    group = models.PositiveIntegerField(default=0)
+    inputs: models.JSONField[dict[str, Any]] = models.JSONField()
+    output = models.TextField()
+    decision_ids = models.JSONField(default=list)
+    # Where it came from; plain ids (not foreign keys) so nothing can ever rewrite a frozen row.
+    teacher_output_id = models.BigIntegerField(null=True, blank=True)
+    input_row_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["version", "split"], name="dataset_item_split")]
+
+    def __str__(self) -> str:
+        return self.row_id
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise ImmutableError("a frozen dataset row cannot change")
+        super().save(*args, **kwargs)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import dataset_views, review_views, views
 
 app_name = "projects"
 
@@ -49,5 +49,78 @@ urlpatterns = [
         "projects/<int:project_id>/uploads/<int:upload_id>/map/",
         views.upload_map,
         name="upload_map",
+    ),
+]
+
+# Review and datasets (issue 4) ----------------------------------------------------------------
+urlpatterns += [
+    path("projects/<int:project_id>/review/", review_views.review_queue, name="review_queue"),
+    path(
+        "projects/<int:project_id>/review/outputs/<int:output_id>/",
+        review_views.review_item,
+        name="review_item",
+    ),
+    path(
+        "projects/<int:project_id>/review/outputs/<int:output_id>/decide/",
+        review_views.review_decide,
+        name="review_decide",
+    ),
+    path(
+        "projects/<int:project_id>/review/outputs/<int:output_id>/comment/",
+        review_views.review_comment,
+        name="review_comment",
+    ),
+    path(
+        "projects/<int:project_id>/review/outputs/<int:output_id>/identical/",
+        review_views.review_identical,
+        name="review_identical",
+    ),
+    path(
+        "projects/<int:project_id>/review/outputs/<int:output_id>/resolve/",
+        review_views.review_resolve,
+        name="review_resolve",
+    ),
+    path("projects/<int:project_id>/review/undo/", review_views.review_undo, name="review_undo"),
+    path("projects/<int:project_id>/review/bulk/", review_views.review_bulk, name="review_bulk"),
+    path(
+        "projects/<int:project_id>/review/automation/",
+        review_views.review_automation,
+        name="review_automation",
+    ),
+    path(
+        "projects/<int:project_id>/review/rules/",
+        review_views.review_rule_create,
+        name="review_rule_create",
+    ),
+    path(
+        "projects/<int:project_id>/review/rules/apply/",
+        review_views.review_rules_apply,
+        name="review_rules_apply",
+    ),
+    path(
+        "projects/<int:project_id>/review/rules/<int:rule_id>/delete/",
+        review_views.review_rule_delete,
+        name="review_rule_delete",
+    ),
+    path(
+        "projects/<int:project_id>/review/assign/", review_views.review_assign, name="review_assign"
+    ),
+    path(
+        "projects/<int:project_id>/review/agreement/",
+        review_views.review_agreement,
+        name="review_agreement",
+    ),
+    path("projects/<int:project_id>/audit/", review_views.audit_log, name="audit_log"),
+    path("projects/<int:project_id>/datasets/", dataset_views.datasets_list, name="datasets_list"),
+    path("projects/<int:project_id>/datasets/new/", dataset_views.dataset_new, name="dataset_new"),
+    path(
+        "projects/<int:project_id>/datasets/<int:version_id>/",
+        dataset_views.dataset_detail,
+        name="dataset_detail",
+    ),
+    path(
+        "projects/<int:project_id>/datasets/<int:version_id>/export/",
+        dataset_views.dataset_export,
+        name="dataset_export",
     ),
 ]

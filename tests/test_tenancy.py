@@ -74,6 +74,23 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
     )
     invite = services.invite_create(team=team, role="viewer", user=owner)
     job = job_create(team=team, project=project, kind=JobKind.IMPORT_INPUTS, user=owner, params={})
+    # Review and datasets: an output (approved, so a version can be frozen), a rule, a version.
+    from projects import dataset_services, review_services
+    from tests.factories import TeacherOutputFactory
+
+    output = TeacherOutputFactory(project=project, input=row)
+    review_services.output_decide(
+        project=project, user=owner, output_id=output.pk, action="approve", seen_version=0
+    )
+    rule = review_services.rule_create(
+        project=project,
+        user=owner,
+        name="",
+        definition={"action": "approve", "when": {"unflagged": True}},
+    )
+    version = dataset_services.dataset_version_create(
+        project=project, user=owner, options=dataset_services.freeze_options(name="v1")
+    )
     return {
         "team_id": team.pk,
         "membership_id": teammate.memberships.get(team=team).pk,
@@ -83,6 +100,9 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         "input_id": row.pk,
         "upload_id": upload.pk,
         "job_id": job.pk,
+        "output_id": output.pk,
+        "rule_id": rule.pk,
+        "version_id": version.pk,
     }
 
 
