@@ -16,7 +16,7 @@ from django.conf import settings
 from projects.models import Role
 from tests.factories import MembershipFactory, ProjectFactory, TeamFactory
 
-pytest_plugins = ["tests.helpers.fixtures"]
+pytest_plugins = ["tests.helpers.fixtures", "tests.fakes.fixtures"]
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery"

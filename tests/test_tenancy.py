@@ -6,6 +6,8 @@ until its id is listed in `object_ids` below (i.e. until someone has thought abo
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from django.apps import apps
 from django.contrib.sessions.models import Session
@@ -74,6 +76,20 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
     )
     invite = services.invite_create(team=team, role="viewer", user=owner)
     job = job_create(team=team, project=project, kind=JobKind.IMPORT_INPUTS, user=owner, params={})
+    from jobs import teacher_services
+
+    teacher_run = teacher_services.teacher_run_start(
+        project=project,
+        user=owner,
+        run_settings=teacher_services.RunSettings(model="gpt-4o-mini", credential=credential),
+    )
+    price = teacher_services.price_entry_save(
+        team=team,
+        user=owner,
+        model="gpt-4o-mini",
+        input_usd_per_mtok=Decimal("0.1"),
+        output_usd_per_mtok=Decimal("0.4"),
+    )
     # Review and datasets: an output (approved, so a version can be frozen), a rule, a version.
     from projects import dataset_services, review_services
     from tests.factories import TeacherOutputFactory
@@ -103,6 +119,8 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         "output_id": output.pk,
         "rule_id": rule.pk,
         "version_id": version.pk,
+        "run_id": teacher_run.pk,
+        "price_id": price.pk,
     }
 
 
