@@ -187,13 +187,42 @@ def project_update_task(
 # Credentials -----------------------------------------------------------------------------------
 
 
-def _check_base_url(provider: str, base_url: str) -> str:
+def _check_base_url(provider: str, base_url: str, allow_private_network: bool = False) -> str:
     base_url = base_url.strip()
     if provider == ProviderKind.OPENAI_COMPATIBLE and not base_url:
         raise ValidationError({"base_url": "an OpenAI-compatible endpoint needs its base URL"})
     if base_url and not base_url.startswith(("http://", "https://")):
         raise ValidationError({"base_url": "the base URL must start with http:// or https://"})
+    if base_url:
+        _check_base_url_ssrf(base_url, allow_private_network)
     return base_url
+
+
+class _Unresolved(Exception):
+    pass
+
+
+def _check_base_url_ssrf(base_url: str, allow_private_network: bool) -> None:
+    """worker.ssrf's guard, when the credential is saved (the worker checks again before every
+    call). A host name that does not resolve from the web server right now is accepted here: the
+    worker refuses it with a clear message if it still does not resolve, or resolves badly."""
+    from worker.ssrf import UnsafeURLError, check_base_url, default_resolver
+
+    def resolver(host: str, port: int) -> list[str]:
+        try:
+            addresses = default_resolver(host, port)
+        except (OSError, UnicodeError):
+            raise _Unresolved from None
+        if not addresses:
+            raise _Unresolved
+        return addresses
+
+    try:
+        check_base_url(base_url, allow_private=allow_private_network, resolver=resolver)
+    except _Unresolved:
+        return
+    except UnsafeURLError as exc:
+        raise ValidationError({"base_url": str(exc)}) from None
 
 
 def credential_create(
@@ -219,7 +248,7 @@ def credential_create(
         team=team,
         name=name.strip(),
         provider=provider,
-        base_url=_check_base_url(provider, base_url),
+        base_url=_check_base_url(provider, base_url, allow_private_network),
         allow_private_network=allow_private_network,
         encrypted_key=encrypt_secret(api_key),
         key_last4=api_key[-4:],
@@ -235,7 +264,7 @@ def credential_update(
     allow_private_network: bool,
     api_key: str = "",
 ) -> ProviderCredential:
-    base_url = _check_base_url(credential.provider, base_url)
+    base_url = _check_base_url(credential.provider, base_url, allow_private_network)
     api_key = api_key.strip()
     if base_url != credential.base_url and not api_key:
         # A key must never be sent to a host its owner did not type it for.
