@@ -30,6 +30,7 @@ half-written one; starting the same spec again resumes from the latest.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -352,14 +353,22 @@ def _child_env(spec: TrainSpec) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    # If the worker that started us dies, SIGTERM us: we checkpoint and stop.
-    with contextlib.suppress(Exception):
-        import ctypes
-
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec hook: if the worker that started the child dies, the child gets SIGTERM (it
+    checkpoints and stops) instead of training on as an orphan. libc is loaded here, before
+    the fork: nothing may be imported between fork and exec."""
+    if sys.platform != "linux":
+        return None
+    try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        return None
+    prctl = libc.prctl
+
+    def hook() -> None:  # pragma: no cover - runs in the child before exec
+        prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+    return hook
 
 
 class TrainingProcess:
@@ -409,7 +418,7 @@ class TrainingProcess:
                 stdin=subprocess.DEVNULL,
                 env=_child_env(spec),
                 cwd=str(out),
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=_parent_death_signal(),
             )
         return cls(spec, proc, offset)
 

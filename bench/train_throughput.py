@@ -1,0 +1,519 @@
+"""CPU fine-tuning throughput: trl's default SFT recipe vs ours, same model, data and steps.
+
+    nice python bench/train_throughput.py            # full: 400 rows, 50 steps of 8, 200 test rows
+    nice python bench/train_throughput.py --quick    # smoke: 32 rows, 4 steps, 16 test rows
+
+Model: SmolLM2-135M-Instruct, prepared once with worker.base_models.ensure_smollm2 into
+$DISTILLERY_DATA_DIR/models/ (default ./.data). Data: BANKING77 (--data, default the repo's
+demo/banking77 if present, else /work/shared/data/banking77), a seeded sample of train rows
+and of test rows.
+
+Both recipes train LoRA r=8/alpha=16 on all linear layers, batch 8, lr 2e-4, the same number
+of steps, on the same rows; each runs in its own subprocess (so its peak RSS is its own):
+
+- default: ``trl.SFTTrainer`` with ``SFTConfig`` defaults (bf16 autocast, gradient
+  checkpointing), conversational "messages" rows without a system turn (the model's template
+  adds its default system prompt), loss over the whole sequence, LM head at every position;
+- ours: ``worker.training.run_training`` (fp32, no checkpointing, prompt/completion with loss
+  and LM head on the completion only, group-by-length, no default system prompt, threads =
+  cores, tcmalloc preloaded when installed).
+
+Held-out accuracy: greedy generation on the test rows, each model prompted as it was trained,
+parsed against the 77 labels with worker.taskspec.parse_output. The task is a "text" task
+(instruction + message, answer = label) as in issue 5's probe: a "label" task would also list
+all 77 labels in every prompt (see --task-kind label), ~6x more prompt tokens per example.
+
+The last line is JSON: ratio (ours / default samples/s), ours_tokens_per_s, ours_accuracy,
+default_accuracy, and the absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from worker.taskspec import TaskSpec, parse_output  # noqa: E402
+from worker.training_data import build_examples, student_messages  # noqa: E402
+
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05}
+INSTRUCTION = "Classify this banking customer message into its intent label.\nMessage: {{text}}"
+
+
+def default_data_dir() -> Path:
+    demo = REPO / "demo" / "banking77"
+    if (demo / "train.jsonl").exists() and (demo / "test.jsonl").exists():
+        return demo
+    return Path("/work/shared/data/banking77")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def make_task(kind: str, labels: tuple[str, ...]) -> TaskSpec:
+    return TaskSpec(
+        instruction_template=INSTRUCTION,
+        output_kind="label" if kind == "label" else "text",
+        input_fields=("text",),
+        label_set=labels if kind == "label" else (),
+    )
+
+
+# ------------------------------------------------------------------ the default recipe (child)
+
+
+def run_default(config_path: Path) -> None:
+    """trl's default SFT recipe; writes default_result.json next to the config."""
+    import resource
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    cfg = json.loads(config_path.read_text())
+    out = config_path.parent / "default"
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    rows = read_jsonl(config_path.parent / "train_examples.jsonl")
+    dataset = Dataset.from_list(
+        [
+            {"messages": [*r["messages"], {"role": "assistant", "content": r["completion"]}]}
+            for r in rows
+        ]
+    )
+    tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
+    args = SFTConfig(
+        output_dir=str(out),
+        max_steps=cfg["steps"],
+        per_device_train_batch_size=cfg["batch"],
+        learning_rate=cfg["lr"],
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=10,
+        seed=cfg["seed"],
+    )
+    trainer = SFTTrainer(
+        model=cfg["model"],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    output = trainer.train()
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    runtime = float(output.metrics["train_runtime"])
+    adapter = out / "adapter"
+    trainer.model.save_pretrained(str(adapter))
+    merged = trainer.model.merge_and_unload()
+    merged = merged.to(torch.float32)
+    merged.save_pretrained(str(out / "merged"))
+    tokenizer.save_pretrained(str(out / "merged"))
+    result = {
+        "train_runtime_s": runtime,
+        "samples": cfg["steps"] * cfg["batch"],
+        "tokens": int(trainer._total_train_tokens),
+        "peak_rss_mb": peak_rss,
+        "train_loss": float(output.training_loss),
+        "bf16": bool(args.bf16),
+        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "merged_dir": str(out / "merged"),
+    }
+    (config_path.parent / "default_result.json").write_text(json.dumps(result))
+
+
+# ------------------------------------------------------------------ ours
+
+
+def run_ours(cfg: dict[str, Any], work: Path, examples: list[Any]) -> dict[str, Any]:
+    from worker.training import TrainSpec, run_training
+
+    last_step: dict[str, Any] = {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "step":
+            last_step.update(event)
+            if event["step"] % 10 == 0:
+                print(
+                    f"  ours step {event['step']}/{event['total_steps']} "
+                    f"loss {event['loss']:.3f} {event['samples_per_s']:.2f} samples/s",
+                    flush=True,
+                )
+        elif event["type"] == "started":
+            print(f"  ours started: threads={event['threads']} tcmalloc={event['tcmalloc']}")
+
+    spec = TrainSpec(
+        base_model=cfg["model"],
+        output_dir=str(work / "ours"),
+        train_examples=examples,
+        method="lora",
+        max_steps=cfg["steps"],
+        batch_size=cfg["batch"],
+        learning_rate=cfg["lr"],
+        lora_r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        lora_target_modules="all-linear",
+        checkpoint_every_steps=cfg["steps"],
+        seed=cfg["seed"],
+        device="cpu",
+        threads=cfg.get("threads"),
+    )
+    result = run_training(spec, on_event)
+    if result.status != "succeeded":
+        raise SystemExit(f"our training failed: {result.error}")
+    runtime = result.metrics["train_runtime_s"]
+    return {
+        "train_runtime_s": runtime,
+        "samples": cfg["steps"] * cfg["batch"],
+        "tokens": int(last_step.get("trained_tokens", 0)),
+        "peak_rss_mb": result.metrics.get("peak_rss_mb"),
+        "train_loss": result.metrics["train_loss"],
+        "timings": result.timings,
+        "merged_dir": result.merged_dir,
+    }
+
+
+# ------------------------------------------------------------------ accuracy
+
+
+def accuracy(
+    model_dir: str,
+    test_messages: list[list[dict[str, str]]],
+    golds: list[str],
+    label_task: TaskSpec,
+    *,
+    task_system_prompt_only: bool,
+    batch: int = 16,
+) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    correct = 0
+    for start in range(0, len(test_messages), batch):
+        chunk = test_messages[start : start + batch]
+        prompts = [
+            tokenizer.apply_chat_template(
+                student_messages(m, tokenizer) if task_system_prompt_only else m,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for m in chunk
+        ]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                max_new_tokens=20,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        for i, row in enumerate(out):
+            text = tokenizer.decode(row[enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            parsed = parse_output(label_task, text)
+            correct += parsed.ok and parsed.value == golds[start + i]
+    return correct / max(len(golds), 1)
+
+
+# ------------------------------------------------------------------ ablations
+
+
+ABLATIONS = [
+    # name, bf16 autocast, gradient checkpointing, default system prompt, completion-only
+    # loss with the LM head at completion positions only, group-by-length batches
+    ("trl defaults", True, True, True, False, False),
+    ("fp32, no checkpointing", False, False, True, False, False),
+    ("+ completion-only loss and LM head", False, False, True, True, False),
+    ("+ no default system prompt", False, False, False, True, False),
+    ("+ group-by-length (ours)", False, False, False, True, True),
+]
+
+
+def run_ablations(
+    model_dir: str, examples: list[Any], batch: int, steps: int
+) -> list[dict[str, Any]]:
+    """Each recipe difference on its own: the same rows, ``steps`` timed optimiser steps
+    (after one warm-up step) per variant, in this process."""
+    import contextlib
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from worker.training_data import tokenize_example
+    from worker.training_loop import completion_nll
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+        LoraConfig(
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    model.train()
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    pool = examples[: batch * (steps + 1)]  # the same rows for every variant
+    rows = []
+    for name, bf16, checkpointing, default_system, completion_only, grouped in ABLATIONS:
+        if completion_only:
+            seqs = [
+                tokenize_example(
+                    e, tokenizer, max_length=512, inject_empty_system=not default_system
+                )
+                for e in pool
+            ]
+            pairs = [(t.input_ids, t.labels) for t in seqs]
+        else:
+            pairs = []
+            for e in pool:
+                ids = tokenizer.apply_chat_template(
+                    [*e.messages, {"role": "assistant", "content": e.completion}]
+                )
+                ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+                pairs.append((ids, list(ids)))
+        if grouped:
+            # What LengthGroupedSampler does within a mega-batch: similar lengths together.
+            pairs = sorted(pairs, key=lambda p: len(p[0]))
+            batches = [pairs[i : i + batch] for i in range(0, len(pairs), batch)]
+            random.Random(0).shuffle(batches)
+        else:
+            batches = [pairs[i : i + batch] for i in range(0, len(pairs), batch)]
+        batches = batches[: steps + 1]
+        if checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            model.enable_input_require_grads()
+        seconds, samples, tokens = 0.0, 0, 0
+        for i, chunk in enumerate(batches):
+            width = max(len(ids) for ids, _ in chunk)
+            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
+            labels = torch.full((len(chunk), width), -100)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for j, (ids, lab) in enumerate(chunk):
+                input_ids[j, : len(ids)] = torch.tensor(ids)
+                labels[j, : len(lab)] = torch.tensor(lab)
+                attention[j, : len(ids)] = 1
+            inputs = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+            start = time.perf_counter()
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+            with ctx:
+                if completion_only:
+                    nll, count, _, _ = completion_nll(model, inputs)
+                    loss = nll / count.clamp(min=1)
+                else:
+                    loss = model(**inputs, use_cache=False).loss
+            loss.backward()
+            optimiser.step()
+            optimiser.zero_grad()
+            if i > 0:  # the first step warms up allocators and kernels
+                seconds += time.perf_counter() - start
+                samples += len(chunk)
+                tokens += int(attention.sum())
+        if checkpointing:
+            model.gradient_checkpointing_disable()
+        rows.append(
+            {
+                "variant": name,
+                "samples_per_s": round(samples / seconds, 3),
+                "tokens_per_s": round(tokens / seconds, 1),
+                "mean_tokens": round(tokens / max(samples, 1), 1),
+            }
+        )
+        print(f"  {name:40s} {rows[-1]['samples_per_s']:6.2f} samples/s", flush=True)
+    base = rows[0]["samples_per_s"]
+    for row in rows:
+        row["speedup"] = round(row["samples_per_s"] / base, 2)
+    return rows
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="32 rows, 4 steps, 16 test rows")
+    parser.add_argument("--data", type=Path, default=None, help="folder with train/test.jsonl")
+    parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--test-rows", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=None, help="default: one epoch")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--task-kind", choices=("text", "label"), default="text")
+    parser.add_argument("--work", type=Path, default=REPO / "bench" / "out" / "train_throughput")
+    parser.add_argument("--smollm2-source", type=Path, default=None)
+    parser.add_argument("--skip-default", action="store_true")
+    parser.add_argument(
+        "--ablations",
+        type=int,
+        metavar="STEPS",
+        default=0,
+        help="instead: time each recipe difference alone for STEPS steps",
+    )
+    parser.add_argument("--run-default", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_default:
+        run_default(args.run_default)
+        return
+    if args.quick:
+        args.rows, args.test_rows = 32, 16
+        args.steps = args.steps or 4
+    steps = args.steps or max(1, args.rows // args.batch)
+
+    from worker.base_models import ensure_smollm2, read_info
+
+    data_root = Path(os.environ.get("DISTILLERY_DATA_DIR", REPO / ".data"))
+    model_dir = ensure_smollm2(
+        data_root / "models" / "smollm2-135m-instruct",
+        source=args.smollm2_source,
+        download=True,
+    )
+    data = args.data or default_data_dir()
+    rng = random.Random(args.seed)
+    train_rows = rng.sample(read_jsonl(data / "train.jsonl"), args.rows)
+    test_rows = rng.sample(read_jsonl(data / "test.jsonl"), args.test_rows)
+    labels = tuple(sorted({r["label"] for r in read_jsonl(data / "train.jsonl")}))
+    task = make_task(args.task_kind, labels)
+    label_task = make_task("label", labels)
+    examples = build_examples(task, [{"text": r["text"], "output": r["label"]} for r in train_rows])
+    test_examples = build_examples(
+        task, [{"text": r["text"], "output": r["label"]} for r in test_rows]
+    )
+
+    if args.ablations:
+        print(f"ablations: {args.ablations} timed steps of {args.batch} per variant", flush=True)
+        table = run_ablations(str(model_dir), examples, args.batch, args.ablations)
+        print(json.dumps({"ablations": table, "cpus": len(os.sched_getaffinity(0))}))
+        return
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    for stale in ("ours", "default"):
+        subprocess.run(["rm", "-rf", str(work / stale)], check=True)
+    cfg = {
+        "model": str(model_dir),
+        "steps": steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "seed": args.seed,
+        "threads": args.threads,
+    }
+    (work / "config.json").write_text(json.dumps(cfg))
+    with (work / "train_examples.jsonl").open("w") as fh:
+        for example in examples:
+            fh.write(json.dumps(example.to_json()) + "\n")
+    print(
+        f"model {model_dir} (GGUF {read_info(model_dir).gguf_quantization}); "
+        f"{len(examples)} rows, {steps} steps of {args.batch}; {os.cpu_count()} CPUs, "
+        f"load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+
+    t0 = time.perf_counter()
+    ours = run_ours(cfg, work, examples)
+    print(f"ours trained in {time.perf_counter() - t0:.0f}s", flush=True)
+    default: dict[str, Any] | None = None
+    if not args.skip_default:
+        t0 = time.perf_counter()
+        env = dict(os.environ)
+        env.pop("LD_PRELOAD", None)
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        subprocess.run(
+            [sys.executable, __file__, "--run-default", str(work / "config.json")],
+            check=True,
+            env=env,
+        )
+        default = json.loads((work / "default_result.json").read_text())
+        print(f"default trained in {time.perf_counter() - t0:.0f}s", flush=True)
+
+    test_messages = [e.messages for e in test_examples]
+    golds = [r["label"] for r in test_rows]
+    ours["accuracy"] = accuracy(
+        ours["merged_dir"], test_messages, golds, label_task, task_system_prompt_only=True
+    )
+    if default is not None:
+        default["accuracy"] = accuracy(
+            default["merged_dir"], test_messages, golds, label_task, task_system_prompt_only=False
+        )
+
+    def rates(r: dict[str, Any]) -> tuple[float, float]:
+        return r["samples"] / r["train_runtime_s"], r["tokens"] / r["train_runtime_s"]
+
+    ours_sps, ours_tps = rates(ours)
+    print(
+        f"ours:    {ours_sps:.2f} samples/s, {ours_tps:.0f} tokens/s, "
+        f"peak RSS {ours['peak_rss_mb']:.0f} MB, accuracy {ours['accuracy']:.3f}"
+    )
+    final: dict[str, Any] = {
+        "ours_samples_per_s": round(ours_sps, 3),
+        "ours_tokens_per_s": round(ours_tps, 1),
+        "ours_accuracy": ours["accuracy"],
+        "ours_peak_rss_mb": round(ours["peak_rss_mb"], 0),
+        "ours_train_loss": round(ours["train_loss"], 4),
+        "ours_timings": {k: round(v, 1) for k, v in ours["timings"].items()},
+    }
+    if default is not None:
+        d_sps, d_tps = rates(default)
+        print(
+            f"default: {d_sps:.2f} samples/s, {d_tps:.0f} tokens/s, "
+            f"peak RSS {default['peak_rss_mb']:.0f} MB, accuracy {default['accuracy']:.3f}"
+        )
+        final = {
+            "ratio": round(ours_sps / d_sps, 2),
+            **final,
+            "default_samples_per_s": round(d_sps, 3),
+            "default_tokens_per_s": round(d_tps, 1),
+            "default_accuracy": default["accuracy"],
+            "default_peak_rss_mb": round(default["peak_rss_mb"], 0),
+            "default_train_loss": round(default["train_loss"], 4),
+        }
+    final.update(
+        {
+            "rows": len(examples),
+            "test_rows": len(test_rows),
+            "steps": steps,
+            "batch": args.batch,
+            "task_kind": args.task_kind,
+            "cpus": len(os.sched_getaffinity(0)),
+            "quick": args.quick,
+        }
+    )
+    print(json.dumps(final))
+
+
+if __name__ == "__main__":
+    main()
