@@ -910,18 +910,11 @@ def _judge_setup(project: Project) -> JudgeSetup:
     )
 
 
-def _judge_price(project: Project, model: str) -> Any:
-    from jobs.models import PriceEntry
-    from worker.pricing import ModelPrice, price_for
+def _judge_price(project: Project, model: str, provider: str) -> Any:
+    """The team's price for the judge model (the same lookup as teacher runs)."""
+    from jobs.teacher_services import price_for_model
 
-    entry = PriceEntry.objects.filter(team=project.team, model=model).first()
-    if entry is not None:
-        return ModelPrice(
-            entry.input_usd_per_mtok,
-            entry.output_usd_per_mtok,
-            Decimal(1) - entry.batch_multiplier,
-        )
-    price = price_for(model)
+    price = price_for_model(team=project.team, model=model, provider=provider)
     if price is None:
         raise ValidationError(
             f"No price for the judge model {model!r}: add it to the team's price table, so the "
@@ -951,7 +944,7 @@ def judge_run(
     setup = _judge_setup(project)
     spec = project.task_spec()
     credential = ProviderCredential.objects.get(pk=setup.credential_id, team=project.team)
-    price = _judge_price(project, setup.model)
+    price = _judge_price(project, setup.model, credential.provider)
     rows = (
         scope
         if scope is not None
@@ -1087,7 +1080,7 @@ def checks_start(*, project: Project, user: Any, judge: bool, apply_rules: bool)
     if judge:
         _judge_setup(project)  # refuse now, with the message, rather than fail in the worker
         row = review_settings_for(project=project)
-        _judge_price(project, row.judge_model)
+        _judge_price(project, row.judge_model, row.judge_credential.provider)  # type: ignore[union-attr]
     return job_create(
         team=project.team,
         project=project,
