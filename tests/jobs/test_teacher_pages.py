@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 import re
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 from django.urls import reverse
@@ -61,7 +61,9 @@ def test_the_estimate_is_shown_before_a_run_can_start(
     assert estimate["token_method"] == "tiktoken o200k_base"
     price = DEFAULT_PRICES["gpt-4o-mini"]
     expected = price.cost(estimate["prompt_tokens"], estimate["expected_output_tokens"])
-    assert Decimal(estimate["usd"]) == expected.quantize(Decimal("0.000001"))
+    assert Decimal(estimate["usd"]) == expected.quantize(
+        Decimal("0.000001"), rounding=ROUND_HALF_UP
+    )
     text = page.content.decode()
     assert "tiktoken o200k_base" in text and 'data-testid="start-run"' in text
     assert not TeacherRun.objects.exists()  # estimating starts nothing
@@ -101,14 +103,16 @@ def test_a_team_price_overrides_the_default_in_the_estimate(team, owner, client_
     expected = (
         Decimal(estimate["prompt_tokens"]) * 1 + Decimal(estimate["expected_output_tokens"]) * 2
     ) / Decimal(1_000_000)
-    assert Decimal(estimate["usd"]) == expected.quantize(Decimal("0.000001"))
+    assert Decimal(estimate["usd"]) == expected.quantize(
+        Decimal("0.000001"), rounding=ROUND_HALF_UP
+    )
 
     # The run is metered with the team's price too.
     run = execute(start(project, owner, credential))
     output = TeacherOutput.objects.filter(run=run).first()
     assert output.cost_usd == (
         (Decimal(output.input_tokens) + 2 * Decimal(output.output_tokens)) / Decimal(1_000_000)
-    ).quantize(Decimal("0.000001"))
+    ).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
 
 
 def test_a_model_without_a_price_cannot_start(team, owner, client_for, fake_provider):  # type: ignore[no-untyped-def]
@@ -134,7 +138,7 @@ def test_the_run_page_shows_progress_outputs_and_a_cost_equal_to_the_ledger(
     assert page.context["progress"].cost_usd == ledger > 0
     text = page.content.decode()
     shown = re.search(r'data-testid="run-cost">\$([0-9.]+)<', text).group(1)
-    assert Decimal(shown) == ledger.quantize(Decimal("0.0001"))
+    assert Decimal(shown) == ledger.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
     assert 'data-testid="run-percent">100 %' in text
     assert text.count('data-testid="output-row"') == 4
     assert "card_arrival" in text and "Ticket 0: where is my new card?" in text

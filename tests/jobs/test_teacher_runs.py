@@ -7,7 +7,7 @@ the tests that need a real worker process are in test_teacher_crash.py and test_
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
@@ -48,7 +48,7 @@ def test_a_label_run_stores_parsed_outputs_and_costs_tokens_times_prices(
         assert output.parsed == LABELS[0] and output.parse_error == ""
         assert output.finish_reason == "stop" and output.latency_ms is not None
         expected = MINI.cost(output.input_tokens, output.output_tokens)
-        assert output.cost_usd == expected.quantize(Decimal("0.000001"))
+        assert output.cost_usd == expected.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
         assert output.input_tokens > 0 and output.output_tokens > 0
     # One ledger row per call, completed; the run's totals are the ledger's sums.
     assert LedgerEntry.objects.filter(run=run, status=LedgerStatus.COMPLETED).count() == 6
@@ -129,7 +129,7 @@ def test_a_json_task_through_anthropic_tool_use_is_parsed_against_the_schema(
     price = DEFAULT_PRICES["claude-haiku-4-5"]
     out = by_vendor["BOLT"]
     assert out.cost_usd == price.cost(out.input_tokens, out.output_tokens).quantize(
-        Decimal("0.000001")
+        Decimal("0.000001"), rounding=ROUND_HALF_UP
     )
 
 
