@@ -30,6 +30,7 @@ from .models import (
     ReviewComment,
     ReviewDecision,
     ReviewRule,
+    ReviewSettings,
     ReviewStatus,
     TeacherOutput,
 )
@@ -523,6 +524,11 @@ def review_agreement(*, project: Project) -> tuple[list[PairRow], list[ConflictR
 
 
 # Rules, audit ----------------------------------------------------------------------------------
+
+
+def review_settings(*, project: Project) -> ReviewSettings:
+    """The project's review settings, unsaved defaults when none were saved (reads write nothing)."""
+    return ReviewSettings.objects.filter(project=project).first() or ReviewSettings(project=project)
 
 
 def rules_for(*, project: Project) -> QuerySet[ReviewRule]:

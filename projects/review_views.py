@@ -313,8 +313,12 @@ def review_identical(request: HttpRequest, project_id: int, output_id: int) -> H
 @login_required
 @require_http_methods(["GET", "POST"])
 def review_automation(request: HttpRequest, project_id: int) -> HttpResponse:
-    project, membership = project_for(user=request.user, project_id=project_id)
-    settings_row = services.review_settings_for(project=project)
+    project, membership = project_for(
+        user=request.user,
+        project_id=project_id,
+        permission="write" if request.method == "POST" else "read",
+    )
+    settings_row = selectors.review_settings(project=project)
     credentials = project.team.credentials.all()
     judge_form = JudgeSettingsForm(
         request.POST if request.POST.get("form") == "judge" else None,
@@ -329,7 +333,6 @@ def review_automation(request: HttpRequest, project_id: int) -> HttpResponse:
     )
     checks_form = ChecksForm(request.POST if request.POST.get("form") == "checks" else None)
     if request.method == "POST":
-        project_for(user=request.user, project_id=project_id, permission="write")
         if request.POST.get("form") == "judge" and judge_form.is_valid():
             data = judge_form.cleaned_data
             try:
