@@ -23,7 +23,7 @@
       labels.push(Math.round(edges[i]) + "–" + Math.round(edges[i + 1]));
     }
     Plotly.newPlot(lengthsDiv, data.splits.map(function (split) {
-      return { type: "bar", name: split, x: centres, y: data.length_counts[split] || [], text: labels,
+      return { type: "bar", name: split, x: centres, y: data.length_counts[split] || [], text: labels, textposition: "none",
                hovertemplate: "%{text} characters: %{y} rows<extra>" + split + "</extra>", marker: { color: colours[split] } };
     }), Object.assign({}, layout, { barmode: "stack", bargap: 0.05, xaxis: { title: "characters" }, yaxis: { title: "rows" } }), config);
   }
