@@ -301,6 +301,10 @@ class EvalCandidate(models.Model):
     )
     model = models.CharField(max_length=200, blank=True)  # API model name
     model_path = models.CharField(max_length=500, blank=True)  # local: relative to DATA_DIR
+    # Local students picked from the team's registry (lineage: fine-tune, training time).
+    student_model = models.ForeignKey(
+        "StudentModel", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     status = models.CharField(max_length=12, default="pending")  # pending|running|done|failed
     error = models.TextField(blank=True)
     metrics = models.JSONField(default=dict, blank=True)  # worker.metrics result .to_dict()
@@ -421,12 +425,10 @@ class ReportSettings(models.Model):
     managed_output_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     training_hourly_usd = models.DecimalField(max_digits=10, decimal_places=4, default=2)
     # When the teacher's outputs were imported (no metered calls): the user's figure.
-    teacher_usd_per_1k = models.DecimalField(
-        max_digits=12, decimal_places=6, null=True, blank=True
-    )
+    teacher_usd_per_1k = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     monthly_volume = models.PositiveBigIntegerField(default=100_000)
     quality_target_percent = models.PositiveSmallIntegerField(default=95)
-    share_token = models.CharField(max_length=64, null=True, blank=True, unique=True)  # noqa: DJ001
+    share_token = models.CharField(max_length=64, null=True, blank=True, unique=True)
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
     )

@@ -30,6 +30,9 @@ TASK_FOR_KIND: dict[str, tuple[str, str]] = {
     # Review and datasets
     JobKind.REVIEW_CHECKS: ("jobs.review_checks", "default"),
     JobKind.DATASET_FREEZE: ("jobs.dataset_freeze", "default"),
+    # Evaluation and the weekend experiment (jobs.evaluation_services)
+    JobKind.EVALUATION: ("jobs.evaluation", "gpu"),
+    JobKind.EXPERIMENT: ("jobs.experiment", "gpu"),
 }
 
 

@@ -110,3 +110,20 @@ def teacher_batch_poll(job_id: int, chain: str) -> None:
     from .teacher_services import teacher_batch_poll_step
 
     teacher_batch_poll_step(job_id=job_id, chain=chain)
+
+
+# Evaluation and the weekend experiment ---------------------------------------------------------
+
+
+@shared_task(name="jobs.evaluation")
+def evaluation(job_id: int) -> None:
+    from .evaluation_services import evaluation_job_run
+
+    run_claimed(job_id, lambda job: evaluation_job_run(job=job))
+
+
+@shared_task(name="jobs.experiment")
+def experiment(job_id: int) -> None:
+    from .evaluation_services import evaluation_job_run
+
+    run_claimed(job_id, lambda job: evaluation_job_run(job=job))
