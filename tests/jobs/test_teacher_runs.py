@@ -10,6 +10,7 @@ import json
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
+from django.db import connection
 
 from jobs.models import JobStatus, LedgerEntry, LedgerStatus
 from projects.models import OutputFlag, TeacherOutput
@@ -258,9 +259,9 @@ def test_pause_stops_the_run_and_resume_finishes_it_without_calling_anything_twi
 ):  # type: ignore[no-untyped-def]
     from jobs.teacher_services import teacher_run_pause, teacher_run_resume
 
-    project = label_project(team, owner, n=30)
+    project = label_project(team, owner, n=40)
     run = start(project, owner, openai_credential(team, owner, fake_provider), concurrency=2)
-    fake_provider.latency_s = 0.05
+    fake_provider.latency_s = 0.1  # the run takes ~2 s; stop checks come every second
 
     pressed = []
 
@@ -268,20 +269,21 @@ def test_pause_stops_the_run_and_resume_finishes_it_without_calling_anything_twi
         if fake_provider.count("openai.chat") >= 3 and not pressed:
             pressed.append(True)
             teacher_run_pause(run=run)  # a user presses "Pause" while the run is going
+            connection.close()  # this runs in one of the server's threads
         return LABELS[1]
 
     fake_provider.responder = responder
     run = execute(run)
     assert run.job.status == JobStatus.PAUSED and run.stopped_reason == "paused by a user"
     paused_at = TeacherOutput.objects.filter(run=run).count()
-    assert 3 <= paused_at < 30
+    assert 3 <= paused_at < 40
 
     teacher_run_resume(run=run)
     run = execute(run)
     assert run.job.status == JobStatus.SUCCEEDED, run.job.error
-    assert TeacherOutput.objects.filter(run=run).count() == 30
+    assert TeacherOutput.objects.filter(run=run).count() == 40
     bodies = [r.body["messages"][-1]["content"] for r in fake_provider.requests("openai.chat")]
-    assert len(bodies) == len(set(bodies)) == 30  # every input called exactly once
+    assert len(bodies) == len(set(bodies)) == 40  # every input called exactly once
 
 
 def test_cancel_stops_a_running_run(team, owner, fake_provider):  # type: ignore[no-untyped-def]
@@ -289,7 +291,7 @@ def test_cancel_stops_a_running_run(team, owner, fake_provider):  # type: ignore
 
     project = label_project(team, owner, n=30)
     run = start(project, owner, openai_credential(team, owner, fake_provider), concurrency=1)
-    fake_provider.latency_s = 0.02
+    fake_provider.latency_s = 0.1  # the run takes ~3 s; stop checks come every second
 
     pressed = []
 
@@ -297,6 +299,7 @@ def test_cancel_stops_a_running_run(team, owner, fake_provider):  # type: ignore
         if fake_provider.count("openai.chat") >= 2 and not pressed:
             pressed.append(True)
             teacher_run_cancel(run=run)
+            connection.close()  # this runs in one of the server's threads
         return LABELS[0]
 
     fake_provider.responder = responder
