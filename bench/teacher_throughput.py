@@ -11,7 +11,12 @@ the runner for this interpreter's GIL.
     .venv/bin/python bench/teacher_throughput.py            # full: 2,000 requests
     .venv/bin/python bench/teacher_throughput.py --quick    # 320 requests, a few seconds
 
-The last line is JSON: {"ratio_to_bound", "rerun_calls", "seconds", "bound_s", "calls", ...}.
+Then the same requests through the database-backed path a Celery worker runs for a teacher run
+(ledger, PostgreSQL cache, stored outputs; a scratch database is created and dropped; skip it
+with --no-db), reported under "db".
+
+The last line is JSON: {"ratio_to_bound", "rerun_calls", "seconds", "bound_s", "calls", ...,
+"db": {"ratio_to_bound", "seconds", "rerun_calls", ...}}.
 """
 
 from __future__ import annotations
@@ -68,8 +73,10 @@ def start_server(latency_s: float) -> tuple[subprocess.Popen[str], str]:
             str(latency_s),
             "--responder",
             "first_label",
+            "--exit-with-stdin",
         ],
         cwd=REPO,
+        stdin=subprocess.PIPE,  # if this process dies, the server sees EOF and exits
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -111,12 +118,126 @@ async def one_run(
     return wall, cpu, summary
 
 
+# -- The database-backed path -----------------------------------------------------------------
+# The same requests through what a Celery worker runs for a teacher run (jobs.teacher_services):
+# ledger row before every call, cache lookups/stores in PostgreSQL, one transaction per answer
+# (ledger + cache + TeacherOutput + checks + run totals), heartbeats. A scratch test database is
+# created and dropped; the broker and cache are files in a scratch directory, so nothing reaches
+# another process's queue.
+
+
+def db_backed_runs(
+    url: str, texts: list[str], labels: tuple[str, ...], concurrency: int
+) -> dict[str, object]:
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="bench-teacher-db-")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "distillery.settings_test"
+    os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/distillery_bench")
+    os.environ["REDIS_URL"] = ""  # filesystem broker and cache, in the scratch directory
+    os.environ["DISTILLERY_DATA_DIR"] = scratch
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "false"
+    import django
+
+    django.setup()
+    from django.test.utils import setup_databases, teardown_databases
+
+    try:
+        databases = setup_databases(verbosity=0, interactive=False)
+    except Exception as exc:  # no PostgreSQL here: say so instead of failing the whole bench
+        return {"skipped": f"no database: {exc}"}
+    try:
+        return _db_runs(url, texts, labels, concurrency)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        teardown_databases(databases, verbosity=0)
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _db_runs(
+    url: str, texts: list[str], labels: tuple[str, ...], concurrency: int
+) -> dict[str, object]:
+    from django.contrib.auth import get_user_model
+
+    from jobs import teacher_services
+    from jobs.models import LedgerEntry, TeacherRun
+    from jobs.tasks import teacher_run
+    from projects import services as project_services
+    from projects.models import InputRow, Project, TeacherOutput
+
+    user = get_user_model().objects.create_user("bench")  # no password: it never signs in
+    team = project_services.team_create(name="Bench", owner=user)
+    project = Project.objects.create(
+        team=team,
+        name="Bench",
+        input_fields=["text"],
+        instruction_template="Classify the customer message into one intent.\nMessage: {{ text }}",
+        output_kind="label",
+        label_set=list(labels),
+        created_by=user,
+    )
+    InputRow.objects.bulk_create(
+        InputRow(
+            project=project,
+            data={"text": text},
+            content_hash=project_services.content_hash({"text": text}),
+            search_text=text.lower(),
+        )
+        for text in texts
+    )
+    credential = project_services.credential_create(
+        team=team,
+        user=user,
+        name="bench",
+        provider="openai",
+        api_key="sk-bench-key",
+        base_url=f"{url}/v1",
+        allow_private_network=True,
+    )
+    settings = teacher_services.RunSettings(
+        model="gpt-4o-mini", credential=credential, max_tokens=16, concurrency=concurrency
+    )
+
+    def one() -> tuple[float, TeacherRun]:
+        run = teacher_services.teacher_run_start(project=project, user=user, run_settings=settings)
+        started = time.perf_counter()
+        teacher_run(run.job_id)  # the Celery task's body, in this process
+        wall = time.perf_counter() - started
+        return wall, TeacherRun.objects.select_related("job").get(pk=run.pk)
+
+    before = generation_count(url)
+    wall, first = one()
+    after_first = generation_count(url)
+    rerun_wall, second = one()
+    ledger = sum(e.cost_usd for e in LedgerEntry.objects.filter(run=first))
+    return {
+        "seconds": round(wall, 3),
+        "status": first.job.status,
+        "calls": first.calls_made,
+        "calls_seen_by_server": after_first - before,
+        "outputs": TeacherOutput.objects.filter(run=first).count(),
+        "cost_usd": str(first.cost_usd),
+        "cost_equals_ledger": first.cost_usd == ledger,
+        "rerun_calls": second.calls_made,
+        "rerun_calls_seen_by_server": generation_count(url) - after_first,
+        "rerun_cache_hits": second.cache_hits,
+        "rerun_seconds": round(rerun_wall, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="320 requests instead of 2,000")
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--no-db", action="store_true", help="skip the database-backed (Django) path"
+    )
     args = parser.parse_args()
     n = args.requests or (320 if args.quick else 2000)
 
@@ -152,6 +273,7 @@ def main() -> None:
         calls_after_first = generation_count(url)
         rerun_wall, _, second = asyncio.run(one_run(config, requests, cache, args.concurrency))
         rerun_over_wire = generation_count(url) - calls_after_first
+        db = None if args.no_db else db_backed_runs(url, texts, labels, args.concurrency)
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -177,6 +299,10 @@ def main() -> None:
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpu_count": os.cpu_count(),
     }
+    if db is not None:
+        if "seconds" in db:
+            db["ratio_to_bound"] = round(bound / float(db["seconds"]), 4)  # type: ignore[arg-type]
+        result["db"] = db
     print(json.dumps(result))
 
 
