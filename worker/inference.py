@@ -45,7 +45,6 @@ import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -328,13 +327,12 @@ class EvalModel:
                     if constrained:
                         if walk.constrained_ok:
                             token_ids[index] = walk.tokens
+                            verified[index] = walk.free_greedy_gives_this(max_new_tokens)
                         else:  # a near-tie inside the label set: settle it one at a time
                             reruns += 1
                             config = self._generation_config(trie.max_depth + 1)
-                            token_ids[index] = self._sequential_ids([encoded[index]], config, trie)[
-                                0
-                            ]
-                        verified[index] = walk.free_greedy_gives_this(max_new_tokens)
+                            rerun = self._sequential_ids([encoded[index]], config, trie)
+                            token_ids[index] = rerun[0]
                     elif walk.free_greedy_gives_this(max_new_tokens):
                         token_ids[index] = walk.tokens
                         verified[index] = True
@@ -373,24 +371,34 @@ class EvalModel:
         trie = self._trie(labels)
         encoded = [self.encode(m) for m in prompts]
         scores: list[list[float]] = [[] for _ in encoded]
+        # Each label token, scored under the distribution of the node before it (0 = prompt).
+        src_nodes, src_tokens, src_labels = [], [], []
+        for label_index, path in enumerate(trie.label_paths):
+            for before, node in zip([0, *path[:-1]], path, strict=True):
+                src_nodes.append(before)
+                src_tokens.append(trie.tokens[node])
+                src_labels.append(label_index)
         with torch.inference_mode():
             for batch in _length_sorted_batches(encoded, batch_size):
                 rows = [encoded[i] for i in batch]
                 first, cache, attention, lengths = self._prefill(rows)
                 nodes = [list(range(1, len(trie.tokens))) for _ in rows]
                 logits = self._tree_pass(trie, nodes, cache, attention, lengths)
-                first_lp = torch.log_softmax(first.float(), dim=-1)
-                eos = list(self.eos_token_ids)
+                # Row 0 of ``dist`` is the distribution after the prompt, row i after node i.
+                dist = torch.log_softmax(
+                    torch.cat([first.unsqueeze(1), logits], dim=1).float(), dim=-1
+                )
+                dev = dist.device
+                src = torch.tensor(src_nodes, device=dev)
+                tok = torch.tensor(src_tokens, device=dev)
+                owner = torch.tensor(src_labels, device=dev)
+                ends = torch.tensor([path[-1] for path in trie.label_paths], device=dev)
+                eos = torch.tensor(list(self.eos_token_ids), device=dev)
                 for r, index in enumerate(batch):
-                    node_lp = torch.log_softmax(logits[r].float(), dim=-1)  # (nodes, vocab)
-                    row_scores = []
-                    for path in trie.label_paths:
-                        total = float(first_lp[r, trie.tokens[path[0]]])
-                        for parent, child in pairwise(path):
-                            total += float(node_lp[parent - 1, trie.tokens[child]])
-                        total += float(torch.logsumexp(node_lp[path[-1] - 1, eos], dim=0))
-                        row_scores.append(total)
-                    scores[index] = row_scores
+                    totals = torch.zeros(len(trie.labels), device=dev, dtype=dist.dtype)
+                    totals.index_add_(0, owner, dist[r, src, tok])
+                    totals += torch.logsumexp(dist[r, ends][:, eos], dim=-1)
+                    scores[index] = [float(v) for v in totals.cpu()]
         best = [trie.labels[max(range(len(s)), key=s.__getitem__)] for s in scores]
         return LabelScores(labels=list(trie.labels), log_likelihoods=scores, best=best)
 
