@@ -1008,6 +1008,11 @@ def main(argv: list[str] | None = None) -> None:
         help="echo | first_label | constant:TEXT | package.module:function",
     )
     parser.add_argument("--api-key", action="append", help="accept only these keys (repeatable)")
+    parser.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="stop when standard input closes (the parent process ended, even if it was killed)",
+    )
     args = parser.parse_args(argv)
     server = FakeProviderServer(
         responder_by_name(args.responder),
@@ -1017,6 +1022,9 @@ def main(argv: list[str] | None = None) -> None:
     ).start()
     print(f"READY {server.url}", flush=True)
     try:
+        if args.exit_with_stdin:
+            sys.stdin.read()
+            return
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
