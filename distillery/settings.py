@@ -200,6 +200,8 @@ JOB_HEARTBEAT_STALE_AFTER_S = env_int("DISTILLERY_JOB_STALE_AFTER_S", 300)
 JOB_MAX_ATTEMPTS = env_int("DISTILLERY_JOB_MAX_ATTEMPTS", 3)
 # Rows an import commits between progress reports.
 IMPORT_BATCH_SIZE = env_int("DISTILLERY_IMPORT_BATCH_SIZE", 2000)
+# CPU threads of a fine-tuning subprocess; 0: every core the worker may use.
+TRAINING_THREADS = env_int("DISTILLERY_TRAINING_THREADS", 0)
 
 if PRODUCTION:
     SESSION_COOKIE_SECURE = True

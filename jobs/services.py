@@ -33,6 +33,8 @@ TASK_FOR_KIND: dict[str, tuple[str, str]] = {
     # Evaluation and the weekend experiment (jobs.evaluation_services)
     JobKind.EVALUATION: ("jobs.evaluation", "gpu"),
     JobKind.EXPERIMENT: ("jobs.experiment", "gpu"),
+    # Fine-tuning (jobs.finetune_services)
+    JobKind.FINE_TUNE: ("jobs.fine_tune", "gpu"),
 }
 
 

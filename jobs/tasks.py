@@ -127,3 +127,50 @@ def experiment(job_id: int) -> None:
     from .evaluation_services import evaluation_job_run
 
     run_claimed(job_id, lambda job: evaluation_job_run(job=job))
+
+
+# Fine-tuning (jobs.finetune_services) ----------------------------------------------------------
+
+
+@shared_task(name="jobs.fine_tune", acks_late=True)
+def fine_tune(job_id: int) -> None:
+    from .finetune_services import fine_tune_execute
+
+    run_claimed(job_id, lambda job: fine_tune_execute(job=job))
+
+
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down  # noqa: E402
+
+
+@worker_ready.connect
+def report_worker_ready(sender: Any = None, **kwargs: Any) -> None:
+    """Record this worker's queues and hardware (the fine-tune form reads whether any GPU
+    worker is there)."""
+    from .finetune_services import worker_report_ready
+
+    try:
+        queues = [q.name for q in sender.task_consumer.queues]
+        worker_report_ready(hostname=str(sender.hostname), queues=queues)
+    except Exception:
+        logger.exception("could not record this worker's hardware")
+
+
+@worker_shutting_down.connect
+def stop_training_children(sender: Any = None, **kwargs: Any) -> None:
+    """Training subprocesses checkpoint and stop; their jobs go back to the queue."""
+    from .finetune_services import terminate_training_children
+
+    try:
+        terminate_training_children()
+    except Exception:
+        logger.exception("could not signal the training subprocesses")
+
+
+@worker_shutdown.connect
+def report_worker_stopped(sender: Any = None, **kwargs: Any) -> None:
+    from .finetune_services import worker_report_stopped
+
+    try:
+        worker_report_stopped(hostname=str(getattr(sender, "hostname", sender)))
+    except Exception:
+        logger.exception("could not record that this worker stopped")

@@ -45,3 +45,48 @@ urlpatterns += [
         name="price_delete",
     ),
 ]
+
+# Fine-tuning and the student registry (jobs.finetune_views)
+from . import finetune_views  # noqa: E402
+
+urlpatterns += [
+    path(
+        "projects/<int:project_id>/datasets/<int:version_id>/fine-tune/",
+        finetune_views.finetune_new,
+        name="finetune_new",
+    ),
+    path("projects/<int:project_id>/fine-tunes/", finetune_views.finetune_list, name="finetunes"),
+    path("fine-tunes/<int:finetune_id>/", finetune_views.finetune_detail, name="finetune_detail"),
+    path(
+        "fine-tunes/<int:finetune_id>/status/",
+        finetune_views.finetune_status,
+        name="finetune_status",
+    ),
+    path(
+        "fine-tunes/<int:finetune_id>/points.json",
+        finetune_views.finetune_points,
+        name="finetune_points",
+    ),
+    path(
+        "fine-tunes/<int:finetune_id>/cancel/",
+        finetune_views.finetune_cancel,
+        name="finetune_cancel",
+    ),
+    path(
+        "fine-tunes/<int:finetune_id>/resume/",
+        finetune_views.finetune_resume,
+        name="finetune_resume",
+    ),
+    path("teams/<int:team_id>/students/", finetune_views.students, name="students"),
+    path("students/<int:student_id>/", finetune_views.student_detail, name="student_detail"),
+    path(
+        "students/<int:student_id>/download/<slug:artifact>/",
+        finetune_views.student_download,
+        name="student_download",
+    ),
+    path(
+        "students/<int:student_id>/download/<slug:artifact>/<str:filename>",
+        finetune_views.student_file,
+        name="student_file",
+    ),
+]

@@ -107,6 +107,22 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
     version = dataset_services.dataset_version_create(
         project=project, user=owner, options=dataset_services.freeze_options(name="v1")
     )
+    # Fine-tuning: a registered base student and a fine-tune of the version (its files need not
+    # exist: every URL must answer 404 before it looks for them).
+    from jobs.models import FineTune, StudentModel
+
+    student = StudentModel.objects.create(
+        team=team, name="tiny", kind="base", source="local", path="models/tiny"
+    )
+    fine_tune = FineTune.objects.create(
+        job=job_create(team=team, project=project, kind=JobKind.FINE_TUNE, user=owner),
+        project=project,
+        dataset_version=version,
+        base_model=student,
+        base_model_name=student.name,
+        method="lora",
+        output_dir="finetunes/victim",
+    )
     return {
         "team_id": team.pk,
         "membership_id": teammate.memberships.get(team=team).pk,
@@ -121,6 +137,10 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         "version_id": version.pk,
         "run_id": teacher_run.pk,
         "price_id": price.pk,
+        "finetune_id": fine_tune.pk,
+        "student_id": student.pk,
+        "artifact": "model",
+        "filename": "config.json",
     }
 
 
