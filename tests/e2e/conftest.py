@@ -15,7 +15,10 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is open it keeps an event loop running
+# in the main thread, and every later test that calls asyncio.run() (the teacher engine, the
+# teacher-run task body) would fail with "cannot be called from a running event loop".
+@pytest.fixture(scope="module")
 def browser() -> Iterator:  # type: ignore[type-arg]
     from playwright.sync_api import sync_playwright
 
