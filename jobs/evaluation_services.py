@@ -60,12 +60,14 @@ from .models import (
     EvalOutput,
     Evaluation,
     EvaluationKind,
+    EvalVote,
     Job,
     JobKind,
     JobStatus,
     StudentModel,
     TeacherRun,
     TeacherRunMode,
+    VoteChoice,
 )
 
 logger = logging.getLogger(__name__)
@@ -318,24 +320,20 @@ def _teacher_candidate(project: Project, teacher: TeacherChoice) -> EvalCandidat
 
 
 def _student_candidate(project: Project, student: StudentChoice) -> EvalCandidate:
-    from .teacher_services import resolve_local_model_path
+    from .finetune_services import data_path, resolve_local_model, stored_path
 
     if student.role not in (CandidateRole.BASE, CandidateRole.DISTILLED):
         raise ValidationError({"students": f"unknown student role {student.role!r}"})
     field = "base_model" if student.role == CandidateRole.BASE else "students"
     registered = student.student_model
-    if registered is not None and registered.team_id != project.team_id:
-        raise ValidationError({field: "choose one of this team's student models"})
-    try:
-        path = resolve_local_model_path(registered.path if registered else student.path)
-    except ValidationError as exc:
-        raise ValidationError({field: " ".join(exc.messages)}) from None
-    from django.conf import settings
-
-    try:
-        stored = str(path.relative_to(settings.DATA_DIR.resolve()))
-    except ValueError:
-        stored = str(path)
+    if registered is not None:
+        if registered.team_id != project.team_id:
+            raise ValidationError({field: "choose one of this team's student models"})
+        path = data_path(registered.path)
+        if not (path / "config.json").is_file():
+            raise ValidationError({field: f"{registered.name}: its model folder is missing"})
+    else:
+        path = resolve_local_model(student.path, field_name=field)
     default = "Untuned student" if student.role == CandidateRole.BASE else "Distilled student"
     name = student.name.strip() or (
         f"{default} ({registered.name})" if registered else f"{default} ({path.name})"
@@ -344,7 +342,7 @@ def _student_candidate(project: Project, student: StudentChoice) -> EvalCandidat
         role=student.role,
         source=CandidateSource.LOCAL,
         name=name[:200],
-        model_path=stored,
+        model_path=stored_path(path),
         student_model=registered,
     )
 
@@ -797,9 +795,9 @@ def _run_local(
     from worker.inference import latency_percentiles, load_model
     from worker.training_data import student_messages
 
-    from .teacher_services import resolve_local_model_path
+    from .finetune_services import data_path
 
-    path = resolve_local_model_path(candidate.model_path)
+    path = data_path(candidate.model_path)
     loaded = time.perf_counter()
     model = load_model(path)
     load_s = time.perf_counter() - loaded
@@ -1198,3 +1196,38 @@ def _summary(
             f"{100 * rate['high']:.0f} %)."
         )
     return summary
+
+
+# Votes ------------------------------------------------------------------------------------------
+
+
+def vote_cast(
+    *,
+    evaluation: Evaluation,
+    example: EvalExample,
+    user: Any,
+    candidate_a: EvalCandidate,
+    candidate_b: EvalCandidate,
+    choice: str,
+) -> EvalVote:
+    """Record (or change) the user's judgement of A vs B on one example. Any role may vote."""
+    if choice not in VoteChoice.values:
+        raise ValidationError(
+            {"choice": "choose A better, B better, both acceptable or both wrong"}
+        )
+    if example.evaluation_id != evaluation.pk:
+        raise ValidationError("this example is not part of the evaluation")
+    if candidate_a.evaluation_id != evaluation.pk or candidate_b.evaluation_id != evaluation.pk:
+        raise ValidationError("compare two candidates of this evaluation")
+    if candidate_a.pk == candidate_b.pk:
+        raise ValidationError("compare two different candidates")
+    if evaluation.job.status != JobStatus.SUCCEEDED:
+        raise ValidationError("votes open once the evaluation has finished")
+    vote, _ = EvalVote.objects.update_or_create(
+        example=example,
+        user=user,
+        candidate_a=candidate_a,
+        candidate_b=candidate_b,
+        defaults={"choice": choice, "evaluation": evaluation},
+    )
+    return vote

@@ -90,3 +90,40 @@ urlpatterns += [
         name="student_file",
     ),
 ]
+
+# Evaluation, comparison, votes and the weekend experiment (jobs.evaluation_views)
+from . import evaluation_views  # noqa: E402
+
+urlpatterns += [
+    path(
+        "projects/<int:project_id>/evaluations/",
+        evaluation_views.evaluation_list,
+        name="evaluations",
+    ),
+    path(
+        "projects/<int:project_id>/evaluations/new/",
+        evaluation_views.evaluation_new,
+        name="evaluation_new",
+    ),
+    path(
+        "projects/<int:project_id>/experiment/",
+        evaluation_views.experiment,
+        name="experiment",
+    ),
+    path("evaluations/<int:evaluation_id>/", evaluation_views.evaluation_detail, name="evaluation"),
+    path(
+        "evaluations/<int:evaluation_id>/compare/",
+        evaluation_views.evaluation_compare,
+        name="evaluation_compare",
+    ),
+    path(
+        "evaluations/<int:evaluation_id>/examples/<int:example_id>/vote/",
+        evaluation_views.evaluation_vote,
+        name="evaluation_vote",
+    ),
+    path(
+        "evaluations/<int:evaluation_id>/votes/dpo.jsonl",
+        evaluation_views.evaluation_dpo,
+        name="evaluation_dpo",
+    ),
+]

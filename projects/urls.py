@@ -124,3 +124,27 @@ urlpatterns += [
         name="dataset_export",
     ),
 ]
+
+# The go/no-go report (issue 6) ------------------------------------------------------------------
+from . import report_views  # noqa: E402
+
+urlpatterns += [
+    path("projects/<int:project_id>/report/", report_views.report, name="report"),
+    path(
+        "projects/<int:project_id>/report/settings/",
+        report_views.report_settings,
+        name="report_settings",
+    ),
+    path(
+        "projects/<int:project_id>/report/break-even/",
+        report_views.report_break_even,
+        name="report_break_even",
+    ),
+    path("projects/<int:project_id>/report/share/", report_views.report_share, name="report_share"),
+    path("share/reports/<str:share_token>/", report_views.shared_report, name="shared_report"),
+    path(
+        "share/reports/<str:share_token>/break-even/",
+        report_views.shared_break_even,
+        name="shared_break_even",
+    ),
+]

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_http_methods
 from worker.ingest import IngestError, check_size
 from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages
 
-from . import forms, selectors, services
+from . import forms, report_selectors, selectors, services
 from .access import project_for, scoped_get, team_for
 from .models import Invite, ProviderKind
 
@@ -36,6 +36,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "team": team,
             "membership": membership,
             "projects": selectors.projects_for_team(team=team),
+            # Stage, latest verdict and projected savings per project (issue 6).
+            "rows": report_selectors.dashboard_rows(team=team),
         },
     )
 

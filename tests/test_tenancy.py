@@ -22,6 +22,7 @@ from tests.factories import InputRowFactory
 # URL kwargs that are not tenant object ids, with the reason they are exempt.
 EXEMPT = {
     "token": "invite links are bearer tokens by design; they carry no object id to enumerate",
+    "share_token": "a shared report's secret link is a bearer token by design (read-only, revocable)",
 }
 
 
@@ -123,7 +124,19 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         method="lora",
         output_dir="finetunes/victim",
     )
+    # Evaluation (issue 6): one on the victim's input, its example (votes).
+    from jobs import evaluation_services
+
+    evaluation = evaluation_services.evaluation_start(
+        project=project,
+        user=owner,
+        teacher=evaluation_services.TeacherChoice(),
+        endpoints=[evaluation_services.EndpointChoice(credential=credential, model="gpt-4o-mini")],
+        input_ids=[row.pk],
+    )
     return {
+        "evaluation_id": evaluation.pk,
+        "example_id": evaluation.examples.get().pk,
         "team_id": team.pk,
         "membership_id": teammate.memberships.get(team=team).pk,
         "invite_id": invite.pk,
