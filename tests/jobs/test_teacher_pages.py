@@ -263,3 +263,11 @@ def test_outsiders_get_404_on_every_teacher_url(team, owner, outsider, client_fo
         assert client.get(url).status_code == 404, url
         assert client.post(url, {"model": "x"}).status_code == 404, url
     assert reload(run).job.status == JobStatus.QUEUED and PriceEntry.objects.count() == 1
+
+
+def test_the_generic_job_page_links_to_the_teacher_run(team, owner, client_for, fake_provider):  # type: ignore[no-untyped-def]
+    run = start(
+        label_project(team, owner, n=1), owner, openai_credential(team, owner, fake_provider)
+    )
+    page = client_for(owner).get(reverse("jobs:job_detail", args=[run.job_id]))
+    assert f'href="/teacher-runs/{run.pk}/"'.encode() in page.content

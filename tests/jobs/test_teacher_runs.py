@@ -329,3 +329,26 @@ def test_samples_that_disagree_are_all_flagged(team, owner, fake_provider):  # t
     for output in outputs:
         assert "self_inconsistent" in output.flag_codes
         assert OutputFlag.objects.filter(output=output, code="self_inconsistent").exists()
+
+
+# A local Hugging Face teacher ------------------------------------------------------------------
+
+
+def test_a_local_model_under_an_allowed_root_is_a_free_teacher(
+    team, owner, settings, tiny_model_dir
+):  # type: ignore[no-untyped-def]
+    from django.core.exceptions import ValidationError
+
+    settings.TEACHER_LOCAL_MODEL_ROOTS = [str(tiny_model_dir.parent)]
+    project = label_project(team, owner, n=3)
+    with pytest.raises(ValidationError, match="the model must be inside"):
+        start(project, owner, None, model="", local_model_path="/etc")
+    run = execute(
+        start(project, owner, None, model="", local_model_path=str(tiny_model_dir), max_tokens=4)
+    )
+    assert run.job.status == JobStatus.SUCCEEDED, run.job.error
+    assert run.provider == "local_hf" and run.model == tiny_model_dir.name
+    assert run.calls_made == 3 and run.cost_usd == 0 == ledger_sum(run)
+    outputs = list(TeacherOutput.objects.filter(run=run))
+    assert len(outputs) == 3
+    assert all(o.output_tokens > 0 and (o.parsed is not None or o.parse_error) for o in outputs)
