@@ -352,3 +352,35 @@ def test_a_local_model_under_an_allowed_root_is_a_free_teacher(
     outputs = list(TeacherOutput.objects.filter(run=run))
     assert len(outputs) == 3
     assert all(o.output_tokens > 0 and (o.parsed is not None or o.parse_error) for o in outputs)
+
+
+# Choosing inputs -------------------------------------------------------------------------------
+
+
+def test_a_seeded_sample_and_a_text_filter_choose_the_run_inputs(team, owner, fake_provider):  # type: ignore[no-untyped-def]
+    from jobs.teacher_services import select_input_ids
+
+    project = label_project(team, owner, n=40)
+    add_inputs(project, ["Refund please", "My REFUND is missing"])
+    sample = select_input_ids(project=project, selection={"kind": "sample", "n": 10, "seed": 7})
+    assert len(sample) == 10 == len(set(sample))
+    assert sample == select_input_ids(
+        project=project, selection={"kind": "sample", "n": 10, "seed": 7}
+    )
+    assert sample != select_input_ids(
+        project=project, selection={"kind": "sample", "n": 10, "seed": 8}
+    )
+    refunds = select_input_ids(project=project, selection={"kind": "filter", "q": "refund"})
+    assert len(refunds) == 2
+
+    credential = openai_credential(team, owner, fake_provider)
+    run = execute(
+        start(project, owner, credential, selection={"kind": "sample", "n": 10, "seed": 7})
+    )
+    assert (
+        sorted(TeacherOutput.objects.filter(run=run).values_list("input_id", flat=True)) == sample
+    )
+    assert run.job.progress_total == 10
+    add_inputs(project, ["A refund for a new upload"])
+    run = execute(start(project, owner, credential, selection={"kind": "filter", "q": "refund"}))
+    assert TeacherOutput.objects.filter(run=run).count() == 3
