@@ -133,7 +133,13 @@ def db_backed_runs(
 
     scratch = tempfile.mkdtemp(prefix="bench-teacher-db-")
     os.environ["DJANGO_SETTINGS_MODULE"] = "distillery.settings_test"
-    os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/distillery_bench")
+    # Our own scratch database (Django creates "test_<name>" and drops it at the end), so this
+    # never collides with a test run or another bench on the same server.
+    from urllib.parse import urlsplit
+
+    base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/distillery"
+    own = urlsplit(base)._replace(path=f"/distillery_teacher_bench_{os.getpid()}").geturl()
+    os.environ["DATABASE_URL"] = own
     os.environ["REDIS_URL"] = ""  # filesystem broker and cache, in the scratch directory
     os.environ["DISTILLERY_DATA_DIR"] = scratch
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "false"
