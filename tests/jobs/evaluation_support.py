@@ -1,0 +1,103 @@
+"""Helpers for the evaluation tests: a label project whose teacher answered through the loopback
+provider, a frozen version, and the tiny model placed where workers may load models from."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from jobs.models import Evaluation
+from projects import dataset_services
+from projects.models import DatasetVersion, InputRow, Project, ReviewStatus, TeacherOutput
+from tests.factories import ProjectFactory
+from tests.fakes.provider_server import FakeRequest
+from tests.jobs.teacher_support import LABELS, add_inputs, execute, openai_credential, start
+
+TEXTS = [
+    ("my card has not arrived yet", "card_arrival"),
+    ("I lost my card, please freeze it", "lost_or_stolen_card"),
+    ("my top up failed", "top_up_failed"),
+    ("where is my new card?", "card_arrival"),
+    ("someone stole my card", "lost_or_stolen_card"),
+    ("the top up is not working", "top_up_failed"),
+    ("my card still has not come", "card_arrival"),
+    ("the top up was declined", "top_up_failed"),
+    ("card missing in the post", "card_arrival"),
+    ("I think my card was stolen", "lost_or_stolen_card"),
+    ("top up did not go through", "top_up_failed"),
+    ("how long until my card arrives", "card_arrival"),
+]
+
+
+def truth_of(text: str) -> str:
+    for t, label in TEXTS:
+        if t in text:
+            return label
+    return LABELS[0]
+
+
+def ticket_of(prompt: str) -> str:
+    """The ticket text inside a rendered prompt (before the label instructions)."""
+    return prompt.split("\n\n")[0].split(":", 1)[-1].strip()
+
+
+def teacher_responder(wrong_on: set[str] | None = None):  # type: ignore[no-untyped-def]
+    """Answers the true label, except for tickets containing one of ``wrong_on``."""
+
+    def respond(request: FakeRequest) -> str:
+        text = ticket_of(request.last_user_text)
+        if wrong_on and any(w in text for w in wrong_on):
+            return "top_up_failed" if truth_of(text) != "top_up_failed" else "card_arrival"
+        return truth_of(text)
+
+    return respond
+
+
+def label_project_with_references(
+    team: Any, owner: Any, *, references: bool = True, n: int = len(TEXTS)
+) -> Project:
+    project = ProjectFactory(team=team, created_by=owner, name="Tickets", label_set=list(LABELS))
+    texts = [t for t, _ in TEXTS[:n]]
+    add_inputs(project, texts, [label for _, label in TEXTS[:n]] if references else None)
+    return project
+
+
+def run_teacher(project: Project, owner: Any, server: Any, **settings_: Any) -> Any:
+    credential = openai_credential(project.team, owner, server)
+    run = execute(start(project, owner, credential, **settings_))
+    assert run.job.status == "succeeded", run.job.error
+    return run
+
+
+def approve_all(project: Project) -> None:
+    TeacherOutput.objects.filter(project=project).update(review_status=ReviewStatus.APPROVED)
+
+
+def freeze(project: Project, owner: Any, name: str = "v1", test: float = 0.5) -> DatasetVersion:
+    return dataset_services.dataset_version_create(
+        project=project,
+        user=owner,
+        options=dataset_services.freeze_options(
+            name=name, train=1 - test, validation=0.0, test=test, include_references=False
+        ),
+    )
+
+
+def place_model(source: Path, name: str) -> str:
+    """Copy a model under DATA_DIR/models (where workers may load from); returns the relative
+    path a form would hold."""
+    dest = Path(settings.DATA_DIR) / "models" / name
+    if not dest.exists():
+        shutil.copytree(source, dest)
+    return f"models/{name}"
+
+
+def input_texts(evaluation: Evaluation) -> list[str]:
+    return [e.inputs["text"] for e in evaluation.examples.order_by("position")]
+
+
+def reference_of(input_id: int) -> str | None:
+    return InputRow.objects.get(pk=input_id).reference_output
