@@ -101,3 +101,86 @@ def input_texts(evaluation: Evaluation) -> list[str]:
 
 def reference_of(input_id: int) -> str | None:
     return InputRow.objects.get(pk=input_id).reference_output
+
+
+def finished_evaluation(
+    project: Project,
+    owner: Any,
+    rows: list[tuple[str, str, str, str]],
+    *,
+    student_model: Any = None,
+    student_performance: dict[str, Any] | None = None,
+) -> Evaluation:
+    """A finished evaluation with fixed answers: rows of (ticket, reference, teacher's answer,
+    distilled student's answer), scored by the real scoring code."""
+    from jobs import evaluation_services
+    from jobs.models import EvalCandidate, EvalExample, EvalOutput, Job
+    from worker.taskspec import build_messages, canonical_output, parse_output
+
+    spec = project.task_spec()
+    job = Job.objects.create(
+        team=project.team,
+        project=project,
+        kind="evaluation",
+        status="succeeded",
+        queue="gpu",
+        created_by=owner,
+    )
+    evaluation = Evaluation.objects.create(
+        job=job,
+        project=project,
+        name="fixed answers",
+        options=evaluation_services.EvalOptions().as_json(),
+        created_by=owner,
+    )
+    teacher = EvalCandidate.objects.create(
+        evaluation=evaluation,
+        position=0,
+        role="teacher",
+        source="stored",
+        name="Teacher model",
+        status="done",
+    )
+    student = EvalCandidate.objects.create(
+        evaluation=evaluation,
+        position=1,
+        role="distilled",
+        source="local",
+        name="Distilled student",
+        status="done",
+        student_model=student_model,
+        performance=student_performance or {},
+    )
+    for position, (text, reference, teacher_answer, student_answer) in enumerate(rows):
+        example = EvalExample.objects.create(
+            evaluation=evaluation,
+            position=position,
+            inputs={"text": text},
+            messages=build_messages(spec, {"text": text}),
+            reference=reference,
+            reference_source="human",
+            reference_label=reference,
+        )
+        for candidate, answer in ((teacher, teacher_answer), (student, student_answer)):
+            parsed = parse_output(spec, answer)
+            EvalOutput.objects.create(
+                example=example,
+                candidate=candidate,
+                raw_text=answer,
+                parsed=parsed.value,
+                parse_error=parsed.error,
+                canonical=None if parsed.value is None else canonical_output(spec, parsed.value),
+            )
+    evaluation_services.evaluation_score(evaluation=evaluation)
+    evaluation.refresh_from_db()
+    return evaluation
+
+
+# (ticket, reference, teacher, student): what each filter should find is written next to it.
+FIXED_ROWS = [
+    ("my card has not arrived yet", "card_arrival", "card_arrival", "card_arrival"),  # all right
+    ("where is my new card?", "card_arrival", "card_arrival", "top_up_failed"),  # student wrong
+    ("I lost my card", "lost_or_stolen_card", "top_up_failed", "lost_or_stolen_card"),  # teacher
+    ("top up declined", "top_up_failed", "lost_or_stolen_card", "lost_or_stolen_card"),  # both
+    ("my top up failed", "top_up_failed", "top_up_failed", "no idea, sorry"),  # unparseable
+]
