@@ -651,7 +651,7 @@ class _Recorder:
                 totals["input_tokens"] += response.input_tokens
                 totals["output_tokens"] += response.output_tokens
                 totals["cost"] += cost
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):  # inside _DbPipe's transaction: no savepoint
             if ledger_rows:
                 _complete_ledger_rows(ledger_rows)
             if cache_rows:
