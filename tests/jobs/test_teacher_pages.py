@@ -163,6 +163,8 @@ def test_pause_resume_and_cancel_buttons(team, owner, client_for, fake_provider)
     assert run.job.status == JobStatus.PAUSED  # it was still queued: paused at once
     fragment = client.get(reverse("jobs:teacher_run_progress", args=[run.pk]))
     assert b"run-resume" in fragment.content and b"hx-trigger" not in fragment.content
+    generic = client.get(reverse("jobs:job_status", args=[run.job_id]))
+    assert b"Paused" in generic.content and b"hx-trigger" not in generic.content
 
     client.post(reverse("jobs:teacher_run_resume", args=[run.pk]))
     run = execute(reload(run))
