@@ -582,6 +582,7 @@ def fine_tune_start(
             hyperparameters=chosen,
             output_dir="",
             n_train=n_train,
+            n_eval=min(split_counts(version).get("validation", 0), MAX_EVAL_EXAMPLES),
         )
         fine_tune.output_dir = (
             f"{FINETUNES_DIR}/team-{project.team_id}/project-{project.pk}/finetune-{fine_tune.pk}"
@@ -938,7 +939,11 @@ def _register_distilled(fine_tune: FineTune, result: Any) -> StudentModel:
         "project": fine_tune.project,
         "dataset_version": version,
         "method": fine_tune.method,
-        "hyperparameters": result.hyperparameters or fine_tune.resolved_hyperparameters,
+        "hyperparameters": {
+            **(result.hyperparameters or fine_tune.resolved_hyperparameters),
+            # With max_steps the engine's "epochs" is the preset's; this is what was trained.
+            "epochs": round(fine_tune.effective_epochs or 0.0, 2) or None,
+        },
         "code_version": code_version(),
         "metrics": result.metrics,
         "file_sizes": _folder_sizes(merged, adapter=adapter),

@@ -555,6 +555,15 @@ class FineTune(models.Model):
     def __str__(self) -> str:
         return f"{self.get_method_display()} of {self.base_model_name} on {self.dataset_version}"
 
+    @property
+    def effective_epochs(self) -> float | None:
+        """Passes over the training rows the planned steps make (max_steps overrides epochs)."""
+        hp = self.resolved_hyperparameters or {}
+        if not (hp.get("total_steps") and hp.get("batch_size") and self.n_train):
+            return None
+        samples = hp["total_steps"] * hp["batch_size"] * (hp.get("grad_accum") or 1)
+        return float(samples / self.n_train)
+
 
 class TrainingPoint(models.Model):
     """One optimisation step's figures (and the validation figures when it was evaluated)."""

@@ -16,11 +16,12 @@
     { type: "scatter", mode: "lines+markers", name: "validation accuracy", x: [], y: [], yaxis: "y2", line: { color: "#137a3b", dash: "dot" } }
   ];
   var layout = {
-    margin: { t: 10, r: 60, b: 45, l: 55 },
-    legend: { orientation: "h", y: -0.2 },
-    xaxis: { title: "step" },
-    yaxis: { title: "loss (per completion token)", rangemode: "tozero" },
-    yaxis2: { title: "accuracy", overlaying: "y", side: "right", range: [0, 1] }
+    margin: { t: 10, r: 70, b: 50, l: 65 },
+    legend: { orientation: "h", y: -0.25 },
+    xaxis: { title: { text: "step" } },
+    yaxis: { title: { text: "loss per answer token" }, rangemode: "tozero" },
+    yaxis2: { title: { text: "validation accuracy" }, overlaying: "y", side: "right", range: [0, 1.02],
+              tickvals: [0, 0.25, 0.5, 0.75, 1], ticktext: ["0 %", "25 %", "50 %", "75 %", "100 %"], showgrid: false }
   };
   Plotly.newPlot(div, traces, layout, { displayModeBar: false, responsive: true });
 

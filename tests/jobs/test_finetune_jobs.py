@@ -93,6 +93,7 @@ def test_a_fine_tune_trains_records_its_curve_and_registers_a_downloadable_stude
     assert student.kind == StudentKind.DISTILLED and student.team == team
     assert student.base_model == base and student.dataset_version == version
     assert student.method == "lora" and student.hyperparameters["total_steps"] == 30
+    assert student.hyperparameters["epochs"] == round(30 * 4 / fine_tune.n_train, 2)
     assert student.code_version
     assert student.metrics["eval_accuracy"] == pytest.approx(points[-1].eval_accuracy)
     assert student.file_sizes["weights"] > 0 and student.file_sizes["adapter"] > 0
