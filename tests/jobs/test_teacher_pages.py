@@ -273,3 +273,24 @@ def test_the_generic_job_page_links_to_the_teacher_run(team, owner, client_for, 
     )
     page = client_for(owner).get(reverse("jobs:job_detail", args=[run.job_id]))
     assert f'href="/teacher-runs/{run.pk}/"'.encode() in page.content
+
+
+def test_the_eta_comes_from_the_rate_since_the_run_started(team, owner, client_for, fake_provider):  # type: ignore[no-untyped-def]
+    from django.utils import timezone
+
+    from jobs import services as job_services
+    from jobs.teacher_selectors import run_progress
+
+    project = label_project(team, owner, n=4)
+    run = start(project, owner, openai_credential(team, owner, fake_provider))
+    job_services.job_claim(job_id=run.job_id)
+    for row in project.inputs.order_by("id")[:2]:
+        TeacherOutput.objects.create(project=project, run=run, input=row, raw_text="card_arrival")
+    TeacherRun.objects.filter(pk=run.pk).update(
+        segment_started_at=timezone.now() - timezone.timedelta(seconds=20), segment_done_start=0
+    )
+    progress = run_progress(run=reload(run))
+    assert progress.done == 2 and progress.total == 4 and progress.percent == 50
+    assert progress.eta_s == pytest.approx(20, abs=2)  # 2 answers in 20 s, 2 to go
+    page = client_for(owner).get(reverse("jobs:teacher_run_progress", args=[run.pk]))
+    assert b'data-testid="run-eta">' in page.content and b"hx-trigger" in page.content
