@@ -10,11 +10,16 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property, lru_cache
 from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
+from django.core.paginator import EmptyPage, Page, PageNotAnInteger, Paginator
+from django.db import connection
+from django.db.models import BooleanField, Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
+from django.db.models.expressions import RawSQL
+from django.urls import reverse
 from django.utils.safestring import SafeString, mark_safe
 
 from worker.checks import FLAG_CODES
@@ -24,6 +29,7 @@ from worker.taskspec import TaskSpec, canonical_output
 from .models import (
     AuditEvent,
     DecisionKind,
+    InputRow,
     OutputFlag,
     Project,
     ReviewAssignment,
@@ -49,6 +55,58 @@ SORTS = {
     "-confidence": "Confidence, highest first",
 }
 PAGE_SIZE = 20
+#: The queue counts matches exactly up to this many, then says "more than"; a reviewer needs
+#: "3 left" or "about a thousand", and an exact count of 40,000 matches would read them all.
+#: Bulk actions always count exactly (their confirmation states the number they will change).
+COUNT_CAP = 1000
+
+
+class CappedPaginator(Paginator):
+    """A paginator whose count stops at COUNT_CAP + 1 (so it knows there are more)."""
+
+    def __init__(self, object_list: Any, per_page: int, cap: int = COUNT_CAP) -> None:
+        super().__init__(object_list, per_page)
+        self.cap = cap
+
+    @cached_property
+    def count(self) -> int:
+        return int(self.object_list.order_by()[: self.cap + 1].count())
+
+    @property
+    def capped(self) -> bool:
+        return self.count > self.cap
+
+    def validate_number(self, number: Any) -> int:
+        if not self.capped:
+            return int(super().validate_number(number))
+        try:
+            value = int(number)
+        except (TypeError, ValueError):
+            raise PageNotAnInteger("that page number is not an integer") from None
+        if value < 1:
+            raise EmptyPage("that page number is less than 1")
+        return value
+
+    def page(self, number: Any) -> Page:
+        number = self.validate_number(number)
+        if not self.capped:
+            return super().page(number)
+        bottom = (number - 1) * self.per_page
+        # One row more than a page says whether there is a next page, without a count.
+        rows = list(self.object_list[bottom : bottom + self.per_page + 1])
+        return _CappedPage(rows[: self.per_page], number, self, more=len(rows) > self.per_page)
+
+
+class _CappedPage(Page):
+    def __init__(self, object_list: Any, number: int, paginator: Any, *, more: bool) -> None:
+        super().__init__(object_list, number, paginator)
+        self.more = more
+
+    def has_next(self) -> bool:
+        return self.more
+
+    def next_page_number(self) -> int:
+        return self.number + 1
 
 
 def _number(value: str | None) -> float | None:
@@ -191,12 +249,15 @@ def outputs_for_review(
         rows = rows.exclude(review_status=ReviewStatus.UNREVIEWED)
     elif filters.status:
         rows = rows.filter(review_status=filters.status)
-    if filters.flag == "any":
-        rows = rows.exclude(flag_codes=[])
-    elif filters.flag == "none":
-        rows = rows.filter(flag_codes=[])
+    # Flags are filtered through their rows (indexed by output and code), which works on
+    # every database and stays fast where JSON containment would read every output.
+    if filters.flag in ("any", "none"):
+        flagged = Exists(OutputFlag.objects.filter(output=OuterRef("pk")))
+        rows = rows.filter(flagged if filters.flag == "any" else ~flagged)
     elif filters.flag:
-        rows = rows.filter(flag_codes__contains=[filters.flag])
+        rows = rows.filter(
+            Exists(OutputFlag.objects.filter(output=OuterRef("pk"), code=filters.flag))
+        )
     if filters.label:
         rows = rows.filter(
             Q(review_status=ReviewStatus.EDITED, edited_value=filters.label)
@@ -211,9 +272,7 @@ def outputs_for_review(
         if match:
             rows = rows.filter(pk=int(match.group(1)))
         else:
-            rows = rows.filter(
-                Q(input__search_text__contains=filters.q.lower()) | Q(raw_text__icontains=filters.q)
-            )
+            rows = rows.filter(_text_search(project, filters.q))
     if filters.reviewer == "rule":
         rows = rows.filter(decided_by_rule__isnull=False)
     elif filters.reviewer:
@@ -236,6 +295,29 @@ def outputs_for_review(
     if filters.sort == "-confidence":
         return rows.order_by(F("confidence").desc(nulls_last=True), "id")
     return rows.order_by("id")
+
+
+RARE_MATCHES = 500
+
+
+def _text_search(project: Project, q: str) -> Q:
+    """Outputs whose input or answer contains `q` (case-insensitive)."""
+    inputs = InputRow.objects.filter(project=project, search_text__contains=q.lower()).values("pk")
+    in_answer = Q(raw_text__icontains=q)
+    if connection.vendor != "postgresql" or inputs[:RARE_MATCHES].count() >= RARE_MATCHES:
+        # A common phrase: reading outputs in queue order finds a page (and the capped count)
+        # quickly, testing each against the hashed set of matching inputs.
+        return Q(input_id__in=inputs) | in_answer
+    # A rare phrase: `input_id = ANY(ARRAY(subquery))` rather than `input_id IN (subquery)`, so
+    # PostgreSQL combines the input_id index with the trigram index on the answer (a BitmapOr,
+    # see migration 0004) instead of reading every output of the project.
+    sql, params = inputs.query.sql_with_params()
+    table = TeacherOutput._meta.db_table
+    # The SQL is Django's own compilation of the queryset above; the search text is a param.
+    matches_input = RawSQL(  # noqa: S611
+        f'"{table}"."input_id" = ANY(ARRAY({sql}))', params, output_field=BooleanField()
+    )
+    return Q(matches_input) | in_answer
 
 
 def with_review_details(rows: QuerySet[TeacherOutput]) -> QuerySet[TeacherOutput]:
@@ -318,6 +400,24 @@ class OutputCard:
     hidden_by_blind_review: bool
     assigned_to: list[str]
     my_decision: ReviewDecision | None
+    flags: list[OutputFlag] = field(default_factory=list)
+    comments: list[ReviewComment] = field(default_factory=list)
+    decide_url: str = ""
+    comment_url: str = ""
+    identical_url: str = ""
+
+
+_PLACEHOLDER = 987654321
+
+
+@lru_cache(maxsize=64)
+def _url_pattern(name: str, project_id: int) -> str:
+    # Reversed once per project and URL name; a page of cards then only formats ids in.
+    return reverse(name, args=[project_id, _PLACEHOLDER]).replace(str(_PLACEHOLDER), "{}")
+
+
+def output_url(name: str, project_id: int, output_id: int) -> str:
+    return _url_pattern(f"projects:{name}", project_id).format(output_id)
 
 
 def card_for(*, project: Project, spec: TaskSpec, output: TeacherOutput, user: Any) -> OutputCard:
@@ -347,6 +447,11 @@ def card_for(*, project: Project, spec: TaskSpec, output: TeacherOutput, user: A
         hidden_by_blind_review=blind,
         assigned_to=[a.username for a in assignees],
         my_decision=mine[-1] if mine else None,
+        flags=list(output.flags.all()),
+        comments=list(output.comments.all()),
+        decide_url=output_url("review_decide", project.pk, output.pk),
+        comment_url=output_url("review_comment", project.pk, output.pk),
+        identical_url=output_url("review_identical", project.pk, output.pk),
     )
 
 
@@ -571,9 +676,11 @@ def audit_events(*, project: Project, filters: AuditFilters) -> QuerySet[AuditEv
     elif filters.actor:
         events = events.filter(actor_id=int(filters.actor))
     if filters.output is not None:
-        events = events.filter(
-            Q(output_id=filters.output) | Q(detail__output_ids__contains=[filters.output])
-        )
+        about = Q(output_id=filters.output)
+        if connection.vendor == "postgresql":
+            # Bulk actions, rules and corrections list the outputs they changed.
+            about |= Q(detail__output_ids__contains=[filters.output])
+        events = events.filter(about)
     return events.select_related("actor", "output", "rule", "dataset_version").order_by("-id")
 
 

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
@@ -815,21 +815,19 @@ def flags_replace(
 
 
 def _sync_flag_codes(output_ids: Sequence[int]) -> None:
-    """flag_codes := the sorted codes of the output's OutputFlag rows (one UPDATE per chunk)."""
-    table = TeacherOutput._meta.db_table
-    flag_table = OutputFlag._meta.db_table
-    with connection.cursor() as cursor:
-        for start in range(0, len(output_ids), 10000):
-            chunk = list(output_ids[start : start + 10000])
-            cursor.execute(
-                f"""
-                UPDATE {table} AS o SET flag_codes = COALESCE(
-                    (SELECT jsonb_agg(f.code ORDER BY f.code) FROM {flag_table} f
-                     WHERE f.output_id = o.id), '[]'::jsonb)
-                WHERE o.id = ANY(%s)
-                """,  # noqa: S608 (table names are ours; values are parameters)
-                [chunk],
-            )
+    """flag_codes := the sorted codes of each output's OutputFlag rows."""
+    for start in range(0, len(output_ids), 5000):
+        chunk = list(output_ids[start : start + 5000])
+        codes: dict[int, list[str]] = {pk: [] for pk in chunk}
+        for pk, code in OutputFlag.objects.filter(output_id__in=chunk).values_list(
+            "output_id", "code"
+        ):
+            codes[pk].append(code)
+        TeacherOutput.objects.bulk_update(
+            [TeacherOutput(pk=pk, flag_codes=sorted(found)) for pk, found in codes.items()],
+            ["flag_codes"],
+            batch_size=1000,
+        )
 
 
 def population_checks_run(*, project: Project) -> dict[str, int]:

@@ -80,7 +80,7 @@ def review_queue(request: HttpRequest, project_id: int) -> HttpResponse:
     project, membership = project_for(user=request.user, project_id=project_id)
     filters = selectors.ReviewFilters.from_query(request.GET)
     rows = selectors.outputs_for_review(project=project, user=request.user, filters=filters)
-    page = Paginator(rows, selectors.PAGE_SIZE).get_page(request.GET.get("page"))
+    page = selectors.CappedPaginator(rows, selectors.PAGE_SIZE).get_page(request.GET.get("page"))
     outputs = list(
         selectors.with_review_details(
             TeacherOutput.objects.filter(pk__in=[o.pk for o in page.object_list])

@@ -132,7 +132,11 @@
     if (!panel) return;
     panel.hidden = false;
     var field = panel.querySelector("input[type=text], select, textarea");
-    if (field) field.focus();
+    if (field) {
+      field.focus();
+      // A label is replaced rather than edited: select it so typing starts afresh.
+      if (field.tagName === "INPUT" && field.list) field.select();
+    }
   }
 
   function closePanels(item) {

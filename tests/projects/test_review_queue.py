@@ -206,3 +206,31 @@ def test_viewers_read_the_queue_but_get_no_decision_controls(project, member_wit
     assert 'data-testid="approve"' not in page
     assert "your role cannot review" in page
     assert 'data-testid="bulk-approve"' not in page
+
+
+def test_a_long_queue_is_counted_up_to_a_cap_and_still_pages_to_its_end(project, owner):  # type: ignore[no-untyped-def]
+    from projects.review_selectors import CappedPaginator, ReviewFilters, outputs_for_review
+
+    outs = make_outputs(project, ["card_arrival"] * 12)
+    rows = outputs_for_review(project=project, user=owner, filters=ReviewFilters())
+    paginator = CappedPaginator(rows, 5, cap=8)
+    assert paginator.capped and paginator.count == 9  # "more than 8"
+    first, last = paginator.get_page(1), paginator.get_page(3)
+    assert [o.pk for o in first] == [o.pk for o in outs[:5]] and first.has_next()
+    assert [o.pk for o in last] == [o.pk for o in outs[10:]] and not last.has_next()
+    exact = CappedPaginator(rows, 5, cap=100)
+    assert not exact.capped and exact.count == 12 and exact.num_pages == 3
+
+
+def test_text_search_finds_rare_and_common_phrases_alike(project, owner, client_for):  # type: ignore[no-untyped-def]
+    from projects import review_selectors
+
+    texts = [f"my card number {i} has not arrived" for i in range(review_selectors.RARE_MATCHES)]
+    texts.append("apple pay top up failed")
+    outs = make_outputs(project, ["card_arrival"] * len(texts), texts=texts)
+    client = client_for(owner)
+    # A rare phrase (the indexed path) and a common one (the scan-in-order path).
+    assert shown_ids(queue(client, project, q="apple pay")) == [outs[-1].pk]
+    common = queue(client, project, q="has not arrived")
+    assert shown_ids(common) == [o.pk for o in outs[:20]]
+    assert f"{review_selectors.RARE_MATCHES} outputs match" in common.content.decode()
