@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--latency-n", type=int, default=30, help="single requests for p50/p95")
     parser.add_argument("--skip-free", action="store_true", help="skip the free-generation part")
+    parser.add_argument(
+        "--free-n", type=int, default=None, help="prompts for the free-generation part (default n)"
+    )
     parser.add_argument("--quick", action="store_true", help="24 prompts, 8 latency requests")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -139,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             max(len(model.tokenizer(lb, add_special_tokens=False)["input_ids"]) for lb in labels)
             + 4
         )
+        free_prompts = prompts[: args.free_n] if args.free_n else prompts
         free_seq, free_batched = interleaved(
-            prompts,
+            free_prompts,
             chunk,
             lambda part: model.generate_sequential(part, max_new_tokens=max_new),
             lambda part: model.generate_batched(
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sequential free generate:        {free_seq.examples_per_second:.2f} ex/s")
         print(f"batched free generate:           {free_batched.examples_per_second:.2f} ex/s")
         result["free_generation"] = {
+            "n": len(free_prompts),
             "max_new_tokens": max_new,
             "ratio": round(free_batched.examples_per_second / free_seq.examples_per_second, 3),
             "outputs_identical": free_seq.outputs == free_batched.outputs,
