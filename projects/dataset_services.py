@@ -213,19 +213,41 @@ def _versions_dir(project: Project) -> Path:
     return settings.DATA_DIR / "datasets" / f"team-{project.team_id}" / f"project-{project.pk}"
 
 
+class _Tee:
+    """A text sink that writes to two files (the whole version's and the row's split's)."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = sinks
+
+    def write(self, text: str) -> int:
+        for sink in self.sinks:
+            sink.write(text)
+        return len(text)
+
+
 def _write_exports(spec: TaskSpec, frozen: datasets.FrozenVersion, folder: Path) -> dict[str, str]:
+    """Every download, written once at freeze time (a version never changes, so neither do
+    they): per JSONL format one file for all rows and one per split, and one CSV."""
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    by_split = {"all": frozen.rows, **{s: frozen.split_rows(s) for s in datasets.SPLITS}}
-    for split, rows in by_split.items():
-        for key, writer in (
-            ("openai", datasets.write_openai_chat_jsonl),
-            ("hf", datasets.write_prompt_completion_jsonl),
-        ):
-            path = folder / f"{EXPORT_FORMATS[key][0]}-{split}.jsonl"
-            with path.open("w", encoding="utf-8") as fh:
-                writer(spec, rows, fh)
-            files[f"{key}:{split}"] = str(path.relative_to(settings.DATA_DIR))
+    writers = {
+        "openai": datasets.write_openai_chat_jsonl,
+        "hf": datasets.write_prompt_completion_jsonl,
+    }
+    for key, writer in writers.items():
+        handles = {}
+        try:
+            for split in EXPORT_SPLITS:
+                path = folder / f"{EXPORT_FORMATS[key][0]}-{split}.jsonl"
+                handles[split] = path.open("w", encoding="utf-8")
+                files[f"{key}:{split}"] = str(path.relative_to(settings.DATA_DIR))
+            # Each row is rendered once and lands in both the all-rows file and its split's.
+            tees = {s: _Tee(handles["all"], handles[s]) for s in datasets.SPLITS}
+            for row in frozen.rows:
+                writer(spec, (row,), tees[row.split])  # type: ignore[arg-type]
+        finally:
+            for handle in handles.values():
+                handle.close()
     path = folder / "dataset.csv"
     with path.open("w", encoding="utf-8", newline="") as fh:
         datasets.write_csv(spec, frozen.rows, fh)

@@ -184,6 +184,14 @@ def test_exports_round_trip(team, owner, client_for):  # type: ignore[no-untyped
     assert [r["completion"][0]["content"] for r in pc] == [i.output for i in train]
     assert pc[0]["prompt"][-1]["role"] == "user"
 
+    # The split files hold exactly the rows of their split, together the whole version.
+    for fmt in ("openai", "hf"):
+        whole = download(client, version, fmt).splitlines()
+        parts = {s: download(client, version, fmt, s).splitlines() for s in datasets.SPLITS}
+        assert sorted(whole) == sorted(line for lines in parts.values() for line in lines)
+        for split, lines in parts.items():
+            assert len(lines) == version.stats["counts"][split]
+
     rows = list(datasets.read_csv(spec, io.StringIO(download(client, version, "csv"), newline="")))
     assert [(r.row_id, r.split, r.output, dict(r.inputs)) for r in rows] == [
         (i.row_id, i.split, i.output, i.inputs) for i in items
