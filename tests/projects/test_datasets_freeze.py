@@ -270,6 +270,8 @@ def test_freezing_from_the_form_runs_as_a_job_and_shows_the_stats_page(
     assert job.status == "succeeded", job.error + "".join(celery_worker.log[-30:])
     version = DatasetVersion.objects.get(project=project, name="v1-intents")
     assert job.result["content_hash"] == version.content_hash
+    job_page = client.get(reverse("jobs:job_detail", args=[job.pk])).content.decode()
+    assert reverse("projects:dataset_detail", args=[project.pk, version.pk]) in job_page
     page = client.get(reverse("projects:dataset_detail", args=[project.pk, version.pk]))
     html = page.content.decode()
     assert version.content_hash in html
