@@ -317,3 +317,25 @@ def test_prepare_base_models_registers_smollm2_for_every_team(
     # Quick and offline: registering what is there for a new team.
     call_command("prepare_base_models", "--team", str(team.pk), "--if-present", stdout=out)
     assert StudentModel.objects.count() == 2
+
+
+def test_a_worker_reports_its_gpus_from_nvidia_smi_and_qlora_becomes_available(
+    client_for, owner, version, base, tmp_path, monkeypatch
+):  # type: ignore[no-untyped-def]
+    """The probe asks nvidia-smi (a stand-in script here, as on a GPU node), never CUDA."""
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text(
+        "#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559'\necho 'NVIDIA H100 80GB HBM3, 81559'\n"
+    )
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}:/usr/bin:/bin")
+    info = finetune_services.worker_report_ready(hostname="gpu-node@rack1", queues=["gpu"])
+    assert info.cuda_devices == [{"name": "NVIDIA H100 80GB HBM3", "memory_gb": 79.6}] * 2
+    assert info.cpu_cores >= 1 and finetune_services.gpu_workers() == [info]
+    client = client_for(owner)
+    html = client.get(new_url(version)).content.decode()
+    assert 'data-testid="no-gpu"' not in html and "gpu-node@rack1" in html
+    finetune_services.worker_report_stopped(hostname="gpu-node@rack1")
+    assert finetune_services.gpu_workers() == []
+    assert 'data-testid="no-gpu"' in client.get(new_url(version)).content.decode()
