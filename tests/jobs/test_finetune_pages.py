@@ -157,6 +157,8 @@ def test_starting_from_a_local_folder_registers_it_and_stores_the_settings(
     assert job.kind == "fine_tune" and job.status == JobStatus.QUEUED and job.queue == "gpu"
     page = client_for(owner).get(response["Location"]).content.decode()
     assert "Queued" in page and "my-student" in page and 'id="loss-chart"' in page
+    generic = client_for(owner).get(reverse("jobs:job_detail", args=[job.pk])).content.decode()
+    assert reverse("jobs:finetune_detail", args=[fine_tune.pk]) in generic
 
 
 def test_the_chart_reads_points_after_a_step(client_for, owner, version, base):  # type: ignore[no-untyped-def]
