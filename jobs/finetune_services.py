@@ -850,7 +850,9 @@ class _SigtermForwarder:
 
     def __exit__(self, *exc: object) -> None:
         if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)
+            # (None: the previous handler was not set from Python; the default is what was there.)
+            previous = self._previous if self._previous is not None else signal.SIG_DFL
+            signal.signal(signal.SIGTERM, previous)
 
 
 def fine_tune_execute(*, job: Job) -> dict[str, Any]:
