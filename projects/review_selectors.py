@@ -306,8 +306,11 @@ def _text_search(project: Project, q: str) -> Q:
     in_answer = Q(raw_text__icontains=q)
     if connection.vendor != "postgresql" or inputs[:RARE_MATCHES].count() >= RARE_MATCHES:
         # A common phrase: reading outputs in queue order finds a page (and the capped count)
-        # quickly, testing each against the hashed set of matching inputs.
-        return Q(input_id__in=inputs) | in_answer
+        # after a few rows, each checked against its own input by primary key.
+        matches_input = Exists(
+            InputRow.objects.filter(pk=OuterRef("input_id"), search_text__contains=q.lower())
+        )
+        return Q(matches_input) | in_answer
     # A rare phrase: `input_id = ANY(ARRAY(subquery))` rather than `input_id IN (subquery)`, so
     # PostgreSQL combines the input_id index with the trigram index on the answer (a BitmapOr,
     # see migration 0004) instead of reading every output of the project.
