@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import logging
 import os
 import shutil
@@ -616,8 +617,6 @@ def fine_tune_resume(*, fine_tune: FineTune) -> bool:
 
 
 def _examples_from_export(path: Path) -> list[Any]:
-    import json
-
     from worker.training import TrainExample
 
     examples = []
@@ -677,6 +676,16 @@ def _train_spec(fine_tune: FineTune) -> Any:
     )
 
 
+def _step_fields(event: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "loss": event.get("loss"),
+        "epoch": event.get("epoch"),
+        "learning_rate": event.get("learning_rate"),
+        "tokens_per_s": event.get("tokens_per_s"),
+        "elapsed_s": event.get("elapsed_s"),
+    }
+
+
 class _Recorder:
     """Engine events → TrainingPoint rows and the job's live figures; heartbeat and cancel."""
 
@@ -685,12 +694,36 @@ class _Recorder:
     def __init__(self, job: Job, fine_tune: FineTune) -> None:
         self.job = job
         self.fine_tune = fine_tune
+        self.backlog: dict[int, dict[str, Any]] = {}
         self.points: dict[int, dict[str, Any]] = {}
         self.dirty: set[int] = set()
         self.figures: dict[str, Any] = {}
         self.fine_tune_updates: dict[str, Any] = {}
         self.cancel = False
         self.last_flush = 0.0
+
+    def read_backlog(self, events_file: Path) -> None:
+        """Points from earlier attempts' events (the last report of each step wins: a step
+        trained again after a resume supersedes the run that was cut short)."""
+        if not events_file.is_file():
+            return
+        with events_file.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                if event.get("type") == "step":
+                    self.backlog[int(event["step"])] = {
+                        "step": int(event["step"]),
+                        **_step_fields(event),
+                        "eval_loss": None,
+                        "eval_accuracy": None,
+                    }
+                elif event.get("type") == "eval" and int(event["step"]) in self.backlog:
+                    self.backlog[int(event["step"])].update(
+                        eval_loss=event.get("eval_loss"), eval_accuracy=event.get("eval_accuracy")
+                    )
 
     def _point(self, step: int) -> dict[str, Any]:
         self.dirty.add(step)
@@ -704,6 +737,13 @@ class _Recorder:
             TrainingPoint.objects.filter(fine_tune=self.fine_tune, step__gt=resumed).delete()
             self.points.clear()
             self.dirty.clear()
+            # A killed attempt may not have recorded its last steps before the checkpoint
+            # (points are written in batches); its events file has them.
+            for step, point in self.backlog.items():
+                if step <= resumed:
+                    self.points[step] = point
+                    self.dirty.add(step)
+            self.backlog = {}
             probe = hardware_probe()
             hardware = {
                 "worker": socket.gethostname(),
@@ -733,14 +773,7 @@ class _Recorder:
             self.flush(force=True)
         elif kind == "step":
             step = int(event["step"])
-            point = self._point(step)
-            point.update(
-                loss=event.get("loss"),
-                epoch=event.get("epoch"),
-                learning_rate=event.get("learning_rate"),
-                tokens_per_s=event.get("tokens_per_s"),
-                elapsed_s=event.get("elapsed_s"),
-            )
+            self._point(step).update(_step_fields(event))
             self.fine_tune_updates["step"] = step
             self.figures.update(
                 {
@@ -857,12 +890,13 @@ class _SigtermForwarder:
 
 def fine_tune_execute(*, job: Job) -> dict[str, Any]:
     """The gpu-queue task's body: train (or resume), record, register the student."""
-    from worker.training import TrainingConfigError, TrainingProcess
+    from worker.training import EVENTS_FILE, TrainingConfigError, TrainingProcess
 
     fine_tune = FineTune.objects.select_related(
         "dataset_version__project", "base_model", "project"
     ).get(job=job)
     recorder = _Recorder(job, fine_tune)
+    recorder.read_backlog(data_path(fine_tune.output_dir) / EVENTS_FILE)
     recorder.figures.update(phase="loading", attempt=job.attempts)
     recorder.flush(force=True)
     if recorder.cancel:
