@@ -162,3 +162,8 @@ def test_the_results_page_shows_the_headline_with_its_interval(client_for, owner
     assert "agrees with the teacher on 40 % of inputs (2 of 5;" in html
     assert "Reference: human reference outputs (5 examples)." in html
     assert "(2/5)" in html and "(3/5)" in html  # k/n next to each 95 % interval
+
+
+def test_the_job_page_leads_to_the_results(client_for, owner, evaluation):  # type: ignore[no-untyped-def]
+    html = client_for(owner).get(f"/jobs/{evaluation.job_id}/").content.decode()
+    assert f'href="/evaluations/{evaluation.pk}/"' in html
