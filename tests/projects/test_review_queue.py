@@ -234,3 +234,15 @@ def test_text_search_finds_rare_and_common_phrases_alike(project, owner, client_
     common = queue(client, project, q="has not arrived")
     assert shown_ids(common) == [o.pk for o in outs[:20]]
     assert f"{review_selectors.RARE_MATCHES} outputs match" in common.content.decode()
+
+
+def test_text_search_treats_wildcards_literally(project, owner, client_for):  # type: ignore[no-untyped-def]
+    from projects import review_selectors
+
+    n = review_selectors.RARE_MATCHES
+    texts = [f"code a_b number {i}" for i in range(n)] + ["code axb number x", "code 100% sure"]
+    outs = make_outputs(project, ["card_arrival"] * len(texts), texts=texts)
+    client = client_for(owner)
+    common = queue(client, project, q="a_b", sort="-confidence")  # the common-phrase path
+    assert f"{n} outputs match" in common.content.decode()  # not n + 1: "_" is no wildcard
+    assert shown_ids(queue(client, project, q="100%")) == [outs[-1].pk]  # the rare path
