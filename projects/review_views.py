@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -528,7 +527,3 @@ def audit_log(request: HttpRequest, project_id: int) -> HttpResponse:
             "query": filters.query_string(),
         },
     )
-
-
-def users_by_id(ids: set[int]) -> dict[int, str]:
-    return dict(get_user_model().objects.filter(pk__in=ids).values_list("pk", "username"))
