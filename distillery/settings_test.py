@@ -10,7 +10,9 @@ import uuid
 # A database name per test process, so two test runs on one machine never drop each other's
 # test database (pytest-django creates and drops "test_<name>"). Worker subprocesses started by
 # the tests inherit DATABASE_URL, so they keep the parent's name.
-os.environ.setdefault("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/distillery_{os.getpid()}")
+os.environ.setdefault(
+    "DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/distillery_{os.getpid()}"
+)
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
 os.environ.setdefault("DISTILLERY_ENV", "test")
 # Each test session gets its own cache namespace so parallel runs never read each other's keys.

@@ -113,7 +113,10 @@ def test_keyboard_review_of_ten_outputs(signed_in, live_server, owner, project):
     statuses = [TeacherOutput.objects.get(pk=o.pk).review_status for o in outputs]
     assert statuses == ["approved", "rejected", "edited"] + ["approved"] * 7
     assert TeacherOutput.objects.get(pk=outputs[2].pk).edited_value == "top_up_failed"
-    assert ReviewDecision.objects.get(output=outputs[1]).reason == "asks about a delay, not a lost card"
+    assert (
+        ReviewDecision.objects.get(output=outputs[1]).reason
+        == "asks about a delay, not a lost card"
+    )
     assert AuditEvent.objects.filter(action="undo").count() == 1
     assert AuditEvent.objects.filter(action="decision").count() == 11
 
