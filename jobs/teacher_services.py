@@ -1035,6 +1035,7 @@ def _execute_live(job: Job, run: TeacherRun, spec: TaskSpec) -> dict[str, Any]:
         raise RuntimeError(reason)
     missing = len(_missing_pairs(run))
     result_summary = {
+        **_population_checks(run),
         "outputs": total - missing,
         "calls": summary.calls,
         "cache_hits": summary.cache_hits,
@@ -1052,6 +1053,15 @@ def _execute_live(job: Job, run: TeacherRun, spec: TaskSpec) -> dict[str, Any]:
         TeacherRun.objects.filter(pk=run.pk).update(stopped_reason=message[:200])
         raise RuntimeError(message)
     return result_summary
+
+
+def _population_checks(run: TeacherRun) -> dict[str, int]:
+    """Length outliers and repeated outputs need every output of the project: they run once a
+    run's answers are stored (also when some are missing), replacing the previous ones."""
+    from projects.review_services import population_checks_run
+
+    found = population_checks_run(project=run.project)
+    return {f"flagged_{code}": n for code, n in found.items() if code != "outputs_checked"}
 
 
 def _live_figures(run_id: int) -> dict[str, Any]:
@@ -1326,6 +1336,7 @@ def _collect(
     missing = len(_missing_pairs(run))
     run.refresh_from_db(fields=["cost_usd", "calls_made", "cache_hits"])
     return {
+        **_population_checks(run),
         "outputs": len(run.input_ids) * run.samples_per_input - missing,
         "batch_id": batch_id,
         "failed": failed,

@@ -149,6 +149,31 @@ def test_a_text_task_stores_the_text(team, owner, fake_provider):  # type: ignor
     assert output.parsed == "The train was late." and output.raw_text == "  The train was late.  "
 
 
+def test_a_finished_run_flags_repeated_outputs_without_a_separate_checks_job(
+    team, owner, fake_provider
+):  # type: ignore[no-untyped-def]
+    project = ProjectFactory(
+        team=team,
+        created_by=owner,
+        output_kind="text",
+        label_set=[],
+        instruction_template="Summarise: {{ text }}",
+    )
+    add_inputs(project, [f"Dialogue {i} about a parcel that did not arrive." for i in range(5)])
+    # Three different dialogues get the same canned answer; the other two get their own.
+    fake_provider.responder = lambda req: (
+        "I cannot help with that."
+        if any(f"Dialogue {i} " in req.last_user_text for i in (0, 1, 2))
+        else f"Summary of {req.last_user_text[-40:]}"
+    )
+    run = execute(start(project, owner, openai_credential(team, owner, fake_provider)))
+    assert run.job.status == JobStatus.SUCCEEDED, run.job.error
+    flagged = OutputFlag.objects.filter(output__run=run, code="repeated_output")
+    assert sorted(f.output.raw_text for f in flagged) == ["I cannot help with that."] * 3
+    assert "3 different inputs" in flagged.first().message
+    assert run.job.result["flagged_repeated_output"] == 3
+
+
 # Retries, errors and the cache ----------------------------------------------------------------
 
 
