@@ -203,6 +203,10 @@ JOB_MAX_ATTEMPTS = env_int("DISTILLERY_JOB_MAX_ATTEMPTS", 3)
 IMPORT_BATCH_SIZE = env_int("DISTILLERY_IMPORT_BATCH_SIZE", 2000)
 # CPU threads of a fine-tuning subprocess; 0: every core the worker may use.
 TRAINING_THREADS = env_int("DISTILLERY_TRAINING_THREADS", 0)
+# Folders a local (transformers) teacher model may be loaded from; the data dir when unset.
+TEACHER_LOCAL_MODEL_ROOTS = env_list("DISTILLERY_TEACHER_MODEL_ROOTS", [])
+# Seconds between polls of a provider batch (OpenAI Batch API, Anthropic Message Batches).
+TEACHER_BATCH_POLL_S = env_int("DISTILLERY_TEACHER_BATCH_POLL_S", 30)
 
 if PRODUCTION:
     SESSION_COOKIE_SECURE = True

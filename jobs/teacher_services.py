@@ -59,7 +59,6 @@ logger = logging.getLogger(__name__)
 
 CENT_MICROS = Decimal("0.000001")  # costs are stored with 6 decimals (a millionth of a dollar)
 ESTIMATE_COUNT_LIMIT = 1000  # prompts counted exactly for an estimate; the rest extrapolated
-BATCH_POLL_DEFAULT_S = 30
 LOCAL_PROVIDER = "local_hf"
 BATCH_PROVIDERS = ("openai", "anthropic")
 
@@ -205,7 +204,7 @@ class RunSettings:
 
 def local_model_roots() -> list[Path]:
     """Where local teacher models may be loaded from (a worker reads them from disk)."""
-    roots = getattr(settings, "TEACHER_LOCAL_MODEL_ROOTS", None) or [settings.DATA_DIR]
+    roots = settings.TEACHER_LOCAL_MODEL_ROOTS or [settings.DATA_DIR]
     return [Path(root).resolve() for root in roots]
 
 
@@ -374,7 +373,7 @@ def teacher_run_start(
     s = run_settings
     batch_state: dict[str, Any] = {}
     if s.mode == TeacherRunMode.BATCH:
-        batch_state["poll_s"] = float(batch_poll_s or BATCH_POLL_DEFAULT_S)
+        batch_state["poll_s"] = float(batch_poll_s or settings.TEACHER_BATCH_POLL_S)
     with transaction.atomic():
         job = job_services.job_create(
             team=project.team,
@@ -1112,7 +1111,7 @@ def _batch_begin(job: Job, run: TeacherRun, spec: TaskSpec) -> dict[str, Any]:
 
     done_before, total = _begin_segment(job, run)
     state = run.batch_state or {}
-    poll_s = float(state.get("poll_s") or BATCH_POLL_DEFAULT_S)
+    poll_s = float(state.get("poll_s") or settings.TEACHER_BATCH_POLL_S)
     if state.get("batch_id") and not state.get("collected"):
         chain = _new_chain(run)
         _schedule_poll(job, run, chain=chain, delay_s=0)
@@ -1219,7 +1218,7 @@ def teacher_batch_poll_step(*, job_id: int, chain: str) -> None:
             job,
             run,
             chain=chain,
-            delay_s=float(run.batch_state.get("poll_s", BATCH_POLL_DEFAULT_S)),
+            delay_s=float(run.batch_state.get("poll_s") or settings.TEACHER_BATCH_POLL_S),
         )
         return
     if outcome.get("missing"):
