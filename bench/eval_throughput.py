@@ -36,15 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker.inference import Generation, Messages, latency_percentiles, load_model
 from worker.taskspec import TaskSpec, build_messages
 
-DEFAULT_DATA = Path("/work/shared/data/banking77/test.jsonl")
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / "projects" / "demo_data" / "banking77" / "test.jsonl"  # 462 rows
 INSTRUCTION = "Classify the intent of this online banking customer message.\n\nMessage: {{ text }}"
 
 
 def default_model_dir() -> Path:
-    data_dir = os.environ.get("DISTILLERY_DATA_DIR")
-    if data_dir:
-        return Path(data_dir) / "models" / "smollm2-135m"
-    return Path("/tmp/distillery-bench/smollm2-135m")
+    """Where the product keeps the prepared base model (`make smollm2`), so both share it."""
+    data_dir = Path(os.environ.get("DISTILLERY_DATA_DIR") or REPO / ".data")
+    return data_dir / "models" / "SmolLM2-135M-Instruct"
 
 
 def load_rows(path: Path, n: int, seed: int) -> tuple[list[dict[str, str]], list[str]]:

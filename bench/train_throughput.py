@@ -5,7 +5,7 @@
 
 Model: SmolLM2-135M-Instruct, prepared once with worker.base_models.ensure_smollm2 into
 $DISTILLERY_DATA_DIR/models/ (default ./.data). Data: BANKING77 (--data, default the repo's
-demo/banking77 if present, else /work/shared/data/banking77), a seeded sample of train rows
+projects/demo_data/banking77 if present, else /work/shared/data/banking77), a seeded sample of train rows
 and of test rows.
 
 Both recipes train LoRA r=8/alpha=16 on all linear layers, batch 8, lr 2e-4, the same number
@@ -54,7 +54,7 @@ INSTRUCTION = "Classify this banking customer message into its intent label.\nMe
 
 
 def default_data_dir() -> Path:
-    demo = REPO / "demo" / "banking77"
+    demo = REPO / "projects" / "demo_data" / "banking77"
     if (demo / "train.jsonl").exists() and (demo / "test.jsonl").exists():
         return demo
     return Path("/work/shared/data/banking77")
@@ -397,7 +397,7 @@ def main() -> None:
 
     data_root = Path(os.environ.get("DISTILLERY_DATA_DIR", REPO / ".data"))
     model_dir = ensure_smollm2(
-        data_root / "models" / "smollm2-135m-instruct",
+        data_root / "models" / "SmolLM2-135M-Instruct",  # as `make smollm2` prepares it
         source=args.smollm2_source,
         download=True,
     )

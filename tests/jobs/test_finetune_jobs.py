@@ -156,9 +156,11 @@ def test_cancel_stops_within_one_step_and_keeps_the_checkpoint(
     steps = [e for e in events if e["type"] == "step"]
     stopped_at = steps[-1]["step"]
     assert stopped_at < 20_000
-    # The engine saw the request and finished at most the step it was in.
+    # The engine saw the request and finished at most the step it was in. A file's mtime comes
+    # from the kernel's coarse clock (one tick, up to 10 ms, behind the real time), so a step
+    # that ended just before the file existed can look later than it: allow one tick.
     cancel_seen = (out / "CANCEL").stat().st_mtime
-    assert len([e for e in steps if e["t"] > cancel_seen + 0.002]) <= 1
+    assert len([e for e in steps if e["t"] > cancel_seen + 0.010]) <= 1
     # It kept a checkpoint of the step it stopped at.
     assert latest_checkpoint(out) == out / "checkpoints" / f"checkpoint-{stopped_at}"
     assert fine_tune.checkpoint_step == stopped_at
