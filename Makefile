@@ -34,7 +34,7 @@ system-deps:
 
 run: venv
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py load_demo
+	$(PY) manage.py load_demo --url http://$(HOST):$(PORT)
 	$(PY) manage.py prepare_base_models --all-teams --if-present
 	@echo "Distillery on http://$(HOST):$(PORT) — web + Celery worker (Ctrl-C stops both)"
 	@trap 'kill 0' EXIT INT TERM; \

@@ -14,9 +14,12 @@ of steps, on the same rows; each runs in its own subprocess (so its peak RSS is 
 - default: ``trl.SFTTrainer`` with ``SFTConfig`` defaults (bf16 autocast, gradient
   checkpointing), conversational "messages" rows without a system turn (the model's template
   adds its default system prompt), loss over the whole sequence, LM head at every position;
-- ours: ``worker.training.run_training`` (fp32, no checkpointing, prompt/completion with loss
-  and LM head on the completion only, group-by-length, no default system prompt, threads =
-  cores, tcmalloc preloaded when installed).
+- ours: ``worker.training.run_training`` (no checkpointing, fp32 — or bf16 autocast where the
+  CPU has AVX512-BF16/AMX, see --cpu-bf16 —, prompt/completion with loss and LM head on the
+  completion only, group-by-length, no default system prompt, threads = cores, tcmalloc
+  preloaded when installed).
+
+``--ablations STEPS`` times each difference on its own instead (in this process, no tcmalloc).
 
 Held-out accuracy: greedy generation on the test rows, each model prompted as it was trained,
 parsed against the 77 labels with worker.taskspec.parse_output. The task is a "text" task
@@ -163,7 +166,10 @@ def run_ours(cfg: dict[str, Any], work: Path, examples: list[Any]) -> dict[str, 
                     flush=True,
                 )
         elif event["type"] == "started":
-            print(f"  ours started: threads={event['threads']} tcmalloc={event['tcmalloc']}")
+            print(
+                f"  ours started: threads={event['threads']} tcmalloc={event['tcmalloc']} "
+                f"bf16={event['hyperparameters']['bf16']}"
+            )
 
     spec = TrainSpec(
         base_model=cfg["model"],
@@ -181,6 +187,7 @@ def run_ours(cfg: dict[str, Any], work: Path, examples: list[Any]) -> dict[str, 
         seed=cfg["seed"],
         device="cpu",
         threads=cfg.get("threads"),
+        cpu_bf16=cfg.get("cpu_bf16", "auto"),
     )
     result = run_training(spec, on_event)
     if result.status != "succeeded":
@@ -194,6 +201,7 @@ def run_ours(cfg: dict[str, Any], work: Path, examples: list[Any]) -> dict[str, 
         "train_loss": result.metrics["train_loss"],
         "timings": result.timings,
         "merged_dir": result.merged_dir,
+        "bf16": bool(result.hyperparameters.get("bf16")),
     }
 
 
@@ -252,6 +260,7 @@ ABLATIONS = [
     ("+ completion-only loss and LM head", False, False, True, True, False),
     ("+ no default system prompt", False, False, False, True, False),
     ("+ group-by-length (ours)", False, False, False, True, True),
+    ("ours with bf16 autocast", True, False, False, True, True),
 ]
 
 
@@ -373,6 +382,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--task-kind", choices=("text", "label"), default="text")
+    parser.add_argument(
+        "--cpu-bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ours: bf16 autocast on CPU (auto: where the CPU has AVX512-BF16/AMX)",
+    )
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "out" / "train_throughput")
     parser.add_argument("--smollm2-source", type=Path, default=None)
     parser.add_argument("--skip-default", action="store_true")
@@ -430,6 +445,7 @@ def main() -> None:
         "lr": args.lr,
         "seed": args.seed,
         "threads": args.threads,
+        "cpu_bf16": args.cpu_bf16,
     }
     (work / "config.json").write_text(json.dumps(cfg))
     with (work / "train_examples.jsonl").open("w") as fh:
@@ -485,6 +501,7 @@ def main() -> None:
         "ours_peak_rss_mb": round(ours["peak_rss_mb"], 0),
         "ours_train_loss": round(ours["train_loss"], 4),
         "ours_timings": {k: round(v, 1) for k, v in ours["timings"].items()},
+        "ours_bf16_autocast": ours["bf16"],
     }
     if default is not None:
         d_sps, d_tps = rates(default)

@@ -3,7 +3,9 @@
 Runs only inside ``python -m worker.train_entry <output_dir>`` (see worker/training.py for the
 protocol). The speed-ups on CPU, each measured in bench/train_throughput.py:
 
-- fp32 and no gradient checkpointing (bf16 autocast on CPU and recomputation both cost time);
+- no gradient checkpointing (recomputation costs time, activations fit in RAM); fp32, or bf16
+  autocast where the CPU multiplies bf16 in hardware (AVX512-BF16/AMX: 1.3x fp32 there; on CPUs
+  that emulate bf16 it is several times slower, see ``worker.training.cpu_has_native_bf16``);
 - prompt/completion examples, loss on the completion only, and the language-model head applied
   only at completion positions: with a 49k vocabulary the head is most of the compute when the
   answer is a few tokens, and trl's default computes it at every position;
@@ -14,6 +16,7 @@ protocol). The speed-ups on CPU, each measured in bench/train_throughput.py:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -108,7 +111,8 @@ def _tree_size(path: Path) -> int:
 
 
 def load_model(base: str, hp: Hyperparameters) -> Any:
-    """The model to train: fp32 on CPU, bf16 on CUDA, 4-bit NF4 for QLoRA; LoRA-wrapped."""
+    """The model to train: fp32 on CPU (bf16 autocast happens in the trainer when ``hp.bf16``),
+    bf16 on CUDA, 4-bit NF4 for QLoRA; LoRA-wrapped."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -209,8 +213,18 @@ def make_trainer_class() -> type:
     base: Any = SFTTrainer
 
     class DistilleryTrainer(base):  # type: ignore[valid-type,misc]
-        def __init__(self, *args: Any, events: EventWriter, keep_checkpoints: int, **kwargs: Any):
+        def __init__(
+            self,
+            *args: Any,
+            events: EventWriter,
+            keep_checkpoints: int,
+            cpu_bf16: bool = False,
+            **kwargs: Any,
+        ):
             super().__init__(*args, **kwargs)
+            # Our loss calls the decoder and the head directly, outside the model's forward
+            # that accelerate would wrap, so CPU bf16 autocast is entered here.
+            self.cpu_bf16 = cpu_bf16
             self.events = events
             self.keep_checkpoints = keep_checkpoints
             self._staging_dir: str | None = None
@@ -220,6 +234,11 @@ def make_trainer_class() -> type:
             self.step_samples = 0
             self.last_eval: tuple[int, dict[str, float]] | None = None
 
+        def _autocast(self) -> Any:
+            if self.cpu_bf16:
+                return torch.autocast("cpu", dtype=torch.bfloat16)
+            return contextlib.nullcontext()
+
         def compute_loss(
             self,
             model: Any,
@@ -227,7 +246,8 @@ def make_trainer_class() -> type:
             return_outputs: bool = False,
             num_items_in_batch: Any = None,
         ) -> Any:
-            nll, n_tokens, _, _ = completion_nll(model, inputs)
+            with self._autocast():
+                nll, n_tokens, _, _ = completion_nll(model, inputs)
             if num_items_in_batch is None:
                 denominator = n_tokens.clamp(min=1)
             else:
@@ -262,7 +282,8 @@ def make_trainer_class() -> type:
                 loader: Any = self.get_eval_dataloader(dataset)
                 for batch in loader:
                     batch = self._prepare_inputs(batch)
-                    nll, n, ok, count = completion_nll(model, batch, with_accuracy=True)
+                    with self._autocast():
+                        nll, n, ok, count = completion_nll(model, batch, with_accuracy=True)
                     nll_sum += float(nll)
                     tokens += int(n)
                     exact += int(ok)
@@ -422,7 +443,7 @@ def build_trainer(
         warmup_steps=hp.warmup_ratio,
         lr_scheduler_type="linear",
         weight_decay=0.0,
-        bf16=hp.bf16,
+        bf16=hp.bf16 and cuda,  # CPU: autocast in DistilleryTrainer (see cpu_bf16)
         fp16=False,
         gradient_checkpointing=False,  # set on the model in load_model, when wanted
         use_cpu=not cuda,
@@ -455,6 +476,7 @@ def build_trainer(
         callbacks=[progress],
         events=events,
         keep_checkpoints=keep_checkpoints,
+        cpu_bf16=hp.bf16 and not cuda,
     )
     progress.trainer = trainer
     return trainer

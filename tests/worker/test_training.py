@@ -17,7 +17,9 @@ from worker.training import (
     TrainingProcess,
     TrainSpec,
     build_examples,
+    cpu_has_native_bf16,
     cuda_available,
+    resolve_hyperparameters,
     run_training,
 )
 from worker.training_data import student_messages
@@ -87,11 +89,13 @@ def greedy(
     return [int(t) for t in out[0][inputs["input_ids"].shape[1] :]]
 
 
+# Both CPU precisions train on every machine (auto picks one of them by the hardware).
+@pytest.mark.parametrize("cpu_bf16", ["off", "on"])
 def test_lora_trains_saves_and_reloads_to_the_same_outputs(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, cpu_bf16: str
 ) -> None:
     recorder = Recorder()
-    spec = make_spec(tiny_model_dir, tmp_path / "job", eval_every_steps=10)
+    spec = make_spec(tiny_model_dir, tmp_path / "job", eval_every_steps=10, cpu_bf16=cpu_bf16)
     result = run_training(spec, recorder)
 
     assert result.status == "succeeded", result.error
@@ -108,6 +112,7 @@ def test_lora_trains_saves_and_reloads_to_the_same_outputs(
     assert result.metrics["eval_loss"] == pytest.approx(evals[-1]["eval_loss"])
     started = recorder.of("started")[0]
     assert started["resumed_from_step"] == 0 and started["total_steps"] == 20
+    assert started["hyperparameters"]["bf16"] is (cpu_bf16 == "on")
     assert set(result.timings) == {"load_s", "tokenize_s", "train_s", "save_s", "merge_s"}
     assert recorder.events[-1]["type"] == "finished"
     assert "timings load=" in (tmp_path / "job" / "training.log").read_text()
@@ -192,6 +197,21 @@ def test_sigterm_writes_a_checkpoint_before_exit(tiny_model_dir: Path, tmp_path:
     assert result.status == "interrupted"
     assert result.last_checkpoint is not None and result.last_checkpoint.endswith(f"-{result.step}")
     assert 2 <= result.step < 400
+
+
+def test_cpu_precision_follows_the_hardware_unless_set(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    def bf16(device: str, **overrides: Any) -> bool:
+        spec = make_spec(tiny_model_dir, tmp_path, **overrides)
+        return resolve_hyperparameters(spec, n_train=24, device=device).bf16
+
+    assert bf16("cpu") is cpu_has_native_bf16()
+    assert bf16("cpu", cpu_bf16="off") is False
+    assert bf16("cpu", cpu_bf16="on") is True
+    assert bf16("cuda", cpu_bf16="off") is True  # the setting is about CPUs only
+    with pytest.raises(TrainingConfigError, match="cpu_bf16: must be auto, on or off"):
+        bf16("cpu", cpu_bf16="fast")
 
 
 def test_qlora_is_refused_on_cpu_before_anything_starts(

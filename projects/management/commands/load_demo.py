@@ -26,8 +26,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--username", default="demo")
+        parser.add_argument(
+            "--url", default="http://127.0.0.1:8000", help="where the app will be served"
+        )
 
-    def handle(self, *args: Any, username: str, **options: Any) -> None:
+    def handle(self, *args: Any, username: str, url: str, **options: Any) -> None:
         User = get_user_model()
         user = User.objects.filter(username=username).first()
         if user is None:
@@ -35,7 +38,7 @@ class Command(BaseCommand):
             user = User.objects.create_user(username=username, password=password)
             self.stdout.write(
                 self.style.SUCCESS(
-                    f"Demo user created — sign in at http://127.0.0.1:8000 as "
+                    f"Demo user created — sign in at {url} as "
                     f"{username} / {password}  (shown once; reset with "
                     f"`manage.py changepassword {username}`)"
                 )
