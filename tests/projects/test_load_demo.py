@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -33,7 +34,8 @@ def test_load_demo_creates_a_usable_project_and_prints_the_password_once() -> No
     project = Project.objects.get(name="Support ticket intents (BANKING77)")
     user = get_user_model().objects.get(username="demo")
     assert Membership.objects.get(team=project.team, user=user).role == Role.OWNER
-    rows = [json.loads(line) for line in open(DEMO_TRAIN, encoding="utf-8") if line.strip()]
+    lines = Path(DEMO_TRAIN).read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
     distinct = {r["text"] for r in rows}
     assert project.inputs.count() == len(distinct)
     assert project.output_kind == "label"
