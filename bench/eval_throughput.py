@@ -11,13 +11,15 @@ batches (``generate_batched``), outputs identical. Single-request latency p50/p9
 baseline comes from its own one-at-a-time run; for ``classify`` from ``--latency-n`` single
 requests.
 
-    nice .venv/bin/python bench/eval_throughput.py             # 200 prompts (~15 min on 2 cores)
-    nice .venv/bin/python bench/eval_throughput.py --quick     # 24 prompts, a smoke test
-    nice .venv/bin/python bench/eval_throughput.py --prompt short   # no label list in the prompt
+    nice .venv/bin/python bench/eval_throughput.py              # 200 prompts (~6 min on 2 cores)
+    nice .venv/bin/python bench/eval_throughput.py --quick      # 24 prompts, a smoke test
+    nice .venv/bin/python bench/eval_throughput.py --prompt full   # with the label list
 
-With the label task's full prompt (~620 tokens, ~570 of them the label list) the prompt pass is
-most of the work on a CPU and neither batching nor label scoring can shrink it; ``--prompt
-short`` measures the same paths on ~50-token prompts.
+Prompts: by default the one a distilled student is asked with (the label task's prompt without
+its label list, worker.taskspec.without_label_list: ~50-100 tokens; fine-tunes of label tasks
+train on it unless told to keep the list). ``--prompt full`` is the task's full prompt, as the
+teacher and an untuned student get it (~620 tokens, ~570 of them the 77 labels): there the
+prompt pass is most of the work on a CPU and neither batching nor label scoring can shrink it.
 
 The last line printed is JSON.
 """
@@ -39,7 +41,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.inference import Generation, Messages, latency_percentiles, load_model
-from worker.taskspec import TaskSpec, build_messages
+from worker.taskspec import TaskSpec, build_messages, without_label_list
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "projects" / "demo_data" / "banking77" / "test.jsonl"  # 462 rows
@@ -81,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--prompt",
-        choices=("full", "short"),
-        default="full",
-        help="full: the label task's prompt (lists all 77 labels, ~620 tokens); short: the "
-        "instruction and the message only (~50 tokens), as a distilled student can be asked",
+        choices=("student", "full"),
+        default="student",
+        help="student: the prompt a distilled student is asked with (no label list, ~50-100 "
+        "tokens); full: the label task's whole prompt (lists all 77 labels, ~620 tokens)",
     )
     parser.add_argument("--quick", action="store_true", help="24 prompts, 8 latency requests")
     parser.add_argument("--seed", type=int, default=0)
@@ -101,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, labels = load_rows(args.data, args.n, args.seed)
     spec = TaskSpec(INSTRUCTION, "label", ("text",), label_set=tuple(labels))
-    # The label set constrains the answers either way; "short" leaves it out of the prompt.
-    prompt_spec = spec if args.prompt == "full" else TaskSpec(INSTRUCTION, "text", ("text",))
-    prompts: list[Messages] = [build_messages(prompt_spec, row) for row in rows]
+    # The label set constrains the answers either way; "student" leaves it out of the prompt.
+    built = [build_messages(spec, row) for row in rows]
+    if args.prompt == "student":
+        built = [without_label_list(m) for m in built]
+    prompts: list[Messages] = list(built)
     lengths = [len(model.encode(p)) for p in prompts]
     print(
         f"{len(prompts)} prompts, {len(labels)} labels, prompt tokens {min(lengths)}-{max(lengths)}"

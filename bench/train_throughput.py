@@ -22,9 +22,10 @@ of steps, on the same rows; each runs in its own subprocess (so its peak RSS is 
 ``--ablations STEPS`` times each difference on its own instead (in this process, no tcmalloc).
 
 Held-out accuracy: greedy generation on the test rows, each model prompted as it was trained,
-parsed against the 77 labels with worker.taskspec.parse_output. The task is a "text" task
-(instruction + message, answer = label) as in issue 5's probe: a "label" task would also list
-all 77 labels in every prompt (see --task-kind label), ~6x more prompt tokens per example.
+parsed against the 77 labels with worker.taskspec.parse_output. The prompt is the instruction
+and the message (answer = the label), as in issue 5's probe and as the product trains a label
+task's student by default (without the label list); ``--task-kind label`` keeps all 77 labels in
+every prompt, ~6x more prompt tokens per example.
 
 The last line is JSON: ratio (ours / default samples/s), ours_tokens_per_s, ours_accuracy,
 default_accuracy, and the absolute figures.

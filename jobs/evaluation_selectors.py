@@ -81,6 +81,7 @@ class CandidateResult:
     hardware: str
     answered: int
     missing: int
+    prompt: dict[str, Any] | None = None  # local models: label list in prompt?, mean tokens
 
     @property
     def is_teacher(self) -> bool:
@@ -137,6 +138,7 @@ def candidate_results(*, evaluation: Evaluation) -> list[CandidateResult]:
                 hardware=(performance.get("hardware") or {}).get("description", ""),
                 answered=counts[candidate.pk][False],
                 missing=counts[candidate.pk][True],
+                prompt=performance.get("prompt") or None,
             )
         )
     return results

@@ -793,7 +793,6 @@ def _run_local(
     progress: _Progress,
 ) -> None:
     from worker.inference import latency_percentiles, load_model
-    from worker.training_data import student_messages
 
     from .finetune_services import data_path
 
@@ -802,7 +801,7 @@ def _run_local(
     model = load_model(path)
     load_s = time.perf_counter() - loaded
     try:
-        prompts = [student_messages(e.messages, model.tokenizer) for e in examples]
+        prompts = [model.prompt(e.messages) for e in examples]
         if spec.output_kind == "label":
             max_new = (
                 options.max_new_tokens or _label_token_depth(model.tokenizer, spec.label_set) + 4
@@ -864,6 +863,12 @@ def _run_local(
             "hardware": {**asdict(model.hardware), "description": model.hardware.describe()},
             "load_s": load_s,
             "max_new_tokens": max_new,
+            "prompt": {
+                "label_list": model.label_list_in_prompt,
+                "mean_tokens": (
+                    sum(len(model.encode(p)) for p in prompts) / len(prompts) if prompts else 0.0
+                ),
+            },
         }
         EvalCandidate.objects.filter(pk=candidate.pk).update(performance=performance)
     finally:

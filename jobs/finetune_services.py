@@ -79,6 +79,7 @@ HYPERPARAMETER_FIELDS = (
     "checkpoint_every_steps",
     "eval_every_steps",
     "seed",
+    "label_list_in_prompt",
 )
 TOKENIZER_FILES = frozenset(
     {
@@ -563,6 +564,12 @@ def fine_tune_start(
             f"dataset version {version.name!r} has no training rows: freeze one with a train split"
         )
     chosen = _validate_hyperparameters(settings, n_train=n_train, device="cuda" if gpu else "cpu")
+    if project.output_kind == "label":
+        # A distilled student learns the labels: by default it is trained (and served) without
+        # the label list, which is most of a label task's prompt.
+        chosen.setdefault("label_list_in_prompt", False)
+    else:
+        chosen.pop("label_list_in_prompt", None)
     with transaction.atomic():
         base = _resolve_base(project=project, user=user, settings=settings)
         job = job_services.job_create(
@@ -979,6 +986,11 @@ def _register_distilled(fine_tune: FineTune, result: Any) -> StudentModel:
             **(result.hyperparameters or fine_tune.resolved_hyperparameters),
             # With max_steps the engine's "epochs" is the preset's; this is what was trained.
             "epochs": round(fine_tune.effective_epochs or 0.0, 2) or None,
+            **(
+                {"label_list_in_prompt": fine_tune.hyperparameters["label_list_in_prompt"]}
+                if "label_list_in_prompt" in fine_tune.hyperparameters
+                else {}
+            ),
         },
         "code_version": code_version(),
         "metrics": result.metrics,

@@ -80,6 +80,7 @@ def finetune_new(request: HttpRequest, project_id: int, version_id: int) -> Http
         students=selectors.students_to_train(team=project.team),
         has_gpu=hardware["has_gpu"],
         suggested_preset=suggested,
+        label_task=project.output_kind == "label",
     )
     if request.method == "POST" and form.is_valid():
         try:

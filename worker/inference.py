@@ -40,6 +40,7 @@ Heavy libraries (torch, transformers) are imported inside functions.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -111,9 +112,21 @@ class EvalModel:
     eos_token_ids: tuple[int, ...]
     pad_token_id: int
     tie_tolerance: float
+    # From the training record stored with a distilled model: whether it was trained with the
+    # label task's label list in its prompt (models without a record: yes, the task's full prompt).
+    label_list_in_prompt: bool = True
     _label_tries: dict[tuple[str, ...], _Trie] = field(default_factory=dict, repr=False)
 
     # -- encoding ------------------------------------------------------------------------------
+
+    def prompt(self, messages: Messages) -> list[dict[str, str]]:
+        """The task's messages as this model was trained to read them: the task's system prompt
+        (never the template's default one) and, where it was trained without it, no label list."""
+        from worker.taskspec import without_label_list
+        from worker.training_data import student_messages
+
+        out = student_messages([dict(m) for m in messages], self.tokenizer)
+        return out if self.label_list_in_prompt else without_label_list(out)
 
     def encode(self, messages: Messages) -> list[int]:
         """Token ids of the chat prompt, ending where the assistant's answer starts."""
@@ -593,6 +606,7 @@ def load_model(
         torch_version=str(torch.__version__),
     )
     return EvalModel(
+        label_list_in_prompt=_trained_with_label_list(Path(path)),
         path=str(path),
         model=model,
         tokenizer=tokenizer,
@@ -603,6 +617,17 @@ def load_model(
         pad_token_id=int(pad),
         tie_tolerance=DEFAULT_TIE_TOLERANCE[dtype] if tie_tolerance is None else tie_tolerance,
     )
+
+
+def _trained_with_label_list(path: Path) -> bool:
+    from worker.training_loop import TRAINING_META_FILE
+
+    try:
+        meta = json.loads((path / TRAINING_META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    prompt_format = meta.get("prompt_format") if isinstance(meta, dict) else None
+    return not (isinstance(prompt_format, dict) and prompt_format.get("label_list") is False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -152,12 +152,13 @@ def render_prompt(spec: TaskSpec, row: dict[str, Any]) -> str:
         raise TemplateError(f"instruction_template: rendering failed: {exc}") from exc
 
 
+LABEL_LIST_INTRO = "Answer with exactly one of these labels and nothing else: "
+
+
 def output_instructions(spec: TaskSpec) -> str:
     """The fixed suffix that tells any model (teacher or student) what shape to answer in."""
     if spec.output_kind == "label":
-        return "Answer with exactly one of these labels and nothing else: " + ", ".join(
-            spec.label_set
-        )
+        return LABEL_LIST_INTRO + ", ".join(spec.label_set)
     if spec.output_kind == "json":
         return "Answer with a single JSON object that matches this JSON Schema:\n" + json.dumps(
             spec.json_schema, sort_keys=True
@@ -176,6 +177,26 @@ def build_messages(spec: TaskSpec, row: dict[str, Any]) -> list[dict[str, str]]:
         messages.append({"role": "system", "content": spec.system_prompt.strip()})
     messages.append({"role": "user", "content": user})
     return messages
+
+
+def without_label_list(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The same messages without the label-list paragraph ``build_messages`` appends for a label
+    task (messages without one come back unchanged).
+
+    A distilled student has learned the labels, and its answers are held to the label set at
+    inference anyway; the list is most of a label task's prompt (77 intents: ~570 of ~650
+    tokens), so dropping it makes training and answering several times faster.
+    """
+    out = [dict(m) for m in messages]
+    for message in reversed(out):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content", "")
+        cut = content.rfind("\n\n" + LABEL_LIST_INTRO)
+        if cut >= 0:
+            message["content"] = content[:cut]
+        break
+    return out
 
 
 @dataclass(frozen=True)

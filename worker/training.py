@@ -115,6 +115,10 @@ class TrainSpec:
     # where it beats fp32; elsewhere it is emulated and several times slower (CUDA: always bf16).
     cpu_bf16: Literal["auto", "on", "off"] = "auto"
     threads: int | None = None  # CPU threads; None: the cores this process may use
+    # Label tasks: keep the "answer with one of these labels: ..." paragraph in the student's
+    # prompt (False: train and serve without it; see worker.taskspec.without_label_list). The
+    # choice is stored with the model (TRAINING_META_FILE) so inference renders the same prompt.
+    label_list_in_prompt: bool = True
     merge: bool = True
     max_oom_retries: int = 3
 

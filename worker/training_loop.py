@@ -31,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from worker.taskspec import without_label_list
 from worker.training import (
     ADAPTER_DIR,
     CANCEL_FILE,
@@ -553,6 +554,12 @@ def run_child(output_dir: Path) -> int:
     return 0 if result.status != "failed" else 1
 
 
+def _without_label_list(example: TrainExample) -> TrainExample:
+    return TrainExample(
+        messages=without_label_list(example.messages), completion=example.completion
+    )
+
+
 def _train(
     out: Path, events: EventWriter, flags: StopFlags, timings: dict[str, float]
 ) -> TrainResult:
@@ -560,6 +567,9 @@ def _train(
 
     settings, train_examples, eval_examples = load_spec(out)
     spec: TrainSpec = spec_from_settings(settings, train_examples, eval_examples)
+    if not spec.label_list_in_prompt:
+        train_examples = [_without_label_list(e) for e in train_examples]
+        eval_examples = [_without_label_list(e) for e in eval_examples]
     device = str(settings.get("device", "cpu"))
     if spec.method == "qlora" and device != "cuda":
         raise TrainingConfigError("QLoRA needs a CUDA GPU; this worker has none")
@@ -684,7 +694,10 @@ def _train(
         "n_train": len(train_examples),
         "n_eval": len(eval_examples),
         # Inference must render prompts the same way (worker.training_data.student_messages).
-        "prompt_format": {"empty_system_turn_when_task_has_none": empty_system},
+        "prompt_format": {
+            "empty_system_turn_when_task_has_none": empty_system,
+            "label_list": spec.label_list_in_prompt,
+        },
     }
     adapter_dir: Path | None = None
     merged_dir: Path | None = None

@@ -4,7 +4,11 @@ recomputable from what was stored."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from jobs import evaluation_services as es
@@ -33,6 +37,7 @@ from tests.jobs.teacher_support import openai_credential
 from worker import metrics
 from worker.economics import weekend_verdict
 from worker.taskspec import parse_output
+from worker.training_loop import TRAINING_META_FILE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,8 +68,14 @@ def test_an_evaluation_runs_end_to_end_through_a_real_worker(
     approve_all(project)
     version = freeze(project, owner)
     path = place_model(tiny_model_dir, "tiny-eval")
+    # A distilled student's folder carries the engine's training record; this one was trained
+    # without the label list in its prompt, so it must be asked without it.
+    distilled_path = place_model(tiny_model_dir, "tiny-distilled-no-label-list")
+    (Path(settings.DATA_DIR) / distilled_path / TRAINING_META_FILE).write_text(
+        json.dumps({"prompt_format": {"label_list": False}})
+    )
     distilled = StudentModel.objects.create(
-        team=team, name="tiny distilled", kind="distilled", source="fine_tune", path=path
+        team=team, name="tiny distilled", kind="distilled", source="fine_tune", path=distilled_path
     )
     endpoint = openai_credential(team, owner, fake_provider, name="vllm-endpoint")
     evaluation = es.evaluation_start(
@@ -128,6 +139,13 @@ def test_an_evaluation_runs_end_to_end_through_a_real_worker(
         timed = [o for o in outputs_of(candidate) if o.latency_ms is not None]
         assert len(timed) == perf["latency"]["n"]
     assert student.student_model_id == distilled.pk
+    # Each local model got the prompt it was trained with: the base the task's full prompt, the
+    # distilled one the same prompt without the label list (shorter, and said so on the page).
+    assert base.performance["prompt"]["label_list"] is True
+    assert student.performance["prompt"]["label_list"] is False
+    assert (
+        0 < student.performance["prompt"]["mean_tokens"] < base.performance["prompt"]["mean_tokens"]
+    )
 
     # The endpoint answered like the teacher (same loopback responder): full agreement.
     assert api.metrics["agreement"]["agree"] == len(examples)

@@ -148,6 +148,8 @@ def test_starting_from_a_local_folder_registers_it_and_stores_the_settings(
         "lora_alpha": 8,
         "lora_target_modules": ["q_proj", "v_proj"],
         "max_length": 256,
+        # A label task's student is trained without the label list unless asked to keep it.
+        "label_list_in_prompt": False,
     }
     assert fine_tune.preset == "thorough" and fine_tune.dataset_version == version
     assert fine_tune.base_model.source == StudentSource.LOCAL
@@ -157,8 +159,22 @@ def test_starting_from_a_local_folder_registers_it_and_stores_the_settings(
     assert job.kind == "fine_tune" and job.status == JobStatus.QUEUED and job.queue == "gpu"
     page = client_for(owner).get(response["Location"]).content.decode()
     assert "Queued" in page and "my-student" in page and 'id="loss-chart"' in page
+    assert "without the label list" in page
     generic = client_for(owner).get(reverse("jobs:job_detail", args=[job.pk])).content.decode()
     assert reverse("jobs:finetune_detail", args=[fine_tune.pk]) in generic
+
+
+def test_the_label_list_can_be_kept_in_the_students_prompt(client_for, owner, version, base):  # type: ignore[no-untyped-def]
+    form = client_for(owner).get(new_url(version)).content.decode()
+    assert 'name="label_list_in_prompt"' in form
+    response = client_for(owner).post(new_url(version), form_data(base, label_list_in_prompt="on"))
+    assert response.status_code == 302
+    fine_tune = FineTune.objects.get()
+    assert fine_tune.hyperparameters == {"label_list_in_prompt": True}
+    page = client_for(owner).get(response["Location"]).content.decode()
+    assert "the task's full prompt, label list included" in page
+    # The engine is told: the job's training spec keeps the list.
+    assert finetune_services._train_spec(fine_tune).label_list_in_prompt is True
 
 
 def test_the_chart_reads_points_after_a_step(client_for, owner, version, base):  # type: ignore[no-untyped-def]

@@ -89,13 +89,24 @@ def greedy(
     return [int(t) for t in out[0][inputs["input_ids"].shape[1] :]]
 
 
-# Both CPU precisions train on every machine (auto picks one of them by the hardware).
-@pytest.mark.parametrize("cpu_bf16", ["off", "on"])
+# Both CPU precisions train on every machine (auto picks one of them by the hardware); both
+# prompt forms of a label task (with and without the label list) train and are stored as such.
+@pytest.mark.parametrize(
+    ("cpu_bf16", "label_list"),
+    [("off", True), ("on", False)],
+    ids=["fp32-full-prompt", "bf16-without-label-list"],
+)
 def test_lora_trains_saves_and_reloads_to_the_same_outputs(
-    tiny_model_dir: Path, tmp_path: Path, cpu_bf16: str
+    tiny_model_dir: Path, tmp_path: Path, cpu_bf16: str, label_list: bool
 ) -> None:
     recorder = Recorder()
-    spec = make_spec(tiny_model_dir, tmp_path / "job", eval_every_steps=10, cpu_bf16=cpu_bf16)
+    spec = make_spec(
+        tiny_model_dir,
+        tmp_path / "job",
+        eval_every_steps=10,
+        cpu_bf16=cpu_bf16,
+        label_list_in_prompt=label_list,
+    )
     result = run_training(spec, recorder)
 
     assert result.status == "succeeded", result.error
@@ -123,7 +134,21 @@ def test_lora_trains_saves_and_reloads_to_the_same_outputs(
     meta = json.loads((merged / "distillery_training.json").read_text())
     assert meta["method"] == "lora" and meta["hyperparameters"]["total_steps"] == 20
 
-    prompt = build_examples(TASK, ROWS[:1])[0].messages
+    assert meta["prompt_format"]["label_list"] is label_list
+
+    # Inference reads the record and asks the model the way it was trained.
+    from worker.inference import load_model
+
+    task_prompt = build_examples(TASK, ROWS[:1])[0].messages
+    loaded = load_model(merged, device="cpu", threads=1)
+    assert loaded.label_list_in_prompt is label_list
+    served = loaded.prompt(task_prompt)
+    assert ("card_arrival, pending_transfer" in served[-1]["content"]) is label_list
+    assert served[-1]["content"].startswith("Message: my card has not arrived yet 0")
+    assert len(loaded.encode(served)) < len(loaded.encode(task_prompt)) or label_list
+    assert load_model(tiny_model_dir, device="cpu", threads=1).label_list_in_prompt is True
+
+    prompt = served
     from_merged = greedy(merged, prompt)
     from_adapter = greedy(tiny_model_dir, prompt, adapter=adapter)
     untrained = greedy(tiny_model_dir, prompt)

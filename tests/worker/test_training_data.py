@@ -197,3 +197,30 @@ def test_eval_fraction_holds_out_a_seeded_disjoint_share() -> None:
     assert split_eval(spec) == (train, evals)
     hp = resolve_hyperparameters(spec, n_train=len(train), device="cpu")
     assert hp.eval_every_steps is not None
+
+
+def test_the_label_list_is_dropped_and_nothing_else() -> None:
+    from worker.taskspec import build_messages, without_label_list
+
+    task = TaskSpec(
+        instruction_template="Ticket:\n\n{{ text }}",
+        output_kind="label",
+        input_fields=("text",),
+        label_set=("card_arrival", "pending_transfer"),
+        system_prompt="You sort tickets.",
+    )
+    # A message that itself contains blank lines and the word "labels" keeps all of it.
+    text = "My card is late.\n\nAnswer with labels please"
+    full = build_messages(task, {"text": text})
+    compact = without_label_list(full)
+    assert compact[0] == {"role": "system", "content": "You sort tickets."}
+    assert compact[1] == {"role": "user", "content": f"Ticket:\n\n{text}"}
+    assert "card_arrival" in full[1]["content"]  # the input is not changed in place
+    assert without_label_list(compact) == compact
+    # JSON and text tasks have no label list: unchanged.
+    text_task = TaskSpec(
+        instruction_template="{{ text }}", output_kind="text", input_fields=("text",)
+    )
+    assert without_label_list(build_messages(text_task, {"text": text})) == build_messages(
+        text_task, {"text": text}
+    )
