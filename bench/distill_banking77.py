@@ -9,7 +9,8 @@ worker runs them), against a scratch PostgreSQL database:
    is no teacher model here: the rows' GOLD LABELS are imported as the teacher's answers, and the
    run is named so ("BANKING77 gold labels imported as teacher"); bulk-approve them in review;
 3. freeze a dataset version (all 600 rows in the train split);
-4. fine-tune (LoRA) with the preset the form suggests on CPU ("quick"), through jobs.fine_tune;
+4. fine-tune (LoRA) with the preset the form suggests on CPU ("balanced" for 600 rows: ~200
+   steps), through jobs.fine_tune;
 5. evaluate on 300 rows of projects/demo_data/banking77/test.jsonl (never seen in training; their
    gold labels are the human references, and are also imported as the teacher's answers): the
    teacher (gold labels), the untuned SmolLM2 and the distilled student, through jobs.evaluation.
@@ -161,7 +162,9 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     # 4. Fine-tune with the CPU preset, in this process (the task's body).
     preset = finetune_services.suggested_preset(n_train=version.row_count, gpu=False)
-    hyper = {"max_steps": 4} if args.quick else {}
+    hyper: dict[str, Any] = {"max_steps": 4} if args.quick else {}
+    if args.keep_label_list:
+        hyper["label_list_in_prompt"] = True
     mark = time.perf_counter()
     fine_tune = finetune_services.fine_tune_start(
         project=project,
@@ -234,6 +237,8 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "latency_p50_ms": round(p["latency"].get("p50_ms", 0), 1),
             "latency_p95_ms": round(p["latency"].get("p95_ms", 0), 1),
             "latency_n": p["latency"].get("n", 0),
+            "prompt_tokens_mean": round((p.get("prompt") or {}).get("mean_tokens", 0), 1),
+            "label_list_in_prompt": (p.get("prompt") or {}).get("label_list"),
         }
 
     return {
@@ -273,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-rows", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-requests", type=int, default=20)
+    parser.add_argument(
+        "--keep-label-list",
+        action="store_true",
+        help="train the student with the label list in its prompt (default: without, as the "
+        "fine-tune form suggests for a label task)",
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,

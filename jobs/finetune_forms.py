@@ -51,10 +51,10 @@ class FineTuneForm(forms.Form):
         label="Keep the label list in the student's prompt",
         required=False,
         initial=False,
-        help_text="Off (recommended): the student learns the labels and reads only the "
-        "instruction and the input — a much shorter prompt, so it trains and answers several "
-        "times faster; its answers are held to the label set either way. The choice is stored "
-        "with the model and its evaluation uses the same prompt.",
+        help_text="Off (recommended): the student learns the labels from the approved answers "
+        "and reads only the instruction and the input — a much shorter prompt, so it trains "
+        "and answers several times faster. The choice is stored with the model, and its "
+        "evaluation asks it the same way.",
     )
     epochs = forms.FloatField(min_value=0.01, max_value=100, required=False)
     max_steps = forms.IntegerField(

@@ -183,9 +183,9 @@ def without_label_list(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """The same messages without the label-list paragraph ``build_messages`` appends for a label
     task (messages without one come back unchanged).
 
-    A distilled student has learned the labels, and its answers are held to the label set at
-    inference anyway; the list is most of a label task's prompt (77 intents: ~570 of ~650
-    tokens), so dropping it makes training and answering several times faster.
+    A distilled student learns the labels from its training answers; the list is most of a
+    label task's prompt (77 intents: ~570 of ~650 tokens), so dropping it makes training and
+    answering several times faster.
     """
     out = [dict(m) for m in messages]
     for message in reversed(out):

@@ -169,6 +169,39 @@ _PRESETS: dict[str, tuple[float, int, int, float, float, float, int | None]] = {
 }
 
 
+# LoRA on a small student (under half a billion parameters) takes a higher learning rate than
+# the 2e-4 that suits billion-parameter models. Measured: SmolLM2-135M, LoRA r=8, 600 BANKING77
+# rows (77 intents, no label list in the prompt), 113 steps of 8 on 2 CPU cores, greedy answers
+# on 300 held-out rows: 2e-4 -> 5 %, 1e-3 -> 36 %, 2e-3 -> 46 %, 4e-3 -> 53 %; 1e-3 for twice
+# the steps -> 61 %. 10x (2e-3 for quick/balanced) stays clear of the edge for longer runs.
+SMALL_STUDENT_PARAMETERS = 500_000_000
+SMALL_STUDENT_LORA_LR_FACTOR = 10.0
+
+
+def count_parameters(model_dir: str | Path) -> int | None:
+    """Parameters stored in a model folder's safetensors files, read from their headers only
+    (no weights loaded); None when the folder has none."""
+    folder = Path(model_dir) if str(model_dir) else None
+    if folder is None or not folder.is_dir():
+        return None
+    total = 0
+    found = False
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with path.open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size < 100_000_000:
+                    return None
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError):
+            return None
+        for name, entry in header.items():
+            if name != "__metadata__" and isinstance(entry, dict):
+                total += math.prod(int(d) for d in entry.get("shape", []))
+                found = True
+    return total if found else None
+
+
 def _epochs_for(base: float, n_train: int) -> float:
     if n_train < 300:
         return base * 2
@@ -220,6 +253,10 @@ def resolve_hyperparameters(spec: TrainSpec, *, n_train: int, device: str) -> Hy
     learning_rate = spec.learning_rate
     if learning_rate is None:
         learning_rate = lr_full if spec.method == "full" else lr_lora
+        if spec.method != "full" and spec.base_model:
+            n_params = count_parameters(spec.base_model)
+            if n_params is not None and n_params < SMALL_STUDENT_PARAMETERS:
+                learning_rate = lr_lora * SMALL_STUDENT_LORA_LR_FACTOR
     if not 0 < learning_rate < 1:
         raise TrainingConfigError("learning_rate: must be between 0 and 1")
     lora = spec.method != "full"

@@ -24,7 +24,7 @@ def test_start_a_fine_tune_watch_the_loss_chart_and_get_the_student(
     page = signed_in(owner)
     page.goto(f"{live_server.url}/projects/{version.project_id}/fine-tunes/")
     page.get_by_test_id(f"finetune-from-{version.pk}").click()
-    expect(page.get_by_test_id("presets")).to_contain_text("quick (suggested)")
+    expect(page.get_by_test_id("presets")).to_contain_text("balanced (suggested)")
     page.select_option("#id_student", str(base.pk))
     page.select_option("#id_method", "qlora")
     page.get_by_test_id("start-finetune").click()

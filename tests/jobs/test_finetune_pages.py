@@ -69,7 +69,12 @@ def test_the_form_shows_the_presets_for_this_dataset_and_says_there_is_no_gpu(
     assert f'data-testid="train-count">{counts["train"]}<' in html
     table = finetune_services.preset_table(n_train=counts["train"], gpu=False)
     assert [row["preset"] for row in table] == ["quick", "balanced", "thorough"]
-    assert "quick (suggested)" in html  # on CPU the suggestion is the quick preset
+    # On CPU a small set gets "balanced" (minutes), a big one "quick".
+    assert "balanced (suggested)" in html
+    assert finetune_services.suggested_preset(n_train=600, gpu=False) == "balanced"
+    assert finetune_services.suggested_preset(n_train=5000, gpu=False) == "quick"
+    assert finetune_services.suggested_preset(n_train=5000, gpu=True) == "balanced"
+    assert finetune_services.suggested_preset(n_train=50_000, gpu=True) == "quick"
     assert base.name in html
 
 

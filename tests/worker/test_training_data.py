@@ -224,3 +224,38 @@ def test_the_label_list_is_dropped_and_nothing_else() -> None:
     assert without_label_list(build_messages(text_task, {"text": text})) == build_messages(
         text_task, {"text": text}
     )
+
+
+def test_a_small_student_gets_a_higher_lora_learning_rate(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import json as json_
+
+    # The parameter count comes from the safetensors headers: it equals the loaded model's.
+    from transformers import AutoModelForCausalLM
+
+    from worker.training import count_parameters
+
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert count_parameters(tiny_model_dir) == sum(p.numel() for p in loaded.parameters())
+    assert count_parameters(tmp_path / "no-such-model") is None
+
+    example = TrainExample(messages=[{"role": "user", "content": "x"}], completion="y")
+
+    def lr(**kw) -> float:  # type: ignore[no-untyped-def]
+        spec = TrainSpec(output_dir="o", train_examples=[example], preset="quick", **kw)
+        return resolve_hyperparameters(spec, n_train=600, device="cpu").learning_rate
+
+    assert lr(base_model=str(tiny_model_dir)) == pytest.approx(2e-3)  # 10x the preset's 2e-4
+    assert lr(base_model="") == 2e-4  # unknown size: the preset's rate
+    assert lr(base_model=str(tiny_model_dir), learning_rate=3e-4) == 3e-4  # asked for: kept
+    assert lr(base_model=str(tiny_model_dir), method="full") == 2e-5  # full fine-tuning: kept
+
+    # A folder whose tensors add up to half a billion parameters or more keeps the preset's rate.
+    big = tmp_path / "big-header-only"
+    big.mkdir()
+    header = json_.dumps({"w": {"dtype": "F32", "shape": [50_000, 10_000], "data_offsets": [0, 0]}})
+    blob = header.encode()
+    (big / "model.safetensors").write_bytes(len(blob).to_bytes(8, "little") + blob)
+    assert count_parameters(big) == 500_000_000
+    assert lr(base_model=str(big)) == 2e-4
