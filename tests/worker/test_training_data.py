@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -202,12 +203,8 @@ def test_eval_fraction_holds_out_a_seeded_disjoint_share() -> None:
 def test_the_label_list_is_dropped_and_nothing_else() -> None:
     from worker.taskspec import build_messages, without_label_list
 
-    task = TaskSpec(
-        instruction_template="Ticket:\n\n{{ text }}",
-        output_kind="label",
-        input_fields=("text",),
-        label_set=("card_arrival", "pending_transfer"),
-        system_prompt="You sort tickets.",
+    task = dataclasses.replace(
+        LABELS, instruction_template="Ticket:\n\n{{ text }}", system_prompt="You sort tickets."
     )
     # A message that itself contains blank lines and the word "labels" keeps all of it.
     text = "My card is late.\n\nAnswer with labels please"
