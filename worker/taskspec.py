@@ -153,6 +153,9 @@ def render_prompt(spec: TaskSpec, row: dict[str, Any]) -> str:
 
 
 LABEL_LIST_INTRO = "Answer with exactly one of these labels and nothing else: "
+# Between the rendered instruction and the output instructions (build_messages, and
+# without_label_list, which finds the label list by it).
+INSTRUCTIONS_SEPARATOR = "\n\n"
 
 
 def output_instructions(spec: TaskSpec) -> str:
@@ -171,7 +174,7 @@ def build_messages(spec: TaskSpec, row: dict[str, Any]) -> list[dict[str, str]]:
     user = render_prompt(spec, row)
     suffix = output_instructions(spec)
     if suffix:
-        user = f"{user}\n\n{suffix}"
+        user = f"{user}{INSTRUCTIONS_SEPARATOR}{suffix}"
     messages: list[dict[str, str]] = []
     if spec.system_prompt.strip():
         messages.append({"role": "system", "content": spec.system_prompt.strip()})
@@ -192,7 +195,7 @@ def without_label_list(messages: list[dict[str, str]]) -> list[dict[str, str]]:
         if message.get("role") != "user":
             continue
         content = message.get("content", "")
-        cut = content.rfind("\n\n" + LABEL_LIST_INTRO)
+        cut = content.rfind(INSTRUCTIONS_SEPARATOR + LABEL_LIST_INTRO)
         if cut >= 0:
             message["content"] = content[:cut]
         break

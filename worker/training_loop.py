@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -554,12 +554,6 @@ def run_child(output_dir: Path) -> int:
     return 0 if result.status != "failed" else 1
 
 
-def _without_label_list(example: TrainExample) -> TrainExample:
-    return TrainExample(
-        messages=without_label_list(example.messages), completion=example.completion
-    )
-
-
 def _train(
     out: Path, events: EventWriter, flags: StopFlags, timings: dict[str, float]
 ) -> TrainResult:
@@ -568,8 +562,10 @@ def _train(
     settings, train_examples, eval_examples = load_spec(out)
     spec: TrainSpec = spec_from_settings(settings, train_examples, eval_examples)
     if not spec.label_list_in_prompt:
-        train_examples = [_without_label_list(e) for e in train_examples]
-        eval_examples = [_without_label_list(e) for e in eval_examples]
+        train_examples = [
+            replace(e, messages=without_label_list(e.messages)) for e in train_examples
+        ]
+        eval_examples = [replace(e, messages=without_label_list(e.messages)) for e in eval_examples]
     device = str(settings.get("device", "cpu"))
     if spec.method == "qlora" and device != "cuda":
         raise TrainingConfigError("QLoRA needs a CUDA GPU; this worker has none")
@@ -757,8 +753,6 @@ def peak_rss_mb() -> float:
 def _smaller(hp: Hyperparameters) -> Hyperparameters:
     """After a CUDA out-of-memory: first recompute activations, then halve the micro-batch
     (doubling accumulation, so the effective batch and the step count stay the same)."""
-    from dataclasses import replace
-
     if not hp.gradient_checkpointing:
         return replace(hp, gradient_checkpointing=True)
     if hp.batch_size == 1:
