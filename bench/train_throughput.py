@@ -169,6 +169,7 @@ def run_ours(cfg: dict[str, Any], work: Path, examples: list[Any]) -> dict[str, 
         elif event["type"] == "started":
             print(
                 f"  ours started: threads={event['threads']} tcmalloc={event['tcmalloc']} "
+                f"attention={event.get('attention')} base={event.get('base_dtype')} "
                 f"bf16={event['hyperparameters']['bf16']}"
             )
 

@@ -770,6 +770,8 @@ class _Recorder:
                 "cpu_cores": probe["cpu_cores"],
                 "cuda_devices": probe["cuda_devices"] if event.get("device") == "cuda" else [],
                 "tcmalloc": event.get("tcmalloc"),
+                "attention": event.get("attention"),
+                "base_dtype": event.get("base_dtype"),
                 "versions": probe["versions"],
             }
             self.fine_tune_updates.update(

@@ -5,7 +5,13 @@ protocol). The speed-ups on CPU, each measured in bench/train_throughput.py:
 
 - no gradient checkpointing (recomputation costs time, activations fit in RAM); fp32, or bf16
   autocast where the CPU multiplies bf16 in hardware (AVX512-BF16/AMX: 1.3x fp32 there; on CPUs
-  that emulate bf16 it is several times slower, see ``worker.training.cpu_has_native_bf16``);
+  that emulate bf16 it is several times slower, see ``worker.training.cpu_has_native_bf16``),
+  and then, for LoRA, the frozen base weights stored in bf16 (autocast would cast them again
+  at every forward; the adapters stay fp32, and peft does not cast their input up to fp32);
+- LoRA dropout drawn as geometric gaps (``worker.gap_dropout``) instead of torch's serial
+  per-element Bernoulli loop;
+- attention as plain matrix products ("eager") when every sequence is short
+  (``CPU_EAGER_ATTENTION_MAX_TOKENS``), where the fused SDPA kernel is slower;
 - prompt/completion examples, loss on the completion only, and the language-model head applied
   only at completion positions: with a 49k vocabulary the head is most of the compute when the
   answer is a few tokens, and trl's default computes it at every position;
@@ -111,19 +117,40 @@ def _tree_size(path: Path) -> int:
 # --------------------------------------------------------------------------- model loading
 
 
-def load_model(base: str, hp: Hyperparameters) -> Any:
-    """The model to train: fp32 on CPU (bf16 autocast happens in the trainer when ``hp.bf16``),
-    bf16 on CUDA, 4-bit NF4 for QLoRA; LoRA-wrapped."""
+# On CPU, attention as plain matrix products beats PyTorch's fused SDPA kernel on short
+# sequences and loses on long ones. Measured per layer, forward + backward under bf16 autocast,
+# 2 cores, ~512 tokens a batch (SmolLM2 shapes: 9 heads of 64): 32 tokens 0.7 vs 3.3 ms,
+# 64: 2.3 vs 9.2, 128: 6.4 vs 7.3, 256: 9.8 vs 7.3, 512: 20 vs 12. Eager also keeps the
+# attention matrix for backward, which only short sequences can afford.
+CPU_EAGER_ATTENTION_MAX_TOKENS = 160
+
+
+def cpu_attention(longest_tokens: int) -> str | None:
+    """The attention implementation for a CPU run whose longest sequence has this many tokens
+    (None: the model's default, SDPA)."""
+    return "eager" if longest_tokens <= CPU_EAGER_ATTENTION_MAX_TOKENS else None
+
+
+def load_model(base: str, hp: Hyperparameters, *, attention: str | None = None) -> Any:
+    """The model to train: fp32 on CPU, or with bf16 autocast (``hp.bf16``, entered in the
+    trainer) the frozen base of a LoRA in bf16; bf16 on CUDA, 4-bit NF4 for QLoRA;
+    LoRA-wrapped, with GapDropout for the adapters on CPU."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model: Any
     kwargs: dict[str, Any] = {}
+    frozen_bf16 = False
     if hp.device == "cuda":
         kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     else:
-        kwargs["dtype"] = torch.float32
+        # Full fine-tuning keeps fp32 weights (the optimiser updates them); a LoRA's base is
+        # frozen, and under autocast every forward would cast its fp32 weights to bf16 again.
+        frozen_bf16 = hp.bf16 and hp.method == "lora"
+        kwargs["dtype"] = torch.bfloat16 if frozen_bf16 else torch.float32
+        if attention is not None:
+            kwargs["attn_implementation"] = attention
     if hp.method == "qlora":
         import transformers
 
@@ -166,7 +193,21 @@ def load_model(base: str, hp: Hyperparameters) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    if hp.device != "cuda":
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        from worker.gap_dropout import use_gap_dropout
+
+        use_gap_dropout(model)
+        if frozen_bf16:
+            # peft casts each adapter's input to the adapter's fp32 and autocast casts it back
+            # to bf16 for the product: two copies per adapter and forward (6 % of a step).
+            # Every forward of this model runs under autocast (DistilleryTrainer._autocast).
+            tuners: list[Any] = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+            for tuner in tuners:
+                tuner.cast_input_dtype_enabled = False
+    return model
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -586,15 +627,21 @@ def _train(
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = load_model(spec.base_model, hp)
     timings["load_s"] += time.perf_counter() - t0
 
     t0 = time.perf_counter()
     train_ds, truncated, empty_system = tokenize_dataset(train_examples, tokenizer, hp.max_length)
+    longest = max(train_ds["length"], default=0)
     eval_ds = None
     if eval_examples:
         eval_ds, _, _ = tokenize_dataset(eval_examples, tokenizer, hp.max_length)
+        longest = max(longest, *eval_ds["length"])
     timings["tokenize_s"] += time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    attention = cpu_attention(longest) if hp.device != "cuda" else None
+    model = load_model(spec.base_model, hp, attention=attention)
+    timings["load_s"] += time.perf_counter() - t0
     events.emit(
         "started",
         pid=os.getpid(),
@@ -607,6 +654,9 @@ def _train(
         resumed_from_step=resumed_from,
         hyperparameters=hp.to_json(),
         tcmalloc="tcmalloc" in os.environ.get("LD_PRELOAD", ""),
+        attention=_causal_lm(model).config._attn_implementation,
+        longest_tokens=longest,
+        base_dtype=str(_causal_lm(model).dtype).removeprefix("torch."),
     )
     if flags.reason() is not None and resume is None:
         # Stopped before the first step: nothing to keep.
@@ -651,7 +701,7 @@ def _train(
             del trainer, model
             gc.collect()
             torch.cuda.empty_cache()
-            model = load_model(spec.base_model, hp)
+            model = load_model(spec.base_model, hp, attention=attention)
     timings["train_s"] += time.perf_counter() - t0
     step = trainer.state.global_step
     last = latest_checkpoint(out)

@@ -82,6 +82,8 @@ def test_a_fine_tune_trains_records_its_curve_and_registers_a_downloadable_stude
     assert fine_tune.resolved_hyperparameters["total_steps"] == 30
     assert fine_tune.resolved_hyperparameters["learning_rate"] == 0.01
     assert fine_tune.hardware["device"] == "cpu" and fine_tune.hardware["threads"] == 1
+    assert fine_tune.hardware["attention"] == "eager"  # every example is short
+    assert fine_tune.hardware["base_dtype"] in ("bfloat16", "float32")
     assert set(fine_tune.timings) == {"load_s", "tokenize_s", "train_s", "save_s", "merge_s"}
     counts = finetune_services.split_counts(version)
     assert fine_tune.n_train == counts["train"] and fine_tune.n_eval == counts["validation"] > 0
@@ -103,6 +105,7 @@ def test_a_fine_tune_trains_records_its_curve_and_registers_a_downloadable_stude
     client = client_for(owner)
     page = client.get(reverse("jobs:finetune_detail", args=[fine_tune.pk])).content.decode()
     assert student.name in page and "model.safetensors" in page
+    assert "eager attention" in page and f"base weights {fine_tune.hardware['base_dtype']}" in page
     merged = finetune_services.data_path(student.path)
     response = client.get(
         reverse("jobs:student_file", args=[student.pk, "model", "model.safetensors"])

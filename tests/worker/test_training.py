@@ -124,6 +124,9 @@ def test_lora_trains_saves_and_reloads_to_the_same_outputs(
     started = recorder.of("started")[0]
     assert started["resumed_from_step"] == 0 and started["total_steps"] == 20
     assert started["hyperparameters"]["bf16"] is (cpu_bf16 == "on")
+    # Under bf16 autocast a LoRA's frozen base is stored in bf16; short sequences: eager attention.
+    assert started["base_dtype"] == ("bfloat16" if cpu_bf16 == "on" else "float32")
+    assert started["attention"] == "eager" and started["longest_tokens"] <= 160
     assert set(result.timings) == {"load_s", "tokenize_s", "train_s", "save_s", "merge_s"}
     assert recorder.events[-1]["type"] == "finished"
     assert "timings load=" in (tmp_path / "job" / "training.log").read_text()
