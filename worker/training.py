@@ -161,7 +161,7 @@ class Hyperparameters:
 
 # Per preset: (epochs, LoRA r, alpha, dropout, learning rate for LoRA/QLoRA, for full,
 # CPU step cap). Small datasets get more passes (see _epochs_for). The CPU caps keep "quick" a
-# matter of minutes on a laptop (a 135M student does 5-12 samples/s on 2 cores, fp32 to bf16).
+# matter of minutes on a laptop (a 135M student: ~5 samples/s on 2 cores in fp32, ~12 in bf16).
 _PRESETS: dict[str, tuple[float, int, int, float, float, float, int | None]] = {
     "quick": (1.0, 8, 16, 0.0, 2e-4, 2e-5, 150),
     "balanced": (2.0, 16, 32, 0.05, 2e-4, 2e-5, 600),
