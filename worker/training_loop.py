@@ -4,7 +4,7 @@ Runs only inside ``python -m worker.train_entry <output_dir>`` (see worker/train
 protocol). The speed-ups on CPU, each measured in bench/train_throughput.py:
 
 - no gradient checkpointing (recomputation costs time, activations fit in RAM); fp32, or bf16
-  autocast where the CPU multiplies bf16 in hardware (AVX512-BF16/AMX: 1.3x fp32 there; on CPUs
+  autocast where the CPU multiplies bf16 in hardware (AVX512-BF16/AMX: 1.3-1.5x fp32; on CPUs
   that emulate bf16 it is several times slower, see ``worker.training.cpu_has_native_bf16``),
   and then, for LoRA, the frozen base weights stored in bf16 (autocast would cast them again
   at every forward; the adapters stay fp32, and peft does not cast their input up to fp32);
