@@ -281,12 +281,11 @@ def run_ablations(
 
     import torch
     from peft import LoraConfig, get_peft_model
-    from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from worker.gap_dropout import use_gap_dropout
     from worker.training_data import tokenize_example
-    from worker.training_loop import completion_nll
+    from worker.training_loop import completion_nll, skip_adapter_input_casts
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -313,9 +312,7 @@ def run_ablations(
             if gap:
                 use_gap_dropout(model)
             if bf16_base:
-                tuners: list[Any] = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-                for tuner in tuners:
-                    tuner.cast_input_dtype_enabled = False
+                skip_adapter_input_casts(model)
             model.train()
             params = [p for p in model.parameters() if p.requires_grad]
             models[key] = (model, torch.optim.AdamW(params, lr=2e-4))
