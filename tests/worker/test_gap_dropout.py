@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from worker.gap_dropout import GapDropout, dropped_positions, use_gap_dropout
-from worker.training_loop import CPU_EAGER_ATTENTION_MAX_TOKENS, cpu_attention
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
@@ -107,8 +106,3 @@ def test_replaces_every_lora_dropout_and_leaves_the_adapter_weights(tiny_model_d
     out = model(input_ids=torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]]))
     out.loss.backward()
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
-
-
-def test_cpu_attention_is_eager_only_for_short_sequences() -> None:
-    assert cpu_attention(CPU_EAGER_ATTENTION_MAX_TOKENS) == "eager"
-    assert cpu_attention(CPU_EAGER_ATTENTION_MAX_TOKENS + 1) is None

@@ -22,6 +22,7 @@ from worker.training_data import (
     template_injects_default_system,
     tokenize_example,
 )
+from worker.training_loop import CPU_EAGER_ATTENTION_MAX_TOKENS, cpu_attention
 
 # SmolLM2-135M-Instruct's own template: a default system prompt when none is given.
 SMOLLM2_TEMPLATE = (
@@ -256,3 +257,8 @@ def test_a_small_student_gets_a_higher_lora_learning_rate(
     (big / "model.safetensors").write_bytes(len(blob).to_bytes(8, "little") + blob)
     assert count_parameters(big) == 500_000_000
     assert lr(base_model=str(big)) == 2e-4
+
+
+def test_cpu_attention_is_eager_only_for_short_sequences() -> None:
+    assert cpu_attention(CPU_EAGER_ATTENTION_MAX_TOKENS) == "eager"
+    assert cpu_attention(CPU_EAGER_ATTENTION_MAX_TOKENS + 1) is None
