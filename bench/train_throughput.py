@@ -273,7 +273,7 @@ ABLATIONS = [
 
 
 def run_ablations(
-    model_dir: str, examples: list[Any], batch: int, steps: int
+    model_dir: str, examples: list[Any], batch: int, steps: int, lr: float
 ) -> list[dict[str, Any]]:
     """Each recipe difference on its own: the same rows, ``steps`` timed optimiser steps
     (after one warm-up step) per variant, interleaved, in this process."""
@@ -315,7 +315,7 @@ def run_ablations(
                 skip_adapter_input_casts(model)
             model.train()
             params = [p for p in model.parameters() if p.requires_grad]
-            models[key] = (model, torch.optim.AdamW(params, lr=2e-4))
+            models[key] = (model, torch.optim.AdamW(params, lr=lr))
         return models[key]
 
     pool = examples[: batch * (steps + 1)]  # the same rows for every variant
@@ -493,7 +493,7 @@ def main() -> None:
 
     if args.ablations:
         print(f"ablations: {args.ablations} timed steps of {args.batch} per variant", flush=True)
-        table = run_ablations(str(model_dir), examples, args.batch, args.ablations)
+        table = run_ablations(str(model_dir), examples, args.batch, args.ablations, args.lr)
         print(json.dumps({"ablations": table, "cpus": len(os.sched_getaffinity(0))}))
         return
 
