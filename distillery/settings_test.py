@@ -21,6 +21,6 @@ os.environ.setdefault("DISTILLERY_DATA_DIR", tempfile.mkdtemp(prefix="distillery
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from .settings import *  # noqa: F403
+from distillery.settings import *
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests

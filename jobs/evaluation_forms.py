@@ -9,14 +9,14 @@ from django import forms
 
 from projects.models import Project
 
-from .evaluation_services import (
+from jobs.evaluation_services import (
     EXPERIMENT_SAMPLE,
     EndpointChoice,
     EvalOptions,
     StudentChoice,
     TeacherChoice,
 )
-from .models import CandidateRole, CandidateSource, StudentKind, StudentModel
+from jobs.models import CandidateRole, CandidateSource, StudentKind, StudentModel
 
 
 class _Candidates(forms.Form):

@@ -15,8 +15,8 @@ from django.db.models import Exists, OuterRef, QuerySet
 
 from projects.models import Project
 
-from .evaluation_services import primary_student
-from .models import (
+from jobs.evaluation_services import primary_student
+from jobs.models import (
     CandidateRole,
     EvalCandidate,
     EvalExample,

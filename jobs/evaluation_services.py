@@ -51,8 +51,8 @@ from worker.taskspec import (
     parse_output,
 )
 
-from . import services as job_services
-from .models import (
+from jobs import services as job_services
+from jobs.models import (
     CandidateRole,
     CandidateSource,
     EvalCandidate,
@@ -320,7 +320,7 @@ def _teacher_candidate(project: Project, teacher: TeacherChoice) -> EvalCandidat
 
 
 def _student_candidate(project: Project, student: StudentChoice) -> EvalCandidate:
-    from .finetune_services import data_path, resolve_local_model, stored_path
+    from jobs.finetune_services import data_path, resolve_local_model, stored_path
 
     if student.role not in (CandidateRole.BASE, CandidateRole.DISTILLED):
         raise ValidationError({"students": f"unknown student role {student.role!r}"})
@@ -727,7 +727,7 @@ def _teacher_run_for_missing(
 ) -> TeacherRun:
     """Send the inputs that have no stored answer to the teacher, through a normal (metered,
     ledgered, cached) teacher run executed here, inside the evaluation job."""
-    from .teacher_services import RunSettings, teacher_run_estimate, teacher_run_execute
+    from jobs.teacher_services import RunSettings, teacher_run_estimate, teacher_run_execute
 
     project = evaluation.project
     if candidate.teacher_run_id:  # an earlier attempt's run (the worker died): retire it
@@ -794,7 +794,7 @@ def _run_local(
 ) -> None:
     from worker.inference import latency_percentiles, load_model
 
-    from .finetune_services import data_path
+    from jobs.finetune_services import data_path
 
     path = data_path(candidate.model_path)
     loaded = time.perf_counter()
@@ -897,7 +897,7 @@ def _run_endpoint(
     from worker.teachers import make_provider
     from worker.teachers.base import ProviderConfig, TeacherRequest, TeacherResponse
 
-    from .teacher_services import price_for_model
+    from jobs.teacher_services import price_for_model
 
     credential = candidate.credential
     if credential is None:

@@ -5,8 +5,8 @@ from typing import Any
 
 from django import forms
 
-from .finetune_services import QLORA_NEEDS_GPU, FineTuneSettings
-from .models import FineTuneMethod, StudentModel
+from jobs.finetune_services import QLORA_NEEDS_GPU, FineTuneSettings
+from jobs.models import FineTuneMethod, StudentModel
 
 LOCAL = "local"
 HF = "hf"

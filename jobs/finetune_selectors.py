@@ -8,9 +8,9 @@ from django.db.models import QuerySet
 
 from projects.models import DatasetVersion, Project, Team
 
-from . import services as job_services
-from .finetune_services import gpu_workers
-from .models import FineTune, JobStatus, StudentKind, StudentModel, TrainingPoint, WorkerInfo
+from jobs import services as job_services
+from jobs.finetune_services import gpu_workers
+from jobs.models import FineTune, JobStatus, StudentKind, StudentModel, TrainingPoint, WorkerInfo
 
 #: The most points one poll returns (a long run's chart fills in over a few polls).
 POINTS_PER_POLL = 2000

@@ -40,8 +40,8 @@ from django.utils import timezone
 
 from projects.models import DatasetItem, DatasetVersion, Project, Team
 
-from . import services as job_services
-from .models import (
+from jobs import services as job_services
+from jobs.models import (
     FineTune,
     FineTuneMethod,
     Job,

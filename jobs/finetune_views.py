@@ -28,10 +28,10 @@ from projects.access import membership_for, project_for, require, scoped_get, te
 from projects.forms import apply_errors
 from projects.models import DatasetVersion
 
-from . import finetune_selectors as selectors
-from . import finetune_services as services
-from .finetune_forms import FineTuneForm, RegisterStudentForm
-from .models import FineTune, StudentModel
+from jobs import finetune_selectors as selectors
+from jobs import finetune_services as services
+from jobs.finetune_forms import FineTuneForm, RegisterStudentForm
+from jobs.models import FineTune, StudentModel
 
 
 def fine_tune_for(*, user: Any, finetune_id: int, permission: str = "read") -> tuple[FineTune, Any]:

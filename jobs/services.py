@@ -18,7 +18,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .models import Job, JobKind, JobStatus
+from jobs.models import Job, JobKind, JobStatus
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from celery import shared_task
 
-from . import services
-from .models import Job
+from jobs import services
+from jobs.models import Job
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def dataset_freeze(job_id: int) -> None:
 
 @shared_task(name="jobs.teacher_run")
 def teacher_run(job_id: int) -> None:
-    from .teacher_services import teacher_run_execute
+    from jobs.teacher_services import teacher_run_execute
 
     run_claimed(job_id, lambda job: teacher_run_execute(job=job))
 
@@ -107,7 +107,7 @@ def teacher_batch_poll(job_id: int, chain: str) -> None:
     """One poll of a provider batch; it schedules the next one itself (countdown) until the
     batch is collected. If the chain is lost (a worker died), the reaper re-queues the job and
     the re-claimed run resumes polling the same batch."""
-    from .teacher_services import teacher_batch_poll_step
+    from jobs.teacher_services import teacher_batch_poll_step
 
     teacher_batch_poll_step(job_id=job_id, chain=chain)
 
@@ -117,14 +117,14 @@ def teacher_batch_poll(job_id: int, chain: str) -> None:
 
 @shared_task(name="jobs.evaluation")
 def evaluation(job_id: int) -> None:
-    from .evaluation_services import evaluation_job_run
+    from jobs.evaluation_services import evaluation_job_run
 
     run_claimed(job_id, lambda job: evaluation_job_run(job=job))
 
 
 @shared_task(name="jobs.experiment")
 def experiment(job_id: int) -> None:
-    from .evaluation_services import evaluation_job_run
+    from jobs.evaluation_services import evaluation_job_run
 
     run_claimed(job_id, lambda job: evaluation_job_run(job=job))
 
@@ -134,7 +134,7 @@ def experiment(job_id: int) -> None:
 
 @shared_task(name="jobs.fine_tune", acks_late=True)
 def fine_tune(job_id: int) -> None:
-    from .finetune_services import fine_tune_execute
+    from jobs.finetune_services import fine_tune_execute
 
     run_claimed(job_id, lambda job: fine_tune_execute(job=job))
 
@@ -146,7 +146,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down  
 def report_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     """Record this worker's queues and hardware (the fine-tune form reads whether any GPU
     worker is there)."""
-    from .finetune_services import worker_report_ready
+    from jobs.finetune_services import worker_report_ready
 
     try:
         queues = [q.name for q in sender.task_consumer.queues]
@@ -158,7 +158,7 @@ def report_worker_ready(sender: Any = None, **kwargs: Any) -> None:
 @worker_shutting_down.connect
 def stop_training_children(sender: Any = None, **kwargs: Any) -> None:
     """Training subprocesses checkpoint and stop; their jobs go back to the queue."""
-    from .finetune_services import terminate_training_children
+    from jobs.finetune_services import terminate_training_children
 
     try:
         terminate_training_children()
@@ -168,7 +168,7 @@ def stop_training_children(sender: Any = None, **kwargs: Any) -> None:
 
 @worker_shutdown.connect
 def report_worker_stopped(sender: Any = None, **kwargs: Any) -> None:
-    from .finetune_services import worker_report_stopped
+    from jobs.finetune_services import worker_report_stopped
 
     try:
         worker_report_stopped(hostname=str(getattr(sender, "hostname", sender)))

@@ -7,8 +7,8 @@ from django import forms
 
 from projects.models import ProviderCredential
 
-from .models import TeacherRunMode
-from .teacher_services import RunSettings
+from jobs.models import TeacherRunMode
+from jobs.teacher_services import RunSettings
 
 LOCAL = "local"
 

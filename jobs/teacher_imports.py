@@ -32,7 +32,7 @@ from projects.services import content_hash
 from worker import ingest
 from worker.taskspec import TaskSpec, TemplateError, parse_output, render_prompt
 
-from .models import Job, JobKind, JobStatus, TeacherRun, TeacherRunMode
+from jobs.models import Job, JobKind, JobStatus, TeacherRun, TeacherRunMode
 
 MAX_IMPORT_ROWS = 500_000
 

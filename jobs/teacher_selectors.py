@@ -13,8 +13,8 @@ from django.utils import timezone
 from projects.models import Project, TeacherOutput
 from worker import pricing
 
-from . import services as job_services
-from .models import JobStatus, LedgerEntry, LedgerStatus, PriceEntry, TeacherRun
+from jobs import services as job_services
+from jobs.models import JobStatus, LedgerEntry, LedgerStatus, PriceEntry, TeacherRun
 
 OUTPUTS_PER_PAGE = 25
 

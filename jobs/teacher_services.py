@@ -42,8 +42,8 @@ from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages, 
 from worker.teacher_cache import cache_key
 from worker.teachers.base import ProviderConfig, TeacherRequest, TeacherResponse
 
-from . import services as job_services
-from .models import (
+from jobs import services as job_services
+from jobs.models import (
     CachedResponse,
     Job,
     JobKind,

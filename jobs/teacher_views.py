@@ -23,11 +23,11 @@ from projects.forms import apply_errors
 from worker.ingest import IngestError, check_size
 from worker.pricing import PRICES_AS_OF
 
-from . import teacher_selectors as selectors
-from . import teacher_services as services
-from .models import PriceEntry, TeacherRun
-from .teacher_forms import PriceForm, TeacherImportForm, TeacherRunForm
-from .teacher_imports import teacher_run_import
+from jobs import teacher_selectors as selectors
+from jobs import teacher_services as services
+from jobs.models import PriceEntry, TeacherRun
+from jobs.teacher_forms import PriceForm, TeacherImportForm, TeacherRunForm
+from jobs.teacher_imports import teacher_run_import
 
 
 def teacher_run_for(*, user: Any, run_id: int, permission: str = "read") -> tuple[TeacherRun, Any]:

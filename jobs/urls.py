@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from jobs import views
 
 app_name = "jobs"
 
@@ -11,7 +11,7 @@ urlpatterns = [
 ]
 
 # Teacher runs and prices (jobs.teacher_views)
-from . import teacher_views  # noqa: E402
+from jobs import teacher_views
 
 urlpatterns += [
     path(
@@ -47,7 +47,7 @@ urlpatterns += [
 ]
 
 # Fine-tuning and the student registry (jobs.finetune_views)
-from . import finetune_views  # noqa: E402
+from jobs import finetune_views
 
 urlpatterns += [
     path(
@@ -92,7 +92,7 @@ urlpatterns += [
 ]
 
 # Evaluation, comparison, votes and the weekend experiment (jobs.evaluation_views)
-from . import evaluation_views  # noqa: E402
+from jobs import evaluation_views
 
 urlpatterns += [
     path(

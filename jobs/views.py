@@ -6,8 +6,8 @@ from django.shortcuts import redirect, render
 
 from projects.access import membership_for, require
 
-from . import services
-from .models import Job
+from jobs import services
+from jobs.models import Job
 
 
 def job_for(*, user: object, job_id: int, permission: str = "read") -> Job:

@@ -9,7 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import Http404
 
-from .models import Membership, Project, Team
+from projects.models import Membership, Project, Team
 
 M = TypeVar("M", bound=Model)
 

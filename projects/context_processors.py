@@ -1,6 +1,6 @@
 from typing import Any
 
-from .selectors import current_team, teams_for_user
+from projects.selectors import current_team, teams_for_user
 
 
 def teams(request: Any) -> dict[str, Any]:

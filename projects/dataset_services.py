@@ -27,7 +27,7 @@ from django.db.models import Max, Q
 from worker import datasets
 from worker.taskspec import TaskSpec, canonical_output
 
-from .models import (
+from projects.models import (
     AuditAction,
     DatasetItem,
     DatasetVersion,
@@ -37,7 +37,7 @@ from .models import (
     ReviewStatus,
     TeacherOutput,
 )
-from .review_services import audit_record
+from projects.review_services import audit_record
 
 logger = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from django.views.decorators.http import require_http_methods
 
 from worker import datasets
 
-from . import dataset_services as services
-from .access import project_for, scoped_get
-from .forms import apply_errors
-from .models import DatasetVersion
-from .review_forms import FreezeForm
+from projects import dataset_services as services
+from projects.access import project_for, scoped_get
+from projects.forms import apply_errors
+from projects.models import DatasetVersion
+from projects.review_forms import FreezeForm
 
 
 @login_required

@@ -6,7 +6,7 @@ from typing import Any
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
-from .models import OutputKind, ProviderKind, Role
+from projects.models import OutputKind, ProviderKind, Role
 
 
 class TeamForm(forms.Form):

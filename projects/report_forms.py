@@ -8,7 +8,7 @@ from django import forms
 
 from jobs.models import EvaluationKind, ServingMode
 
-from .models import Project
+from projects.models import Project
 
 
 class ReportSettingsForm(forms.Form):

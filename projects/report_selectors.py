@@ -34,7 +34,7 @@ from jobs.models import (
 from worker import economics
 from worker.economics import money
 
-from .models import InputRow, Project, ReviewStatus, TeacherOutput, Team
+from projects.models import InputRow, Project, ReviewStatus, TeacherOutput, Team
 
 STAGES = ("inputs", "teacher", "review", "trained", "evaluated")
 STAGE_LABELS = {

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 
 from jobs.models import Evaluation, EvaluationKind, ReportSettings, ServingMode
 
-from .models import Project
+from projects.models import Project
 
 MAX_MONTHLY_VOLUME = 10**12
 

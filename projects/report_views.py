@@ -14,11 +14,11 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from . import report_selectors as selectors
-from . import report_services as services
-from .access import project_for, require
-from .forms import apply_errors
-from .report_forms import ReportSettingsForm
+from projects import report_selectors as selectors
+from projects import report_services as services
+from projects.access import project_for, require
+from projects.forms import apply_errors
+from projects.report_forms import ReportSettingsForm
 
 MAX_VOLUME = services.MAX_MONTHLY_VOLUME
 

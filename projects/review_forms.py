@@ -9,7 +9,7 @@ from django import forms
 
 from worker.checks import FLAG_CODES
 
-from .models import JudgeScale
+from projects.models import JudgeScale
 
 FLAG_CHOICES = list(FLAG_CODES.items())
 

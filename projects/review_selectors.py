@@ -26,7 +26,7 @@ from worker.checks import FLAG_CODES
 from worker.datasets import overlap_agreement
 from worker.taskspec import TaskSpec, canonical_output
 
-from .models import (
+from projects.models import (
     AuditEvent,
     DecisionKind,
     InputRow,
@@ -362,7 +362,7 @@ def labels_in_use(*, project: Project) -> list[str]:
 
 def reviewers_of(*, project: Project) -> list[Any]:
     """Team members who may review, for filters and assignment."""
-    from .models import ROLE_PERMISSIONS
+    from projects.models import ROLE_PERMISSIONS
 
     roles = [role for role, perms in ROLE_PERMISSIONS.items() if "review" in perms]
     return list(
@@ -670,7 +670,7 @@ class AuditFilters:
 
     @classmethod
     def from_query(cls, data: Mapping[str, Any]) -> AuditFilters:
-        from .models import AuditAction
+        from projects.models import AuditAction
 
         action = str(data.get("action", "") or "")
         actor = str(data.get("actor", "") or "")

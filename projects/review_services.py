@@ -27,7 +27,7 @@ from worker import checks
 from worker.datasets import DatasetError, assign_reviewers
 from worker.taskspec import TaskSpec, canonical_output, parse_output
 
-from .models import (
+from projects.models import (
     AuditAction,
     AuditEvent,
     DecisionKind,
@@ -41,7 +41,7 @@ from .models import (
     ReviewStatus,
     TeacherOutput,
 )
-from .review_selectors import ReviewFilters, decision_key, outputs_for_review, pretty_value
+from projects.review_selectors import ReviewFilters, decision_key, outputs_for_review, pretty_value
 
 logger = logging.getLogger(__name__)
 
@@ -936,8 +936,8 @@ def judge_run(
     from worker.teacher_runner import run_sync
     from worker.teachers import ProviderConfig, TeacherRequest, TeacherResponse, make_provider
 
-    from .crypto import decrypt_secret_dangerously
-    from .models import ProviderCredential
+    from projects.crypto import decrypt_secret_dangerously
+    from projects.models import ProviderCredential
 
     setup = _judge_setup(project)
     spec = project.task_spec()

@@ -18,12 +18,12 @@ from django.views.decorators.http import require_http_methods
 
 from worker.checks import FLAG_CODES
 
-from . import review_selectors as selectors
-from . import review_services as services
-from .access import project_for, scoped_get
-from .forms import apply_errors
-from .models import AuditAction, Membership, Project, ReviewRule, TeacherOutput
-from .review_forms import AssignForm, ChecksForm, JudgeSettingsForm, RuleForm
+from projects import review_selectors as selectors
+from projects import review_services as services
+from projects.access import project_for, scoped_get
+from projects.forms import apply_errors
+from projects.models import AuditAction, Membership, Project, ReviewRule, TeacherOutput
+from projects.review_forms import AssignForm, ChecksForm, JudgeSettingsForm, RuleForm
 
 FRAGMENT_HEADER = "X-Review-Fragment"
 

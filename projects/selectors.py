@@ -6,7 +6,7 @@ from typing import Any
 
 from django.db.models import Count, Q, QuerySet
 
-from .models import InputRow, Membership, Project, Team
+from projects.models import InputRow, Membership, Project, Team
 
 
 def teams_for_user(*, user: Any) -> QuerySet[Team]:

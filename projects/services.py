@@ -20,8 +20,8 @@ from jinja2.exceptions import SecurityError
 from worker import ingest
 from worker.taskspec import SpecError, TaskSpec, TemplateError, render_prompt
 
-from .crypto import encrypt_secret
-from .models import (
+from projects.crypto import encrypt_secret
+from projects.models import (
     InputRow,
     InputUpload,
     Invite,

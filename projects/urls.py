@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import dataset_views, review_views, views
+from projects import dataset_views, review_views, views
 
 app_name = "projects"
 
@@ -126,7 +126,7 @@ urlpatterns += [
 ]
 
 # The go/no-go report (issue 6) ------------------------------------------------------------------
-from . import report_views  # noqa: E402
+from projects import report_views
 
 urlpatterns += [
     path("projects/<int:project_id>/report/", report_views.report, name="report"),

@@ -18,9 +18,9 @@ from django.views.decorators.http import require_http_methods
 from worker.ingest import IngestError, check_size
 from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages
 
-from . import forms, report_selectors, selectors, services
-from .access import project_for, scoped_get, team_for
-from .models import Invite, ProviderKind
+from projects import forms, report_selectors, selectors, services
+from projects.access import project_for, scoped_get, team_for
+from projects.models import Invite, ProviderKind
 
 
 @login_required
