@@ -21,6 +21,6 @@ os.environ.setdefault("DISTILLERY_DATA_DIR", tempfile.mkdtemp(prefix="distillery
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from distillery.settings import *
+from distillery.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests

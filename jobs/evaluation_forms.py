@@ -7,8 +7,6 @@ from typing import Any
 
 from django import forms
 
-from projects.models import Project
-
 from jobs.evaluation_services import (
     EXPERIMENT_SAMPLE,
     EndpointChoice,
@@ -17,6 +15,7 @@ from jobs.evaluation_services import (
     TeacherChoice,
 )
 from jobs.models import CandidateRole, CandidateSource, StudentKind, StudentModel
+from projects.models import Project
 
 
 class _Candidates(forms.Form):

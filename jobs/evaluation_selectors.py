@@ -13,8 +13,6 @@ from typing import Any
 from django.core.paginator import Page, Paginator
 from django.db.models import Exists, OuterRef, QuerySet
 
-from projects.models import Project
-
 from jobs.evaluation_services import primary_student
 from jobs.models import (
     CandidateRole,
@@ -26,6 +24,7 @@ from jobs.models import (
     EvalVote,
     VoteChoice,
 )
+from projects.models import Project
 
 FILTERS = {
     "all": "All examples",

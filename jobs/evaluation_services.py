@@ -33,24 +33,6 @@ from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from django.utils import timezone
 
-from projects.models import (
-    DatasetItem,
-    DatasetVersion,
-    InputRow,
-    Project,
-    ProviderCredential,
-    TeacherOutput,
-)
-from worker.taskspec import (
-    SpecError,
-    TaskSpec,
-    TemplateError,
-    build_messages,
-    canonical_output,
-    normalise_label,
-    parse_output,
-)
-
 from jobs import services as job_services
 from jobs.models import (
     CandidateRole,
@@ -68,6 +50,23 @@ from jobs.models import (
     TeacherRun,
     TeacherRunMode,
     VoteChoice,
+)
+from projects.models import (
+    DatasetItem,
+    DatasetVersion,
+    InputRow,
+    Project,
+    ProviderCredential,
+    TeacherOutput,
+)
+from worker.taskspec import (
+    SpecError,
+    TaskSpec,
+    TemplateError,
+    build_messages,
+    canonical_output,
+    normalise_label,
+    parse_output,
 )
 
 logger = logging.getLogger(__name__)
@@ -792,9 +791,8 @@ def _run_local(
     options: EvalOptions,
     progress: _Progress,
 ) -> None:
-    from worker.inference import latency_percentiles, load_model
-
     from jobs.finetune_services import data_path
+    from worker.inference import latency_percentiles, load_model
 
     path = data_path(candidate.model_path)
     loaded = time.perf_counter()
@@ -890,14 +888,13 @@ def _run_endpoint(
 ) -> None:
     from asgiref.sync import sync_to_async
 
+    from jobs.teacher_services import price_for_model
     from projects.crypto import decrypt_secret_dangerously
     from worker.inference import latency_percentiles
     from worker.pricing import FREE
     from worker.teacher_runner import run as run_requests
     from worker.teachers import make_provider
     from worker.teachers.base import ProviderConfig, TeacherRequest, TeacherResponse
-
-    from jobs.teacher_services import price_for_model
 
     credential = candidate.credential
     if credential is None:

@@ -19,14 +19,13 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from projects.access import membership_for, project_for, require, scoped_get
-from projects.forms import apply_errors
-
 from jobs import evaluation_selectors as selectors
 from jobs import evaluation_services as services
 from jobs.evaluation_forms import EvaluationForm, ExperimentForm, VoteForm
 from jobs.models import EvalExample, Evaluation, EvaluationKind, VoteChoice
 from jobs.services import job_live_view
+from projects.access import membership_for, project_for, require, scoped_get
+from projects.forms import apply_errors
 
 
 def evaluation_for(

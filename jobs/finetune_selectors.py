@@ -6,11 +6,10 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from projects.models import DatasetVersion, Project, Team
-
 from jobs import services as job_services
 from jobs.finetune_services import gpu_workers
 from jobs.models import FineTune, JobStatus, StudentKind, StudentModel, TrainingPoint, WorkerInfo
+from projects.models import DatasetVersion, Project, Team
 
 #: The most points one poll returns (a long run's chart fills in over a few polls).
 POINTS_PER_POLL = 2000

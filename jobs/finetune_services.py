@@ -38,8 +38,6 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from projects.models import DatasetItem, DatasetVersion, Project, Team
-
 from jobs import services as job_services
 from jobs.models import (
     FineTune,
@@ -53,6 +51,7 @@ from jobs.models import (
     TrainingPoint,
     WorkerInfo,
 )
+from projects.models import DatasetItem, DatasetVersion, Project, Team
 
 logger = logging.getLogger(__name__)
 

@@ -24,14 +24,13 @@ from django.http import (
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from projects.access import membership_for, project_for, require, scoped_get, team_for
-from projects.forms import apply_errors
-from projects.models import DatasetVersion
-
 from jobs import finetune_selectors as selectors
 from jobs import finetune_services as services
 from jobs.finetune_forms import FineTuneForm, RegisterStudentForm
 from jobs.models import FineTune, StudentModel
+from projects.access import membership_for, project_for, require, scoped_get, team_for
+from projects.forms import apply_errors
+from projects.models import DatasetVersion
 
 
 def fine_tune_for(*, user: Any, finetune_id: int, permission: str = "read") -> tuple[FineTune, Any]:

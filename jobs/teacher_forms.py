@@ -5,10 +5,9 @@ from typing import Any
 
 from django import forms
 
-from projects.models import ProviderCredential
-
 from jobs.models import TeacherRunMode
 from jobs.teacher_services import RunSettings
+from projects.models import ProviderCredential
 
 LOCAL = "local"
 

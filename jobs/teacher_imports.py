@@ -27,12 +27,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from jobs.models import Job, JobKind, JobStatus, TeacherRun, TeacherRunMode
 from projects.models import InputRow, OutputFlag, Project, TeacherOutput
 from projects.services import content_hash
 from worker import ingest
 from worker.taskspec import TaskSpec, TemplateError, parse_output, render_prompt
-
-from jobs.models import Job, JobKind, JobStatus, TeacherRun, TeacherRunMode
 
 MAX_IMPORT_ROWS = 500_000
 

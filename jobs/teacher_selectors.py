@@ -10,11 +10,10 @@ from django.core.paginator import Page, Paginator
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from projects.models import Project, TeacherOutput
-from worker import pricing
-
 from jobs import services as job_services
 from jobs.models import JobStatus, LedgerEntry, LedgerStatus, PriceEntry, TeacherRun
+from projects.models import Project, TeacherOutput
+from worker import pricing
 
 OUTPUTS_PER_PAGE = 25
 

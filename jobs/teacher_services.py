@@ -35,13 +35,6 @@ from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
-from projects.models import InputRow, OutputFlag, Project, ProviderCredential, TeacherOutput
-from worker import pricing
-from worker.pricing import FREE, ModelPrice
-from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages, parse_output
-from worker.teacher_cache import cache_key
-from worker.teachers.base import ProviderConfig, TeacherRequest, TeacherResponse
-
 from jobs import services as job_services
 from jobs.models import (
     CachedResponse,
@@ -54,6 +47,12 @@ from jobs.models import (
     TeacherRun,
     TeacherRunMode,
 )
+from projects.models import InputRow, OutputFlag, Project, ProviderCredential, TeacherOutput
+from worker import pricing
+from worker.pricing import FREE, ModelPrice
+from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages, parse_output
+from worker.teacher_cache import cache_key
+from worker.teachers.base import ProviderConfig, TeacherRequest, TeacherResponse
 
 logger = logging.getLogger(__name__)
 

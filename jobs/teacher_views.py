@@ -18,16 +18,15 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllow
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from projects.access import membership_for, project_for, require, scoped_get, team_for
-from projects.forms import apply_errors
-from worker.ingest import IngestError, check_size
-from worker.pricing import PRICES_AS_OF
-
 from jobs import teacher_selectors as selectors
 from jobs import teacher_services as services
 from jobs.models import PriceEntry, TeacherRun
 from jobs.teacher_forms import PriceForm, TeacherImportForm, TeacherRunForm
 from jobs.teacher_imports import teacher_run_import
+from projects.access import membership_for, project_for, require, scoped_get, team_for
+from projects.forms import apply_errors
+from worker.ingest import IngestError, check_size
+from worker.pricing import PRICES_AS_OF
 
 
 def teacher_run_for(*, user: Any, run_id: int, permission: str = "read") -> tuple[TeacherRun, Any]:

@@ -11,7 +11,7 @@ urlpatterns = [
 ]
 
 # Teacher runs and prices (jobs.teacher_views)
-from jobs import teacher_views
+from jobs import teacher_views  # noqa: E402
 
 urlpatterns += [
     path(
@@ -47,7 +47,7 @@ urlpatterns += [
 ]
 
 # Fine-tuning and the student registry (jobs.finetune_views)
-from jobs import finetune_views
+from jobs import finetune_views  # noqa: E402
 
 urlpatterns += [
     path(
@@ -92,7 +92,7 @@ urlpatterns += [
 ]
 
 # Evaluation, comparison, votes and the weekend experiment (jobs.evaluation_views)
-from jobs import evaluation_views
+from jobs import evaluation_views  # noqa: E402
 
 urlpatterns += [
     path(

@@ -4,10 +4,9 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 
-from projects.access import membership_for, require
-
 from jobs import services
 from jobs.models import Job
+from projects.access import membership_for, require
 
 
 def job_for(*, user: object, job_id: int, permission: str = "read") -> Job:

@@ -24,9 +24,6 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max, Q
 
-from worker import datasets
-from worker.taskspec import TaskSpec, canonical_output
-
 from projects.models import (
     AuditAction,
     DatasetItem,
@@ -38,6 +35,8 @@ from projects.models import (
     TeacherOutput,
 )
 from projects.review_services import audit_record
+from worker import datasets
+from worker.taskspec import TaskSpec, canonical_output
 
 logger = logging.getLogger(__name__)
 

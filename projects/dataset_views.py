@@ -11,13 +11,12 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from worker import datasets
-
 from projects import dataset_services as services
 from projects.access import project_for, scoped_get
 from projects.forms import apply_errors
 from projects.models import DatasetVersion
 from projects.review_forms import FreezeForm
+from worker import datasets
 
 
 @login_required

@@ -7,7 +7,6 @@ from typing import Any
 from django import forms
 
 from jobs.models import EvaluationKind, ServingMode
-
 from projects.models import Project
 
 

@@ -31,10 +31,9 @@ from jobs.models import (
     ServingMode,
     TeacherRun,
 )
+from projects.models import InputRow, Project, ReviewStatus, TeacherOutput, Team
 from worker import economics
 from worker.economics import money
-
-from projects.models import InputRow, Project, ReviewStatus, TeacherOutput, Team
 
 STAGES = ("inputs", "teacher", "review", "trained", "evaluated")
 STAGE_LABELS = {

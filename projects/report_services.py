@@ -9,7 +9,6 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from jobs.models import Evaluation, EvaluationKind, ReportSettings, ServingMode
-
 from projects.models import Project
 
 MAX_MONTHLY_VOLUME = 10**12

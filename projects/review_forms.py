@@ -7,9 +7,8 @@ from typing import Any
 
 from django import forms
 
-from worker.checks import FLAG_CODES
-
 from projects.models import JudgeScale
+from worker.checks import FLAG_CODES
 
 FLAG_CHOICES = list(FLAG_CODES.items())
 

@@ -22,10 +22,6 @@ from django.db.models.expressions import RawSQL
 from django.urls import reverse
 from django.utils.safestring import SafeString, mark_safe
 
-from worker.checks import FLAG_CODES
-from worker.datasets import overlap_agreement
-from worker.taskspec import TaskSpec, canonical_output
-
 from projects.models import (
     AuditEvent,
     DecisionKind,
@@ -40,6 +36,9 @@ from projects.models import (
     ReviewStatus,
     TeacherOutput,
 )
+from worker.checks import FLAG_CODES
+from worker.datasets import overlap_agreement
+from worker.taskspec import TaskSpec, canonical_output
 
 STATUS_FILTERS = {
     "unreviewed": "Unreviewed",

@@ -23,10 +23,6 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
-from worker import checks
-from worker.datasets import DatasetError, assign_reviewers
-from worker.taskspec import TaskSpec, canonical_output, parse_output
-
 from projects.models import (
     AuditAction,
     AuditEvent,
@@ -42,6 +38,9 @@ from projects.models import (
     TeacherOutput,
 )
 from projects.review_selectors import ReviewFilters, decision_key, outputs_for_review, pretty_value
+from worker import checks
+from worker.datasets import DatasetError, assign_reviewers
+from worker.taskspec import TaskSpec, canonical_output, parse_output
 
 logger = logging.getLogger(__name__)
 
@@ -932,12 +931,11 @@ def judge_run(
     (worker.teacher_runner), with the team's response cache, and record a score, a reason and
     judge flags. `progress(done, total, figures)` may raise to stop (cancel)."""
     from jobs.models import CachedResponse
+    from projects.crypto import decrypt_secret_dangerously
+    from projects.models import ProviderCredential
     from worker.teacher_cache import cache_key
     from worker.teacher_runner import run_sync
     from worker.teachers import ProviderConfig, TeacherRequest, TeacherResponse, make_provider
-
-    from projects.crypto import decrypt_secret_dangerously
-    from projects.models import ProviderCredential
 
     setup = _judge_setup(project)
     spec = project.task_spec()

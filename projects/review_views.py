@@ -16,14 +16,13 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
-from worker.checks import FLAG_CODES
-
 from projects import review_selectors as selectors
 from projects import review_services as services
 from projects.access import project_for, scoped_get
 from projects.forms import apply_errors
 from projects.models import AuditAction, Membership, Project, ReviewRule, TeacherOutput
 from projects.review_forms import AssignForm, ChecksForm, JudgeSettingsForm, RuleForm
+from worker.checks import FLAG_CODES
 
 FRAGMENT_HEADER = "X-Review-Fragment"
 

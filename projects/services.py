@@ -17,9 +17,6 @@ from django.utils import timezone
 from django.utils.text import get_valid_filename
 from jinja2.exceptions import SecurityError
 
-from worker import ingest
-from worker.taskspec import SpecError, TaskSpec, TemplateError, render_prompt
-
 from projects.crypto import encrypt_secret
 from projects.models import (
     InputRow,
@@ -32,6 +29,8 @@ from projects.models import (
     Role,
     Team,
 )
+from worker import ingest
+from worker.taskspec import SpecError, TaskSpec, TemplateError, render_prompt
 
 INVITE_LIFETIME = timedelta(days=7)
 

@@ -126,7 +126,7 @@ urlpatterns += [
 ]
 
 # The go/no-go report (issue 6) ------------------------------------------------------------------
-from projects import report_views
+from projects import report_views  # noqa: E402
 
 urlpatterns += [
     path("projects/<int:project_id>/report/", report_views.report, name="report"),

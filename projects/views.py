@@ -15,12 +15,11 @@ from django.urls import reverse
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
-from worker.ingest import IngestError, check_size
-from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages
-
 from projects import forms, report_selectors, selectors, services
 from projects.access import project_for, scoped_get, team_for
 from projects.models import Invite, ProviderKind
+from worker.ingest import IngestError, check_size
+from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages
 
 
 @login_required
