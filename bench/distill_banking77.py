@@ -101,16 +101,19 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
 def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from django.contrib.auth import get_user_model
 
-    from jobs import evaluation_services as es
-    from jobs import finetune_services
-    from jobs.models import Evaluation, FineTune
-    from jobs.tasks import evaluation as evaluation_task
-    from jobs.tasks import fine_tune as fine_tune_task
-    from jobs.teacher_imports import teacher_run_import
-    from projects import dataset_services, review_services
+    from dataset_versions import services as dataset_services
+    from evaluations import services as es
+    from evaluations.models import Evaluation
+    from evaluations.tasks import evaluation as evaluation_task
+    from finetunes import services as finetune_services
+    from finetunes.models import FineTune
+    from finetunes.tasks import fine_tune as fine_tune_task
     from projects import services as project_services
     from projects.models import InputRow, Project
-    from projects.review_selectors import ReviewFilters
+    from review import services as review_services
+    from review.selectors import ReviewFilters
+    from teachers.imports import teacher_run_import
+    from teams import services as team_services
 
     stages: dict[str, float] = {}
     n_train, n_test = (48, 16) if args.quick else (args.train_rows, args.test_rows)
@@ -121,7 +124,7 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     stages["prepare_base_s"] = time.perf_counter() - mark
 
     user = get_user_model().objects.create_user("bench")
-    team = project_services.team_create(name="Bench", owner=user)
+    team = team_services.team_create(name="Bench", owner=user)
     base = finetune_services.smollm2_register(team=team, folder=folder)
     project = Project.objects.create(
         team=team,

@@ -3,7 +3,7 @@
     .venv/bin/python bench/freeze_engine.py            # 50,000 rows, best of 3, + stress case
     .venv/bin/python bench/freeze_engine.py --quick    # 10,000 rows, one run, small baseline
 
-Rows come from BANKING77 (/work/shared/data/banking77 train + test, 13,083 messages; the repo's
+Rows come from BANKING77 (../shared/data/banking77 train + test, 13,083 messages; the repo's
 demo sample when that is missing) with the gold label as the teacher's output. They are made
 unique the way production inputs are: every copy after the first gets a distinct order number
 ("… (order #12345)"), so each message has ~4 near-duplicate siblings that the freeze must keep
@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from shared_data import shared_data  # bench/ is on sys.path when a benchmark runs
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -46,7 +48,7 @@ from worker.datasets import (  # noqa: E402
 )
 from worker.taskspec import TaskSpec  # noqa: E402
 
-SHARED = Path("/work/shared/data/banking77")
+SHARED = shared_data("banking77")
 DEMO = REPO / "projects" / "demo_data" / "banking77"
 
 
@@ -157,7 +159,7 @@ def main() -> None:
         )
 
     long_s = long_cpu_s = None
-    dialogsum = Path("/work/shared/data/dialogsum/train.jsonl")
+    dialogsum = shared_data("dialogsum", "train.jsonl")
     if not args.quick and dialogsum.exists():
         # Long inputs (~130 words): a dialogue-summary text task, same order-number scheme.
         dialogues = [

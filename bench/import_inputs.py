@@ -31,10 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared_data import shared_data  # bench/ is on sys.path when a benchmark runs
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/distillery_bench"
 DEMO = REPO / "projects" / "demo_data" / "banking77" / "train.jsonl"
-SHARED = Path("/work/shared/data/banking77/train.jsonl")
+SHARED = shared_data("banking77", "train.jsonl")
 
 
 def ensure_database(url: str) -> None:
@@ -135,9 +137,10 @@ def main() -> int:
     from django.db import connection
 
     from jobs.models import Job, JobStatus
-    from jobs.tasks import import_inputs
     from projects import services
     from projects.models import InputRow
+    from projects.tasks import import_inputs
+    from teams import services as team_services
 
     call_command("migrate", verbosity=0)
 
@@ -146,7 +149,7 @@ def main() -> int:
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     user, _ = get_user_model().objects.get_or_create(username="bench")
-    team = services.team_create(name=f"bench {stamp}", owner=user)
+    team = team_services.team_create(name=f"bench {stamp}", owner=user)
 
     def new_project(name: str) -> Any:
         project = services.project_create(team=team, user=user, name=name)

@@ -38,10 +38,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared_data import shared_data  # bench/ is on sys.path when a benchmark runs
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/distillery_bench"
 DEMO = REPO / "projects" / "demo_data" / "banking77" / "train.jsonl"
-SHARED = Path("/work/shared/data/banking77/train.jsonl")
+SHARED = shared_data("banking77", "train.jsonl")
 
 
 def ensure_database(url: str) -> None:
@@ -84,21 +86,19 @@ def seed_project(n: int, source: list[dict[str, str]], rng: random.Random) -> di
     from django.db import transaction
     from django.utils import timezone
 
-    from jobs.models import Job, TeacherRun
-    from projects import review_services, services
-    from projects.models import (
-        InputRow,
-        Membership,
-        OutputFlag,
-        ReviewDecision,
-        Role,
-        TeacherOutput,
-    )
+    from jobs.models import Job
+    from projects import services
+    from projects.models import InputRow
+    from review import services as review_services
+    from review.models import ReviewDecision
+    from teachers.models import OutputFlag, TeacherOutput, TeacherRun
+    from teams import services as team_services
+    from teams.models import Membership, Role
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     users = get_user_model()
     owner, _ = users.objects.get_or_create(username="bench-owner")
-    team = services.team_create(name=f"review bench {stamp}", owner=owner)
+    team = team_services.team_create(name=f"review bench {stamp}", owner=owner)
     reviewers = []
     for name in ("bench-ann", "bench-bob", "bench-cyd"):
         user, _ = users.objects.get_or_create(username=name)
@@ -252,12 +252,7 @@ def db_ms(project: Any, user: Any, params: dict[str, Any]) -> float:
     for one filter: the database's share of a request, apart from Python and the machine's load."""
     from django.db import connection
 
-    from projects.review_selectors import (
-        COUNT_CAP,
-        PAGE_SIZE,
-        ReviewFilters,
-        outputs_for_review,
-    )
+    from review.selectors import COUNT_CAP, PAGE_SIZE, ReviewFilters, outputs_for_review
 
     rows = outputs_for_review(project=project, user=user, filters=ReviewFilters.from_query(params))
     page = max(1, int(params.get("page", 1)))
@@ -308,9 +303,11 @@ def main() -> int:
     from django.test import Client
     from django.urls import reverse
 
-    from projects import dataset_services, review_selectors, review_services
-    from projects.models import DatasetItem, DatasetVersion
-    from projects.review_selectors import ReviewFilters
+    from dataset_versions import services as dataset_services
+    from dataset_versions.models import DatasetItem, DatasetVersion
+    from review import selectors as review_selectors
+    from review import services as review_services
+    from review.selectors import ReviewFilters
 
     call_command("migrate", verbosity=0)
     rng = random.Random(0)
@@ -324,7 +321,7 @@ def main() -> int:
     owner_client.force_login(owner)
     reviewer_client = Client()
     reviewer_client.force_login(reviewers[0])
-    url = reverse("projects:review_queue", args=[project.pk])
+    url = reverse("review:review_queue", args=[project.pk])
     filters: dict[str, tuple[Any, dict[str, Any]]] = {
         "none": (owner_client, {}),
         "status=unreviewed": (owner_client, {"status": "unreviewed"}),

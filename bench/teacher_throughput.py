@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from urllib.request import Request, urlopen
 
+from shared_data import shared_data  # bench/ is on sys.path when a benchmark runs
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,7 +42,7 @@ from worker.teacher_cache import InMemoryTeacherCache  # noqa: E402
 from worker.teacher_runner import run  # noqa: E402
 from worker.teachers import ProviderConfig, TeacherRequest, make_provider  # noqa: E402
 
-DATA = Path(os.environ.get("DISTILLERY_SHARED_DATA", "/work/shared/data")) / "banking77"
+DATA = shared_data("banking77")
 
 
 def load_texts(n: int) -> tuple[list[str], tuple[str, ...]]:
@@ -169,14 +171,15 @@ def _db_runs(
 ) -> dict[str, object]:
     from django.contrib.auth import get_user_model
 
-    from jobs import teacher_services
-    from jobs.models import LedgerEntry, TeacherRun
-    from jobs.tasks import teacher_run
     from projects import services as project_services
-    from projects.models import InputRow, Project, TeacherOutput
+    from projects.models import InputRow, Project
+    from teachers import services as teacher_services
+    from teachers.models import LedgerEntry, TeacherOutput, TeacherRun
+    from teachers.tasks import teacher_run
+    from teams import services as team_services
 
     user = get_user_model().objects.create_user("bench")  # no password: it never signs in
-    team = project_services.team_create(name="Bench", owner=user)
+    team = team_services.team_create(name="Bench", owner=user)
     project = Project.objects.create(
         team=team,
         name="Bench",
@@ -195,7 +198,7 @@ def _db_runs(
         )
         for text in texts
     )
-    credential = project_services.credential_create(
+    credential = team_services.credential_create(
         team=team,
         user=user,
         name="bench",

@@ -87,11 +87,10 @@ def run_default(config_path: Path) -> None:
     import resource
 
     import torch
+    from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
-
-    from datasets import Dataset
 
     cfg = json.loads(config_path.read_text())
     out = config_path.parent / "default"

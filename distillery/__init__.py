@@ -1,3 +1,3 @@
-from distillery.__init__.celery import app as celery_app
+from distillery.celery import app as celery_app
 
 __all__ = ("celery_app",)

@@ -46,8 +46,16 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
-    "projects",
+    # One app per stage of the journey, in the order data flows (imports only go down this list).
+    "teams",
     "jobs",
+    "projects",
+    "teachers",
+    "review",
+    "dataset_versions",
+    "finetunes",
+    "evaluations",
+    "reports",
 ]
 
 MIDDLEWARE = [
@@ -72,7 +80,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "projects.context_processors.teams",
+                "teams.context_processors.teams",
             ],
         },
     }
@@ -117,7 +125,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "projects:dashboard"
+LOGIN_REDIRECT_URL = "reports:dashboard"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en"

@@ -16,6 +16,13 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("", include("teams.urls")),
     path("", include("jobs.urls")),
     path("", include("projects.urls")),
+    path("", include("teachers.urls")),
+    path("", include("review.urls")),
+    path("", include("dataset_versions.urls")),
+    path("", include("finetunes.urls")),
+    path("", include("evaluations.urls")),
+    path("", include("reports.urls")),
 ]

@@ -3,4 +3,4 @@ from django.apps import AppConfig
 
 class JobsConfig(AppConfig):
     name = "jobs"
-    verbose_name = "Jobs"
+    verbose_name = "Jobs (the runtime of long work)"

@@ -87,6 +87,73 @@ def job_create(
     return job
 
 
+def job_record_finished(
+    *,
+    team: Any,
+    kind: str,
+    user: Any,
+    project: Any = None,
+    params: dict[str, Any] | None = None,
+    result: dict[str, Any] | None = None,
+    done: int = 0,
+) -> Job:
+    """A job for work that already happened inside a request (an import of stored answers):
+    created succeeded, never queued."""
+    now = timezone.now()
+    _, queue = TASK_FOR_KIND[kind]
+    return Job.objects.create(
+        team=team,
+        project=project,
+        kind=kind,
+        queue=queue,
+        status=JobStatus.SUCCEEDED,
+        params=params or {},
+        progress_done=done,
+        progress_total=done,
+        result=result or {},
+        created_by=user,
+        started_at=now,
+        finished_at=now,
+    )
+
+
+def job_create_running(
+    *,
+    team: Any,
+    kind: str,
+    user: Any,
+    worker: str,
+    project: Any = None,
+    params: dict[str, Any] | None = None,
+    total: int = 0,
+) -> Job:
+    """A job that runs inline, inside another running job (`worker` names the host job): created
+    running and claimed, never sent to a queue. The host heartbeats and finishes it."""
+    now = timezone.now()
+    _, queue = TASK_FOR_KIND[kind]
+    return Job.objects.create(
+        team=team,
+        project=project,
+        kind=kind,
+        queue=queue,
+        status=JobStatus.RUNNING,
+        params=params or {},
+        progress_total=total,
+        created_by=user,
+        started_at=now,
+        heartbeat_at=now,
+        attempts=1,
+        worker=worker,
+    )
+
+
+def job_fail_running(*, job_ids: list[int], error: str) -> int:
+    """Fail running jobs that another job supersedes (a host job retiring its dead inline job)."""
+    return Job.objects.filter(pk__in=job_ids, status=JobStatus.RUNNING).update(
+        status=JobStatus.FAILED, finished_at=timezone.now(), error=error[:10_000]
+    )
+
+
 def job_claim(*, job_id: int) -> Job | None:
     """Move a queued job to running. Returns None if someone else already has it."""
     now = timezone.now()
@@ -179,9 +246,10 @@ def job_mark_cancelled(*, job: Job) -> bool:
 
 
 def job_request_cancel(*, job: Job) -> Job:
-    """A queued job is cancelled at once; a running one is asked to stop at its next step."""
+    """A queued or paused job is cancelled at once; a running one is asked to stop at its next
+    step."""
     now = timezone.now()
-    if Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+    if Job.objects.filter(pk=job.pk, status__in=(JobStatus.QUEUED, JobStatus.PAUSED)).update(
         status=JobStatus.CANCELLED, finished_at=now, cancel_requested=True
     ):
         job.refresh_from_db()
@@ -245,6 +313,14 @@ class JobPaused(Exception):
 class JobHandedOff(Exception):
     """Raised by a task whose job goes on in another, scheduled task (a provider batch that is
     polled every few minutes): the job stays running, and that task heartbeats and finishes it."""
+
+
+def job_pause_queued(*, job: Job) -> bool:
+    """A queued job that no worker has claimed yet pauses at once (queued → paused)."""
+    moved = Job.objects.filter(pk=job.pk, status=JobStatus.QUEUED).update(
+        status=JobStatus.PAUSED, finished_at=timezone.now()
+    )
+    return bool(moved)
 
 
 def job_mark_paused(*, job: Job) -> bool:

@@ -6,7 +6,7 @@ from django.shortcuts import redirect, render
 
 from jobs import services
 from jobs.models import Job
-from projects.access import membership_for, require
+from teams.access import membership_for, require
 
 
 def job_for(*, user: object, job_id: int, permission: str = "read") -> Job:

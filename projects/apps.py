@@ -3,4 +3,4 @@ from django.apps import AppConfig
 
 class ProjectsConfig(AppConfig):
     name = "projects"
-    verbose_name = "Teams and projects"
+    verbose_name = "Projects, task specs and inputs"

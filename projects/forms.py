@@ -4,13 +4,8 @@ import json
 from typing import Any
 
 from django import forms
-from django.contrib.auth.forms import UserCreationForm
 
-from projects.models import OutputKind, ProviderKind, Role
-
-
-class TeamForm(forms.Form):
-    name = forms.CharField(max_length=120)
+from projects.models import OutputKind
 
 
 class ProjectForm(forms.Form):
@@ -83,50 +78,3 @@ class MappingForm(forms.Form):
 
     def field_map(self) -> dict[str, str]:
         return {f: self.cleaned_data.get(f"map_{f}", "") for f in self.input_fields}
-
-
-class CredentialForm(forms.Form):
-    name = forms.CharField(max_length=80, help_text="e.g. prod-openai")
-    provider = forms.ChoiceField(choices=ProviderKind.choices)
-    base_url = forms.URLField(
-        required=False,
-        assume_scheme="https",
-        help_text="Only for OpenAI-compatible endpoints (vLLM, Ollama, Together…)",
-    )
-    api_key = forms.CharField(widget=forms.PasswordInput(render_value=False), strip=True)
-    allow_private_network = forms.BooleanField(
-        required=False, help_text="Allow loopback/private addresses (self-hosted endpoints only)"
-    )
-
-
-class CredentialEditForm(forms.Form):
-    name = forms.CharField(max_length=80)
-    base_url = forms.URLField(required=False, assume_scheme="https")
-    api_key = forms.CharField(
-        widget=forms.PasswordInput(render_value=False),
-        required=False,
-        help_text="Leave empty to keep the stored key. Required when the base URL changes.",
-    )
-    allow_private_network = forms.BooleanField(required=False)
-
-
-class InviteForm(forms.Form):
-    role = forms.ChoiceField(choices=Role.choices, initial=Role.REVIEWER)
-    email = forms.EmailField(required=False, help_text="Optional, for your own reference")
-
-
-class RoleForm(forms.Form):
-    role = forms.ChoiceField(choices=Role.choices)
-
-
-class SignupForm(UserCreationForm):
-    pass
-
-
-def apply_errors(form: forms.Form, error: Any) -> None:
-    """Put a service's ValidationError onto the form, by field where it names one."""
-    if hasattr(error, "error_dict"):
-        for field, messages in error.message_dict.items():
-            form.add_error(field if field in form.fields else None, messages)
-    else:
-        form.add_error(None, error.messages)

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db.models import Count, Q, QuerySet
 
-from projects.models import InputRow, Membership, Project, Team
-
-
-def teams_for_user(*, user: Any) -> QuerySet[Team]:
-    return Team.objects.filter(memberships__user=user).order_by("name")
-
-
-def current_team(*, request: Any) -> Team | None:
-    teams = teams_for_user(user=request.user)
-    team_id = request.session.get("team_id")
-    team = teams.filter(pk=team_id).first() if team_id else None
-    return team or teams.first()
+from projects.models import InputRow, Project
+from teams.models import Team
 
 
 def projects_for_team(*, team: Team) -> QuerySet[Project]:
     return team.projects.annotate(input_count=Count("inputs")).order_by("-created_at")
-
-
-def members_of(*, team: Team) -> QuerySet[Membership]:
-    return team.memberships.select_related("user").order_by("user__username")
 
 
 def inputs_for_project(*, project: Project, search: str = "") -> QuerySet[InputRow]:

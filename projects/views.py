@@ -5,242 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
-from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
-from django.views.decorators.debug import sensitive_post_parameters
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from projects import forms, report_selectors, selectors, services
-from projects.access import project_for, scoped_get, team_for
-from projects.models import Invite, ProviderKind
+from projects import forms, selectors, services
+from projects.access import project_for
+from teams.access import scoped_get, team_for
+from teams.forms import apply_errors
 from worker.ingest import IngestError, check_size
 from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages
 
-
-@login_required
-def dashboard(request: HttpRequest) -> HttpResponse:
-    team = selectors.current_team(request=request)
-    if team is None:
-        return redirect("projects:team_create")
-    _, membership = team_for(user=request.user, team_id=team.pk)
-    return render(
-        request,
-        "projects/dashboard.html",
-        {
-            "team": team,
-            "membership": membership,
-            "projects": selectors.projects_for_team(team=team),
-            # Stage, latest verdict and projected savings per project (issue 6).
-            "rows": report_selectors.dashboard_rows(team=team),
-        },
-    )
-
-
-@login_required
-@require_http_methods(["GET", "POST"])
-def team_create(request: HttpRequest) -> HttpResponse:
-    form = forms.TeamForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        team = services.team_create(name=form.cleaned_data["name"], owner=request.user)
-        request.session["team_id"] = team.pk
-        return redirect("projects:dashboard")
-    return render(request, "projects/team_create.html", {"form": form})
-
-
-@login_required
-def team_switch(request: HttpRequest, team_id: int) -> HttpResponse:
-    team, _ = team_for(user=request.user, team_id=team_id)
-    if request.method != "POST":
-        return HttpResponseNotAllowed(["POST"])
-    request.session["team_id"] = team.pk
-    return redirect("projects:dashboard")
-
-
-@login_required
-@require_http_methods(["GET", "POST"])
-def team_members(request: HttpRequest, team_id: int) -> HttpResponse:
-    team, membership = team_for(user=request.user, team_id=team_id)
-    form = forms.InviteForm(request.POST or None)
-    new_invite = None
-    if request.method == "POST":
-        team_for(user=request.user, team_id=team_id, permission="manage")
-        if form.is_valid():
-            new_invite = services.invite_create(
-                team=team,
-                role=form.cleaned_data["role"],
-                email=form.cleaned_data["email"],
-                user=request.user,
-            )
-            form = forms.InviteForm()
-    invites = team.invites.filter(accepted_at__isnull=True).order_by("-created_at")
-    return render(
-        request,
-        "projects/team_members.html",
-        {
-            "team": team,
-            "membership": membership,
-            "members": selectors.members_of(team=team),
-            "invites": invites,
-            "form": form,
-            "new_invite": new_invite,
-            "roles": forms.RoleForm.base_fields["role"].choices,
-            "invite_url": (
-                request.build_absolute_uri(
-                    reverse("projects:invite_accept", args=[new_invite.token])
-                )
-                if new_invite
-                else ""
-            ),
-        },
-    )
-
-
-@login_required
-def member_role(request: HttpRequest, team_id: int, membership_id: int) -> HttpResponse:
-    team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
-    if request.method != "POST":
-        return HttpResponseNotAllowed(["POST"])
-    target = scoped_get(team.memberships.all(), pk=membership_id)
-    form = forms.RoleForm(request.POST)
-    if form.is_valid():
-        try:
-            services.membership_set_role(membership=target, role=form.cleaned_data["role"])
-            messages.success(request, f"{target.user.username} is now {target.get_role_display()}.")
-        except ValidationError as exc:
-            messages.error(request, " ".join(exc.messages))
-    return redirect("projects:team_members", team_id=team.pk)
-
-
-@login_required
-def member_remove(request: HttpRequest, team_id: int, membership_id: int) -> HttpResponse:
-    team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
-    if request.method != "POST":
-        return HttpResponseNotAllowed(["POST"])
-    target = scoped_get(team.memberships.all(), pk=membership_id)
-    try:
-        services.membership_remove(membership=target)
-        messages.success(request, f"{target.user.username} was removed from {team.name}.")
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
-    return redirect("projects:team_members", team_id=team.pk)
-
-
-@login_required
-def invite_revoke(request: HttpRequest, team_id: int, invite_id: int) -> HttpResponse:
-    team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
-    if request.method != "POST":
-        return HttpResponseNotAllowed(["POST"])
-    scoped_get(team.invites.filter(accepted_at__isnull=True), pk=invite_id).delete()
-    messages.success(request, "The invite link no longer works.")
-    return redirect("projects:team_members", team_id=team.pk)
-
-
-@sensitive_post_parameters("password1", "password2")
-@require_http_methods(["GET", "POST"])
-def invite_accept(request: HttpRequest, token: str) -> HttpResponse:
-    invite = get_object_or_404(Invite.objects.select_related("team"), token=token)
-    if not invite.is_usable:
-        return render(request, "projects/invite_invalid.html", status=410)
-    signup = None
-    if request.method == "POST":
-        if not request.user.is_authenticated:
-            signup = forms.SignupForm(request.POST)
-            if not signup.is_valid():
-                return render(
-                    request, "projects/invite_accept.html", {"invite": invite, "signup": signup}
-                )
-            user = signup.save()
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        try:
-            services.invite_accept(invite=invite, user=request.user)
-        except ValidationError as exc:
-            messages.error(request, " ".join(exc.messages))
-            return redirect("projects:dashboard")
-        request.session["team_id"] = invite.team_id
-        messages.success(request, f"Welcome to {invite.team.name}.")
-        return redirect("projects:dashboard")
-    if not request.user.is_authenticated:
-        signup = forms.SignupForm()
-    return render(request, "projects/invite_accept.html", {"invite": invite, "signup": signup})
-
-
 # Credentials -----------------------------------------------------------------------------------
-
-
-@sensitive_post_parameters("api_key")  # masked in error reports
-@login_required
-@require_http_methods(["GET", "POST"])
-def credentials(request: HttpRequest, team_id: int) -> HttpResponse:
-    team, membership = team_for(user=request.user, team_id=team_id)
-    form = forms.CredentialForm(request.POST or None)
-    if request.method == "POST":
-        team_for(user=request.user, team_id=team_id, permission="manage")
-        if form.is_valid():
-            try:
-                services.credential_create(team=team, user=request.user, **form.cleaned_data)
-                messages.success(
-                    request, f"Credential {form.cleaned_data['name']!r} saved (encrypted)."
-                )
-                return redirect("projects:credentials", team_id=team.pk)
-            except ValidationError as exc:
-                forms.apply_errors(form, exc)
-    return render(
-        request,
-        "projects/credentials.html",
-        {
-            "team": team,
-            "membership": membership,
-            "credentials": team.credentials.all(),
-            "form": form,
-        },
-    )
-
-
-@sensitive_post_parameters("api_key")
-@login_required
-@require_http_methods(["GET", "POST"])
-def credential_edit(request: HttpRequest, team_id: int, credential_id: int) -> HttpResponse:
-    team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
-    credential = scoped_get(team.credentials.all(), pk=credential_id)
-    initial = {
-        "name": credential.name,
-        "base_url": credential.base_url,
-        "allow_private_network": credential.allow_private_network,
-    }
-    form = forms.CredentialEditForm(request.POST or None, initial=initial)
-    if request.method == "POST" and form.is_valid():
-        try:
-            services.credential_update(credential=credential, **form.cleaned_data)
-            messages.success(request, f"Credential {credential.name!r} updated.")
-            return redirect("projects:credentials", team_id=team.pk)
-        except ValidationError as exc:
-            forms.apply_errors(form, exc)
-    return render(
-        request,
-        "projects/credential_edit.html",
-        {
-            "team": team,
-            "credential": credential,
-            "form": form,
-            "compatible": credential.provider == ProviderKind.OPENAI_COMPATIBLE,
-        },
-    )
-
-
-@login_required
-def credential_delete(request: HttpRequest, team_id: int, credential_id: int) -> HttpResponse:
-    team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
-    if request.method != "POST":
-        return HttpResponseNotAllowed(["POST"])
-    credential = scoped_get(team.credentials.all(), pk=credential_id)
-    credential.delete()
-    messages.success(request, f"Credential {credential.name!r} deleted.")
-    return redirect("projects:credentials", team_id=team.pk)
 
 
 # Projects --------------------------------------------------------------------------------------
@@ -315,7 +94,7 @@ def task_edit(request: HttpRequest, project_id: int) -> HttpResponse:
             messages.success(request, "Task saved.")
             return redirect("projects:project_detail", project_id=project.pk)
         except ValidationError as exc:
-            forms.apply_errors(form, exc)
+            apply_errors(form, exc)
     return render(
         request,
         "projects/task_edit.html",
@@ -443,7 +222,7 @@ def upload_map(request: HttpRequest, project_id: int, upload_id: int) -> HttpRes
             )
             return redirect("jobs:job_detail", job_id=job.pk)
         except ValidationError as exc:
-            forms.apply_errors(form, exc)
+            apply_errors(form, exc)
     return render(
         request, "projects/upload_map.html", {"project": project, "upload": upload, "form": form}
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from projects.models import Role
+from teams.models import Role
 from tests.factories import MembershipFactory, ProjectFactory, TeamFactory
 
 pytest_plugins = ["tests.helpers.fixtures", "tests.fakes.fixtures"]

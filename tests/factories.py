@@ -3,8 +3,9 @@ from __future__ import annotations
 import factory
 from django.contrib.auth import get_user_model
 
-from projects.models import InputRow, Membership, Project, Role, Team
+from projects.models import InputRow, Project
 from projects.services import content_hash
+from teams.models import Membership, Role, Team
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -68,7 +69,7 @@ class JobFactory(factory.django.DjangoModelFactory):
 
 class TeacherRunFactory(factory.django.DjangoModelFactory):
     class Meta:
-        model = "jobs.TeacherRun"
+        model = "teachers.TeacherRun"
 
     project = factory.SubFactory(ProjectFactory)
     job = factory.LazyAttribute(lambda o: JobFactory(project=o.project, team=o.project.team))
@@ -80,7 +81,7 @@ class TeacherOutputFactory(factory.django.DjangoModelFactory):
     """A teacher's answer to an input. Pass `raw_text`; `parsed` follows the project's task."""
 
     class Meta:
-        model = "projects.TeacherOutput"
+        model = "teachers.TeacherOutput"
 
     project = factory.SubFactory(ProjectFactory)
     run = factory.LazyAttribute(lambda o: TeacherRunFactory(project=o.project))

@@ -16,7 +16,8 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from jobs.models import JobKind
 from jobs.services import job_create
 from projects import services
-from projects.models import ProviderKind
+from teams import services as team_services
+from teams.models import ProviderKind
 from tests.factories import InputRowFactory
 
 # URL kwargs that are not tenant object ids, with the reason they are exempt.
@@ -68,16 +69,16 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
     upload = services.input_upload_create(
         project=project, user=owner, file_name="t.csv", source=_csv_file()
     )
-    credential = services.credential_create(
+    credential = team_services.credential_create(
         team=team,
         user=owner,
         name="prod-openai",
         provider=ProviderKind.OPENAI,
         api_key="sk-test-12345678",
     )
-    invite = services.invite_create(team=team, role="viewer", user=owner)
+    invite = team_services.invite_create(team=team, role="viewer", user=owner)
     job = job_create(team=team, project=project, kind=JobKind.IMPORT_INPUTS, user=owner, params={})
-    from jobs import teacher_services
+    from teachers import services as teacher_services
 
     teacher_run = teacher_services.teacher_run_start(
         project=project,
@@ -92,7 +93,8 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         output_usd_per_mtok=Decimal("0.4"),
     )
     # Review and datasets: an output (approved, so a version can be frozen), a rule, a version.
-    from projects import dataset_services, review_services
+    from dataset_versions import services as dataset_services
+    from review import services as review_services
     from tests.factories import TeacherOutputFactory
 
     output = TeacherOutputFactory(project=project, input=row)
@@ -110,7 +112,7 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
     )
     # Fine-tuning: a registered base student and a fine-tune of the version (its files need not
     # exist: every URL must answer 404 before it looks for them).
-    from jobs.models import FineTune, StudentModel
+    from finetunes.models import FineTune, StudentModel
 
     student = StudentModel.objects.create(
         team=team, name="tiny", kind="base", source="local", path="models/tiny"
@@ -125,7 +127,7 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         output_dir="finetunes/victim",
     )
     # Evaluation (issue 6): one on the victim's input, its example (votes).
-    from jobs import evaluation_services
+    from evaluations import services as evaluation_services
 
     evaluation = evaluation_services.evaluation_start(
         project=project,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from jobs.models import FineTune
-from tests.jobs.finetune_support import WORKER_ENV, frozen_version, tiny_student
+from finetunes.models import FineTune
+from tests.finetunes.finetune_support import WORKER_ENV, frozen_version, tiny_student
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

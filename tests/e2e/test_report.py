@@ -8,10 +8,10 @@ from decimal import Decimal
 import pytest
 from playwright.sync_api import expect
 
-from projects import report_services
-from projects.models import Role
-from tests.jobs.evaluation_support import finished_evaluation, label_project_with_references
-from tests.projects.report_support import metered_teacher, trained_student
+from reports import services as report_services
+from teams.models import Role
+from tests.evaluations.evaluation_support import finished_evaluation, label_project_with_references
+from tests.reports.report_support import metered_teacher, trained_student
 
 pytestmark = pytest.mark.browser
 

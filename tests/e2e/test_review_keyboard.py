@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from projects.models import AuditEvent, ReviewDecision, TeacherOutput
-from tests.projects.review_support import make_outputs
+from review.models import AuditEvent, ReviewDecision
+from teachers.models import TeacherOutput
+from tests.review.review_support import make_outputs
 
 pytestmark = pytest.mark.browser
 

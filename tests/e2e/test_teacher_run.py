@@ -7,9 +7,8 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 from playwright.sync_api import expect
 
-from jobs.models import TeacherRun
-from projects.models import TeacherOutput
-from tests.jobs.teacher_support import LABELS, label_project, openai_credential
+from teachers.models import TeacherOutput, TeacherRun
+from tests.teachers.teacher_support import LABELS, label_project, openai_credential
 
 pytestmark = pytest.mark.browser
 

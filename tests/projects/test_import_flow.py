@@ -6,8 +6,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from jobs.models import Job, JobStatus
-from jobs.tasks import import_inputs
 from projects.models import InputRow
+from projects.tasks import import_inputs
 
 
 def upload(client, project, name: str, content: bytes):  # type: ignore[no-untyped-def]

@@ -12,7 +12,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import Client
 
-from projects.models import Membership, Project, Role
+from projects.models import Project
+from teams.models import Membership, Role
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

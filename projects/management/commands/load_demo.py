@@ -13,9 +13,11 @@ from django.db import transaction
 
 from jobs import services as job_services
 from jobs.models import JobStatus
-from jobs.tasks import import_inputs
 from projects import services
-from projects.models import Membership, Project, Role, Team
+from projects.models import Project
+from projects.tasks import import_inputs
+from teams import services as team_services
+from teams.models import Membership, Role, Team
 
 DEMO_DIR = Path(__file__).resolve().parents[2] / "demo_data" / "banking77"
 DEMO_PROJECT = "Support ticket intents (BANKING77)"
@@ -45,7 +47,7 @@ class Command(BaseCommand):
             )
         team = Team.objects.filter(memberships__user=user, name="Demo team").first()
         if team is None:
-            team = services.team_create(name="Demo team", owner=user)
+            team = team_services.team_create(name="Demo team", owner=user)
         elif not Membership.objects.filter(team=team, user=user, role=Role.OWNER).exists():
             Membership.objects.update_or_create(team=team, user=user, defaults={"role": Role.OWNER})
         project = Project.objects.filter(team=team, name=DEMO_PROJECT).first()

@@ -1,0 +1,42 @@
+"""Forms for review automation, assignment and freezing. Validation that needs the database or
+the engine lives in the services; these only shape what the user typed."""
+
+from __future__ import annotations
+
+from django import forms
+
+
+class FreezeForm(forms.Form):
+    name = forms.CharField(max_length=120, help_text="e.g. v1-banking-intents")
+    seed = forms.IntegerField(initial=0, min_value=0)
+    train = forms.FloatField(initial=0.8, min_value=0, max_value=1)
+    validation = forms.FloatField(initial=0.1, min_value=0, max_value=1)
+    test = forms.FloatField(initial=0.1, min_value=0, max_value=1)
+    include_references = forms.BooleanField(
+        required=False,
+        label="Include inputs with a human reference output (real rows)",
+        help_text="For such an input the reference is taught, not the teacher's answer",
+    )
+    real_ratio = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        label="Share of real rows",
+        help_text="0-1; the side in excess is sampled down with the seed. Empty keeps every row.",
+    )
+    stratify = forms.BooleanField(
+        required=False, initial=True, label="Stratify splits by label (label tasks)"
+    )
+    group_near_duplicates = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Keep near-duplicate inputs in one split",
+        help_text="Off: near-duplicates may straddle splits and are listed in the leakage report",
+    )
+    near_duplicate_threshold = forms.FloatField(
+        initial=0.8,
+        min_value=0.01,
+        max_value=1,
+        label="Near-duplicate similarity",
+        help_text="Word-set Jaccard similarity at or above which two inputs are near-duplicates",
+    )

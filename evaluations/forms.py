@@ -1,0 +1,212 @@
+"""Forms for starting an evaluation or a weekend experiment; they turn into the service's
+plain choices (jobs.evaluation_services)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from evaluations.models import CandidateRole, CandidateSource
+from evaluations.services import (
+    EXPERIMENT_SAMPLE,
+    EndpointChoice,
+    EvalOptions,
+    StudentChoice,
+    TeacherChoice,
+)
+from finetunes.models import StudentKind, StudentModel
+from projects.models import Project
+
+
+class _Candidates(forms.Form):
+    teacher_run = forms.ModelChoiceField(
+        queryset=None,  # set per project
+        required=False,
+        empty_label="The latest stored answer for each input",
+        help_text="Whose stored answers stand for the teacher.",
+    )
+    teacher_credential = forms.ModelChoiceField(
+        queryset=None,
+        required=False,
+        empty_label="Don't call a teacher",
+        label="Call the teacher for inputs without a stored answer",
+    )
+    teacher_model = forms.CharField(max_length=200, required=False, label="Teacher model")
+    base_model = forms.ModelChoiceField(
+        queryset=None, required=False, label="Untuned student (base model)"
+    )
+    max_new_tokens = forms.IntegerField(
+        min_value=1,
+        max_value=4096,
+        required=False,
+        help_text="Empty: the longest label + 4 tokens (label tasks), 256 otherwise.",
+    )
+    batch_size = forms.IntegerField(min_value=1, max_value=256, initial=16)
+    latency_requests = forms.IntegerField(
+        min_value=0,
+        max_value=1000,
+        initial=20,
+        help_text="Single requests timed one at a time for the p50/p95 latency.",
+    )
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.project = project
+        self.fields["teacher_run"].queryset = project.teacher_runs.order_by("-created_at")  # type: ignore[attr-defined]
+        self.fields["teacher_credential"].queryset = project.team.credentials.all()  # type: ignore[attr-defined]
+        self.fields["base_model"].queryset = StudentModel.objects.filter(  # type: ignore[attr-defined]
+            team=project.team, kind=StudentKind.BASE
+        )
+
+    def options(self) -> EvalOptions:
+        d = self.cleaned_data
+        return EvalOptions(
+            max_new_tokens=d.get("max_new_tokens"),
+            batch_size=d.get("batch_size") or 16,
+            latency_requests=d["latency_requests"] if d.get("latency_requests") is not None else 20,
+        )
+
+    def teacher(self, source: str = CandidateSource.STORED) -> TeacherChoice:
+        d = self.cleaned_data
+        return TeacherChoice(
+            source=source,
+            run=d.get("teacher_run"),
+            credential=d.get("teacher_credential"),
+            model=d.get("teacher_model") or "",
+        )
+
+
+class EvaluationForm(_Candidates):
+    dataset_version = forms.ModelChoiceField(
+        queryset=None, help_text="Every candidate answers this version's test split."
+    )
+    teacher_source = forms.ChoiceField(
+        choices=[
+            (CandidateSource.STORED, "The teacher's stored answers"),
+            (CandidateSource.REFERENCES, "Human reference outputs (stand-in for a teacher)"),
+        ],
+        initial=CandidateSource.STORED,
+    )
+    distilled = forms.ModelMultipleChoiceField(
+        queryset=None,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        label="Distilled students",
+    )
+    endpoint_credential = forms.ModelChoiceField(
+        queryset=None,
+        required=False,
+        empty_label="None",
+        label="Also evaluate an OpenAI-compatible endpoint",
+        help_text="E.g. a model already served by vLLM or Ollama (a team credential).",
+    )
+    endpoint_model = forms.CharField(max_length=200, required=False, label="Endpoint model")
+    name = forms.CharField(max_length=200, required=False)
+
+    field_order = [
+        "dataset_version",
+        "teacher_source",
+        "teacher_run",
+        "teacher_credential",
+        "teacher_model",
+        "base_model",
+        "distilled",
+        "endpoint_credential",
+        "endpoint_model",
+        "max_new_tokens",
+        "batch_size",
+        "latency_requests",
+        "name",
+    ]
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, project=project, **kwargs)
+        self.fields["dataset_version"].queryset = project.dataset_versions.all()  # type: ignore[attr-defined]
+        self.fields["distilled"].queryset = StudentModel.objects.filter(  # type: ignore[attr-defined]
+            team=project.team, kind=StudentKind.DISTILLED
+        ).order_by("-created_at")
+        self.fields["endpoint_credential"].queryset = project.team.credentials.all()  # type: ignore[attr-defined]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("endpoint_credential") and not (data.get("endpoint_model") or "").strip():
+            self.add_error("endpoint_model", "name the model the endpoint serves")
+        return data
+
+    def students(self) -> list[StudentChoice]:
+        d = self.cleaned_data
+        students = []
+        if d.get("base_model"):
+            students.append(StudentChoice(CandidateRole.BASE, student_model=d["base_model"]))
+        for model in d.get("distilled") or []:
+            students.append(StudentChoice(CandidateRole.DISTILLED, student_model=model))
+        return students
+
+    def endpoints(self) -> list[EndpointChoice]:
+        d = self.cleaned_data
+        if not d.get("endpoint_credential"):
+            return []
+        return [EndpointChoice(credential=d["endpoint_credential"], model=d["endpoint_model"])]
+
+
+class ExperimentForm(_Candidates):
+    teacher_source = forms.ChoiceField(
+        choices=[
+            (CandidateSource.STORED, "Stored teacher answers (from a teacher run or an import)"),
+            ("call", "Call a teacher now (a credential and a model)"),
+            (
+                CandidateSource.REFERENCES,
+                "Human reference outputs standing in for a teacher",
+            ),
+        ],
+        initial=CandidateSource.STORED,
+    )
+    sample_size = forms.IntegerField(min_value=1, max_value=1000, initial=EXPERIMENT_SAMPLE)
+    seed = forms.IntegerField(min_value=0, initial=0)
+
+    field_order = [
+        "teacher_source",
+        "teacher_run",
+        "teacher_credential",
+        "teacher_model",
+        "base_model",
+        "sample_size",
+        "seed",
+        "max_new_tokens",
+        "batch_size",
+        "latency_requests",
+    ]
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, project=project, **kwargs)
+        self.fields["base_model"].required = True
+        self.fields["teacher_credential"].label = "Teacher credential"
+        self.fields["latency_requests"].initial = 10
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("teacher_source") == "call":
+            if not data.get("teacher_credential"):
+                self.add_error("teacher_credential", "choose the credential to call the teacher")
+            if not (data.get("teacher_model") or "").strip():
+                self.add_error("teacher_model", "name the teacher model, e.g. gpt-4o-mini")
+        return data
+
+    def experiment_teacher(self) -> TeacherChoice:
+        d = self.cleaned_data
+        source = d["teacher_source"]
+        if source == CandidateSource.REFERENCES:
+            return TeacherChoice(source=CandidateSource.REFERENCES)
+        if source == "call":
+            return TeacherChoice(credential=d["teacher_credential"], model=d["teacher_model"])
+        return TeacherChoice(run=d.get("teacher_run"))
+
+    def base(self) -> StudentChoice:
+        return StudentChoice(CandidateRole.BASE, student_model=self.cleaned_data["base_model"])
+
+
+class VoteForm(forms.Form):
+    choice = forms.CharField(max_length=12)
+    a = forms.IntegerField()
+    b = forms.IntegerField()

@@ -1,0 +1,266 @@
+"""Evaluation pages: start, results, the side-by-side comparison with votes, the DPO export, and
+the weekend experiment. Every view resolves its object through the user's team first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    StreamingHttpResponse,
+)
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from evaluations import selectors, services
+from evaluations.forms import EvaluationForm, ExperimentForm, VoteForm
+from evaluations.models import EvalExample, Evaluation, EvaluationKind, VoteChoice
+from jobs.services import job_live_view
+from projects.access import project_for
+from teams.access import membership_for, require, scoped_get
+from teams.forms import apply_errors
+
+
+def evaluation_for(
+    *, user: Any, evaluation_id: int, permission: str = "read"
+) -> tuple[Evaluation, Any]:
+    evaluation = (
+        Evaluation.objects.filter(pk=evaluation_id, project__team__memberships__user=user)
+        .select_related("project__team", "job", "dataset_version", "created_by")
+        .first()
+    )
+    if evaluation is None:
+        raise Http404
+    membership = require(membership_for(user=user, team=evaluation.project.team_id), permission)
+    job_live_view(evaluation.job)
+    return evaluation, membership
+
+
+@login_required
+def evaluation_list(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, membership = project_for(user=request.user, project_id=project_id)
+    return render(
+        request,
+        "evaluations/evaluation_list.html",
+        {
+            "project": project,
+            "membership": membership,
+            "evaluations": selectors.evaluations_for_project(project=project),
+            "can_write": membership.can("write"),
+        },
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def evaluation_new(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, membership = project_for(user=request.user, project_id=project_id, permission="write")
+    form = EvaluationForm(request.POST or None, project=project)
+    if request.method == "POST" and form.is_valid():
+        try:
+            evaluation = services.evaluation_start(
+                project=project,
+                user=request.user,
+                teacher=form.teacher(form.cleaned_data["teacher_source"]),
+                students=form.students(),
+                endpoints=form.endpoints(),
+                dataset_version=form.cleaned_data["dataset_version"],
+                options=form.options(),
+                name=form.cleaned_data.get("name") or "",
+            )
+        except ValidationError as exc:
+            apply_errors(form, exc)
+        else:
+            messages.success(request, "The evaluation is queued on the GPU queue.")
+            return redirect("evaluations:evaluation", evaluation_id=evaluation.pk)
+    return render(
+        request,
+        "evaluations/evaluation_new.html",
+        {"project": project, "membership": membership, "form": form},
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+def evaluation_detail(request: HttpRequest, evaluation_id: int) -> HttpResponse:
+    evaluation, membership = evaluation_for(user=request.user, evaluation_id=evaluation_id)
+    results = selectors.candidate_results(evaluation=evaluation)
+    student_id = (evaluation.summary.get("student") or {}).get("candidate_id")
+    student = next((r for r in results if r.candidate.pk == student_id), None)
+    return render(
+        request,
+        "evaluations/evaluation_detail.html",
+        {
+            "evaluation": evaluation,
+            "project": evaluation.project,
+            "membership": membership,
+            "job": evaluation.job,
+            "results": results,
+            "confusion": selectors.confusion_for(candidate=student.candidate) if student else None,
+            "student": student,
+        },
+    )
+
+
+def _pair_and_candidates(evaluation: Evaluation, params: Any) -> tuple[Any, Any]:
+    candidates = selectors.candidates_of(evaluation=evaluation)
+    pair = selectors.vote_pair(
+        evaluation=evaluation, candidates=candidates, a_id=params.get("a"), b_id=params.get("b")
+    )
+    return pair, candidates
+
+
+@login_required
+def evaluation_compare(request: HttpRequest, evaluation_id: int) -> HttpResponse:
+    evaluation, membership = evaluation_for(user=request.user, evaluation_id=evaluation_id)
+    pair, candidates = _pair_and_candidates(evaluation, request.GET)
+    filter_name = request.GET.get("show", "all")
+    label = request.GET.get("label", "")
+    page, rows = selectors.comparison(
+        evaluation=evaluation,
+        user=request.user,
+        filter_name=filter_name,
+        label=label,
+        page=request.GET.get("page"),
+        pair=pair,
+        candidates=candidates,
+    )
+    counts = selectors.filter_counts(evaluation=evaluation, candidates=candidates, pair=pair)
+    return render(
+        request,
+        "evaluations/evaluation_compare.html",
+        {
+            "evaluation": evaluation,
+            "project": evaluation.project,
+            "membership": membership,
+            "candidates": candidates,
+            "pair": pair,
+            "rows": rows,
+            "page": page,
+            "filter_name": filter_name if filter_name in selectors.FILTERS else "all",
+            "filters": [(key, text, counts[key]) for key, text in selectors.FILTERS.items()],
+            "label": label,
+            "labels": selectors.labels_in(evaluation=evaluation),
+            "totals": selectors.vote_totals(evaluation=evaluation, pair=pair) if pair else None,
+            "choices": VoteChoice.choices,
+            "can_vote": membership.can("vote"),
+            "votes_open": evaluation.job.status == "succeeded",
+        },
+    )
+
+
+@login_required
+def evaluation_vote(request: HttpRequest, evaluation_id: int, example_id: int) -> HttpResponse:
+    """Any member with the "vote" permission (every role, viewers included) may vote."""
+    evaluation, _ = evaluation_for(
+        user=request.user, evaluation_id=evaluation_id, permission="vote"
+    )
+    example = scoped_get(EvalExample.objects.filter(evaluation=evaluation), pk=example_id)
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    form = VoteForm(request.POST)
+    candidates = {c.pk: c for c in selectors.candidates_of(evaluation=evaluation)}
+    if not form.is_valid():
+        return HttpResponse("choose A better, B better, both acceptable or both wrong", status=400)
+    a = candidates.get(form.cleaned_data["a"])
+    b = candidates.get(form.cleaned_data["b"])
+    if a is None or b is None:
+        return HttpResponse("compare two candidates of this evaluation", status=400)
+    try:
+        services.vote_cast(
+            evaluation=evaluation,
+            example=example,
+            user=request.user,
+            candidate_a=a,
+            candidate_b=b,
+            choice=form.cleaned_data["choice"],
+        )
+    except ValidationError as exc:
+        return HttpResponse(" ".join(exc.messages), status=400)
+    pair = selectors.Pair(a=a, b=b)
+    if request.headers.get("HX-Request"):
+        _, rows = selectors.comparison(
+            evaluation=evaluation,
+            user=request.user,
+            pair=pair,
+            page=1,
+            candidates=list(candidates.values()),
+            only_example=example,
+        )
+        return render(
+            request,
+            "evaluations/_evaluation_vote.html",
+            {
+                "evaluation": evaluation,
+                "row": rows[0],
+                "pair": pair,
+                "choices": VoteChoice.choices,
+                "can_vote": True,
+                "votes_open": True,
+                "totals": selectors.vote_totals(evaluation=evaluation, pair=pair),
+                "oob_totals": True,
+            },
+        )
+    compare = reverse("evaluations:evaluation_compare", args=[evaluation.pk])
+    return redirect(f"{compare}?a={a.pk}&b={b.pk}#example-{example.pk}")
+
+
+@login_required
+def evaluation_dpo(request: HttpRequest, evaluation_id: int) -> StreamingHttpResponse:
+    evaluation, _ = evaluation_for(user=request.user, evaluation_id=evaluation_id)
+    response = StreamingHttpResponse(
+        selectors.dpo_jsonl(evaluation=evaluation), content_type="application/jsonl"
+    )
+    response["Content-Disposition"] = (
+        f'attachment; filename="evaluation-{evaluation.pk}-dpo-pairs.jsonl"'
+    )
+    return response
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def experiment(request: HttpRequest, project_id: int) -> HttpResponse:
+    """The weekend experiment: the latest one's results, and the button to run one."""
+    project, membership = project_for(user=request.user, project_id=project_id)
+    form = ExperimentForm(request.POST or None, project=project)
+    if request.method == "POST":
+        require(membership, "write")
+        if form.is_valid():
+            try:
+                evaluation = services.experiment_start(
+                    project=project,
+                    user=request.user,
+                    teacher=form.experiment_teacher(),
+                    base=form.base(),
+                    sample_size=form.cleaned_data["sample_size"],
+                    seed=form.cleaned_data["seed"],
+                    options=form.options(),
+                )
+            except ValidationError as exc:
+                apply_errors(form, exc)
+            else:
+                messages.success(request, "The weekend experiment is queued.")
+                return redirect("evaluations:evaluation", evaluation_id=evaluation.pk)
+    latest = selectors.latest_experiment(project=project)
+    return render(
+        request,
+        "evaluations/evaluation_experiment.html",
+        {
+            "project": project,
+            "membership": membership,
+            "form": form,
+            "latest": latest,
+            "results": selectors.candidate_results(evaluation=latest) if latest else [],
+            "can_write": membership.can("write"),
+            "input_count": project.inputs.count(),
+            "kind": EvaluationKind.EXPERIMENT,
+        },
+        status=400 if form.errors else 200,
+    )

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django import forms
+
+from finetunes.models import FineTuneMethod, StudentModel
+from finetunes.services import QLORA_NEEDS_GPU, FineTuneSettings
+
+LOCAL = "local"
+HF = "hf"
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+class FineTuneForm(forms.Form):
+    student = forms.ChoiceField(
+        label="Student model",
+        help_text="A model from the team's registry, a folder in the shared data directory, or a "
+        "Hugging Face model id already in this server's cache",
+    )
+    local_path = forms.CharField(
+        label="Local model folder",
+        max_length=500,
+        required=False,
+        help_text="Only for a local folder: a path inside the data directory",
+    )
+    hf_model_id = forms.CharField(
+        label="Hugging Face model id",
+        max_length=200,
+        required=False,
+        help_text="Only for a model id, e.g. HuggingFaceTB/SmolLM2-360M-Instruct (from the "
+        "local cache: nothing is downloaded)",
+    )
+    method = forms.ChoiceField(
+        choices=FineTuneMethod.choices,
+        initial=FineTuneMethod.LORA,
+        help_text="LoRA trains a small adapter. QLoRA does the same on a 4-bit base and needs a "
+        "CUDA GPU. Full fine-tuning changes every weight (slow, needs more memory).",
+    )
+    preset = forms.ChoiceField(
+        choices=[
+            ("quick", "Quick — minutes on a laptop CPU"),
+            ("balanced", "Balanced"),
+            ("thorough", "Thorough — more epochs and a larger adapter"),
+        ],
+        initial="balanced",
+        help_text="Fills in every hyperparameter you leave empty below",
+    )
+    label_list_in_prompt = forms.BooleanField(
+        label="Keep the label list in the student's prompt",
+        required=False,
+        initial=False,
+        help_text="Off (recommended): the student learns the labels from the approved answers "
+        "and reads only the instruction and the input — a much shorter prompt, so it trains "
+        "and answers several times faster. The choice is stored with the model, and its "
+        "evaluation asks it the same way.",
+    )
+    epochs = forms.FloatField(min_value=0.01, max_value=100, required=False)
+    max_steps = forms.IntegerField(
+        label="Max steps",
+        min_value=1,
+        max_value=1_000_000,
+        required=False,
+        help_text="Overrides epochs",
+    )
+    learning_rate = forms.FloatField(
+        label="Learning rate", min_value=1e-8, max_value=0.5, required=False
+    )
+    batch_size = forms.IntegerField(label="Batch size", min_value=1, max_value=1024, required=False)
+    grad_accum = forms.IntegerField(
+        label="Gradient accumulation", min_value=1, max_value=1024, required=False
+    )
+    lora_r = forms.IntegerField(label="LoRA rank (r)", min_value=1, max_value=1024, required=False)
+    lora_alpha = forms.IntegerField(label="LoRA alpha", min_value=1, max_value=4096, required=False)
+    lora_dropout = forms.FloatField(
+        label="LoRA dropout", min_value=0, max_value=0.9, required=False
+    )
+    lora_targets = forms.CharField(
+        label="LoRA target modules",
+        max_length=300,
+        required=False,
+        help_text="all-linear, or module names separated by commas (q_proj, v_proj)",
+    )
+    max_length = forms.IntegerField(
+        label="Max length (tokens)",
+        min_value=16,
+        max_value=32768,
+        required=False,
+        help_text="Longer examples are cut in the middle of the prompt",
+    )
+    checkpoint_every_steps = forms.IntegerField(
+        label="Checkpoint every (steps)", min_value=1, max_value=1_000_000, required=False
+    )
+
+    HYPERPARAMETER_FIELDS = (
+        "epochs",
+        "max_steps",
+        "learning_rate",
+        "batch_size",
+        "grad_accum",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_targets",
+        "max_length",
+        "checkpoint_every_steps",
+    )
+
+    def __init__(
+        self,
+        *args: Any,
+        students: list[StudentModel],
+        has_gpu: bool,
+        suggested_preset: str = "balanced",
+        label_task: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.label_task = label_task
+        if not label_task:
+            del self.fields["label_list_in_prompt"]
+        self.students = {str(s.pk): s for s in students}
+        self.has_gpu = has_gpu
+        choices = [(str(s.pk), f"{s.name} ({s.get_kind_display().lower()})") for s in students]
+        choices += [(LOCAL, "A local folder…"), (HF, "A Hugging Face model id…")]
+        self.fields["student"].choices = choices
+        self.fields["preset"].initial = suggested_preset
+        if not has_gpu:
+            self.fields["method"].help_text += " No GPU worker has reported in."
+
+    @property
+    def student_fields(self) -> list[Any]:
+        names = ["student", "local_path", "hf_model_id", "method", "preset"]
+        if self.label_task:
+            names.append("label_list_in_prompt")
+        return [self[name] for name in names]
+
+    @property
+    def hyperparameter_fields(self) -> list[Any]:
+        return [self[name] for name in self.HYPERPARAMETER_FIELDS]
+
+    def clean_lora_targets(self) -> str | list[str] | None:
+        text = self.cleaned_data.get("lora_targets", "").strip()
+        if not text:
+            return None
+        if text == "all-linear":
+            return text
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        bad = [n for n in names if not _MODULE_NAME.match(n)]
+        if bad or not names:
+            raise forms.ValidationError(
+                "give all-linear or module names separated by commas, e.g. q_proj, v_proj "
+                f"(not {', '.join(bad) or text})"
+            )
+        return names
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        choice = data.get("student")
+        if choice == LOCAL and not data.get("local_path", "").strip():
+            self.add_error("local_path", "give the model's folder")
+        if choice == HF and not data.get("hf_model_id", "").strip():
+            self.add_error("hf_model_id", "give the model id")
+        if data.get("method") == FineTuneMethod.QLORA and not self.has_gpu:
+            self.add_error("method", QLORA_NEEDS_GPU)
+        if data.get("method") == FineTuneMethod.FULL:
+            for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_targets"):
+                if data.get(name) not in (None, ""):
+                    self.add_error(name, "full fine-tuning has no LoRA settings; leave it empty")
+        return data
+
+    def fine_tune_settings(self) -> FineTuneSettings:
+        data = self.cleaned_data
+        hyper = {}
+        for name in self.HYPERPARAMETER_FIELDS:
+            value = data.get(name)
+            if value not in (None, ""):
+                hyper["lora_target_modules" if name == "lora_targets" else name] = value
+        if self.label_task:
+            hyper["label_list_in_prompt"] = bool(data.get("label_list_in_prompt"))
+        choice = data["student"]
+        return FineTuneSettings(
+            method=data["method"],
+            preset=data["preset"],
+            student=self.students.get(choice),
+            local_path=data.get("local_path", "") if choice == LOCAL else "",
+            hf_model_id=data.get("hf_model_id", "") if choice == HF else "",
+            hyperparameters=hyper,
+        )
+
+
+class RegisterStudentForm(forms.Form):
+    name = forms.CharField(max_length=200, required=False, help_text="Defaults to the folder name")
+    path = forms.CharField(
+        label="Model folder",
+        max_length=500,
+        help_text="A Hugging Face model folder (config.json, safetensors, tokenizer) inside the "
+        "data directory the web server and workers share",
+    )

@@ -1,0 +1,298 @@
+"""Fine-tuning pages: start from a dataset version, watch the loss live, cancel/resume, and the
+team's student model registry with downloads.
+
+Every view resolves its object through the user's team first (404 for outsiders), checks the
+role, then calls one service or selector.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from dataset_versions.models import DatasetVersion
+from finetunes import selectors, services
+from finetunes.forms import FineTuneForm, RegisterStudentForm
+from finetunes.models import FineTune, StudentModel
+from projects.access import project_for
+from teams.access import membership_for, require, scoped_get, team_for
+from teams.forms import apply_errors
+
+
+def fine_tune_for(*, user: Any, finetune_id: int, permission: str = "read") -> tuple[FineTune, Any]:
+    fine_tune = (
+        FineTune.objects.filter(pk=finetune_id, project__team__memberships__user=user)
+        .select_related(
+            "project__team",
+            "job",
+            "job__created_by",
+            "dataset_version",
+            "base_model",
+            "result_model",
+        )
+        .first()
+    )
+    if fine_tune is None:
+        raise Http404
+    membership = require(membership_for(user=user, team=fine_tune.project.team_id), permission)
+    return fine_tune, membership
+
+
+def student_for(
+    *, user: Any, student_id: int, permission: str = "read"
+) -> tuple[StudentModel, Any]:
+    student = (
+        StudentModel.objects.filter(pk=student_id, team__memberships__user=user)
+        .select_related("team", "base_model", "dataset_version", "project", "created_by")
+        .first()
+    )
+    if student is None:
+        raise Http404
+    membership = require(membership_for(user=user, team=student.team_id), permission)
+    return student, membership
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def finetune_new(request: HttpRequest, project_id: int, version_id: int) -> HttpResponse:
+    project, membership = project_for(user=request.user, project_id=project_id, permission="write")
+    version = scoped_get(DatasetVersion.objects.filter(project=project), pk=version_id)
+    hardware = selectors.hardware_status()
+    counts = services.split_counts(version)
+    suggested = services.suggested_preset(n_train=counts.get("train", 0), gpu=hardware["has_gpu"])
+    form = FineTuneForm(
+        request.POST or None,
+        students=selectors.students_to_train(team=project.team),
+        has_gpu=hardware["has_gpu"],
+        suggested_preset=suggested,
+        label_task=project.output_kind == "label",
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            fine_tune = services.fine_tune_start(
+                project=project,
+                version=version,
+                user=request.user,
+                settings=form.fine_tune_settings(),
+            )
+        except ValidationError as exc:
+            apply_errors(form, exc)
+        else:
+            messages.success(request, "The fine-tuning job is queued for a gpu-queue worker.")
+            return redirect("finetunes:finetune_detail", finetune_id=fine_tune.pk)
+    return render(
+        request,
+        "finetunes/finetune_new.html",
+        {
+            "project": project,
+            "version": version,
+            "membership": membership,
+            "form": form,
+            "hardware": hardware,
+            "counts": counts,
+            "presets": services.preset_table(
+                n_train=counts.get("train", 0), gpu=hardware["has_gpu"]
+            ),
+            "suggested_preset": suggested,
+        },
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+def finetune_list(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, membership = project_for(user=request.user, project_id=project_id)
+    return render(
+        request,
+        "finetunes/finetune_list.html",
+        {
+            "project": project,
+            "membership": membership,
+            "fine_tunes": selectors.fine_tunes_for_project(project=project),
+            "versions": DatasetVersion.objects.filter(project=project),
+            "can_write": membership.can("write"),
+        },
+    )
+
+
+@login_required
+def finetune_detail(request: HttpRequest, finetune_id: int) -> HttpResponse:
+    fine_tune, membership = fine_tune_for(user=request.user, finetune_id=finetune_id)
+    return render(
+        request,
+        "finetunes/finetune_detail.html",
+        {
+            "ft": fine_tune,
+            "project": fine_tune.project,
+            "membership": membership,
+            "live": selectors.fine_tune_live(fine_tune=fine_tune),
+            "can_write": membership.can("write"),
+            "student": fine_tune.result_model,
+            "artifacts": services.student_artifacts(student=fine_tune.result_model)
+            if fine_tune.result_model
+            else [],
+        },
+    )
+
+
+@login_required
+def finetune_status(request: HttpRequest, finetune_id: int) -> HttpResponse:
+    """The status card the job page polls (htmx) while the job is queued or running."""
+    fine_tune, membership = fine_tune_for(user=request.user, finetune_id=finetune_id)
+    return render(
+        request,
+        "finetunes/finetune_status.html",
+        {
+            "ft": fine_tune,
+            "live": selectors.fine_tune_live(fine_tune=fine_tune),
+            "can_write": membership.can("write"),
+        },
+    )
+
+
+@login_required
+def finetune_points(request: HttpRequest, finetune_id: int) -> JsonResponse:
+    """Chart points after ``?after=STEP`` and the live figures (the chart polls this)."""
+    fine_tune, _ = fine_tune_for(user=request.user, finetune_id=finetune_id)
+    try:
+        after = int(request.GET.get("after", "-1"))
+    except ValueError:
+        after = -1
+    live = selectors.fine_tune_live(fine_tune=fine_tune)
+    return JsonResponse(
+        {
+            "status": live["status"],
+            "is_live": live["is_live"],
+            "step": live["step"],
+            "total_steps": live["total_steps"],
+            "attempts": live["attempts"],
+            "points": selectors.training_points(fine_tune=fine_tune, after_step=after),
+        }
+    )
+
+
+def _control(request: HttpRequest, finetune_id: int, action: str) -> HttpResponse:
+    fine_tune, _ = fine_tune_for(user=request.user, finetune_id=finetune_id, permission="write")
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    try:
+        if action == "cancel":
+            services.fine_tune_cancel(fine_tune=fine_tune)
+            messages.success(
+                request, "Cancelling: training stops after the current step and keeps a checkpoint."
+            )
+        else:
+            services.fine_tune_resume(fine_tune=fine_tune)
+            messages.success(request, "Queued again: training resumes from the latest checkpoint.")
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return redirect("finetunes:finetune_detail", finetune_id=fine_tune.pk)
+
+
+@login_required
+def finetune_cancel(request: HttpRequest, finetune_id: int) -> HttpResponse:
+    return _control(request, finetune_id, "cancel")
+
+
+@login_required
+def finetune_resume(request: HttpRequest, finetune_id: int) -> HttpResponse:
+    return _control(request, finetune_id, "resume")
+
+
+# Student registry ------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def students(request: HttpRequest, team_id: int) -> HttpResponse:
+    team, membership = team_for(user=request.user, team_id=team_id)
+    form = RegisterStudentForm(request.POST or None)
+    if request.method == "POST":
+        require(membership, "write")
+        if form.is_valid():
+            try:
+                student = services.student_register_local(
+                    team=team,
+                    user=request.user,
+                    name=form.cleaned_data["name"],
+                    path_text=form.cleaned_data["path"],
+                )
+            except ValidationError as exc:
+                apply_errors(form, exc)
+            else:
+                messages.success(request, f"Registered {student.name}.")
+                return redirect("finetunes:students", team_id=team.pk)
+    return render(
+        request,
+        "finetunes/students_list.html",
+        {
+            "team": team,
+            "membership": membership,
+            "students": selectors.students_for_team(team=team),
+            "form": form,
+            "can_write": membership.can("write"),
+            "hardware": selectors.hardware_status(),
+        },
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+def student_detail(request: HttpRequest, student_id: int) -> HttpResponse:
+    student, membership = student_for(user=request.user, student_id=student_id)
+    return render(
+        request,
+        "finetunes/students_detail.html",
+        {
+            "student": student,
+            "team": student.team,
+            "membership": membership,
+            "artifacts": services.student_artifacts(student=student),
+            "fine_tune": FineTune.objects.filter(result_model=student)
+            .select_related("job", "dataset_version")
+            .first(),
+            "derived": student.derived.all(),
+        },
+    )
+
+
+@login_required
+def student_download(request: HttpRequest, student_id: int, artifact: str) -> HttpResponse:
+    """One artifact (model, adapter, tokenizer) as a zip, streamed."""
+    student, _ = student_for(user=request.user, student_id=student_id)
+    files = services.student_artifact_files(student=student, artifact=artifact)
+    if not files:
+        raise Http404
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in student.name)[:80].strip("-")
+    folder = f"{slug or 'student'}-{artifact}"
+    response = StreamingHttpResponse(
+        services.zip_stream(files, folder_name=folder), content_type="application/zip"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{folder}.zip"'
+    return response
+
+
+@login_required
+def student_file(
+    request: HttpRequest, student_id: int, artifact: str, filename: str
+) -> HttpResponse:
+    """One file of an artifact, e.g. the merged model's model.safetensors."""
+    student, _ = student_for(user=request.user, student_id=student_id)
+    path = services.student_artifact_files(student=student, artifact=artifact).get(filename)
+    if path is None:
+        raise Http404
+    return FileResponse(path.open("rb"), as_attachment=True, filename=filename)
