@@ -108,7 +108,7 @@ def test_old_layout_migrates_forward_with_every_row_reachable(client):
     for table, pk in rows.items():
         model = by_table[table]
         assert model.objects.filter(pk=pk).exists(), f"{table} lost its row"
-        assert model._meta.app_label in NEW_APPS + ["projects", "jobs"]
+        assert model._meta.app_label in [*NEW_APPS, "projects", "jobs"]
     moved = {by_table[t]._meta.label for t in rows} - {
         by_table[t]._meta.label for t in rows if by_table[t]._meta.app_label in ("projects", "jobs")
     }
