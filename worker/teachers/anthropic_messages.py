@@ -21,14 +21,11 @@ from worker.teachers.base import (
     BatchSubmission,
     ProviderConfig,
     TeacherConfigError,
-    TeacherConnectionError,
     TeacherError,
-    TeacherMalformedResponseError,
     TeacherRequest,
     TeacherResponse,
-    TeacherTimeoutError,
-    error_from_status,
 )
+from worker.teachers.errors import translate_error
 from worker.teachers.structured import provider_schema, unwrap_json_text
 
 TOOL_NAME = "record_output"
@@ -112,42 +109,6 @@ def response_from_message(
     )
 
 
-def _detail(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return str(getattr(exc, "message", "") or exc)
-
-
-def translate_error(exc: BaseException, config: ProviderConfig, model: str) -> TeacherError:
-    import anthropic
-
-    if isinstance(exc, TeacherError):
-        return exc
-    if isinstance(exc, anthropic.APITimeoutError):
-        return TeacherTimeoutError(
-            f"the request to {config.label} timed out after {config.request_timeout_s:g} s"
-        )
-    if isinstance(exc, anthropic.APIConnectionError):
-        return TeacherConnectionError(f"could not connect to {config.label}: {exc}")
-    if isinstance(exc, anthropic.APIStatusError):
-        return error_from_status(
-            exc.status_code,
-            _detail(exc),
-            config=config,
-            model=model,
-            headers=exc.response.headers,
-            request_id=str(getattr(exc, "request_id", "") or ""),
-        )
-    if isinstance(exc, anthropic.APIResponseValidationError | ValueError):
-        return TeacherMalformedResponseError(
-            f"{config.label} answered with a body that is not a valid response: {exc}"
-        )
-    return TeacherError(f"{config.label}: {type(exc).__name__}: {exc}")
-
-
 class AnthropicMessagesProvider:
     def __init__(self, config: ProviderConfig) -> None:
         import anthropic
@@ -176,6 +137,11 @@ class AnthropicMessagesProvider:
             http_client=http_client,
         )
 
+    def _error(self, exc: BaseException, model: str) -> TeacherError:
+        import anthropic
+
+        return translate_error(exc, sdk=anthropic, config=self.config, model=model)
+
     async def aclose(self) -> None:
         await self.client.close()
 
@@ -187,7 +153,7 @@ class AnthropicMessagesProvider:
         try:
             message = await self.client.messages.create(**params)
         except Exception as exc:
-            raise translate_error(exc, self.config, request.model) from exc
+            raise self._error(exc, request.model) from exc
         latency = int((time.perf_counter() - started) * 1000)
         return response_from_message(
             request,
@@ -216,21 +182,21 @@ class AnthropicMessagesProvider:
         try:
             batch = await self.client.messages.batches.create(requests=entries)
         except Exception as exc:
-            raise translate_error(exc, self.config, requests[0].model) from exc
+            raise self._error(exc, requests[0].model) from exc
         return BatchSubmission(batch_id=batch.id, request_count=len(requests))
 
     async def poll_batch(self, batch_id: str) -> BatchStatus:
         try:
             batch = await self.client.messages.batches.retrieve(batch_id)
         except Exception as exc:
-            raise translate_error(exc, self.config, "") from exc
+            raise self._error(exc, "") from exc
         return _status(batch)
 
     async def cancel_batch(self, batch_id: str) -> BatchStatus:
         try:
             batch = await self.client.messages.batches.cancel(batch_id)
         except Exception as exc:
-            raise translate_error(exc, self.config, "") from exc
+            raise self._error(exc, "") from exc
         return _status(batch)
 
     async def collect_batch(
@@ -264,7 +230,7 @@ class AnthropicMessagesProvider:
                         error=f"not processed: the batch entry was {result.type}",
                     )
         except Exception as exc:
-            raise translate_error(exc, self.config, "") from exc
+            raise self._error(exc, "") from exc
         return results
 
 

@@ -27,15 +27,13 @@ from worker.teachers.base import (
     BatchSubmission,
     ProviderConfig,
     TeacherConfigError,
-    TeacherConnectionError,
     TeacherError,
     TeacherMalformedResponseError,
     TeacherRequest,
     TeacherResponse,
-    TeacherTimeoutError,
-    error_from_status,
 )
 from worker.teachers.confidence import TokenLogprob, label_confidence
+from worker.teachers.errors import error_from_status, translate_error
 from worker.teachers.structured import (
     SCHEMA_NAME,
     is_strict_compatible,
@@ -134,43 +132,6 @@ def response_from_completion(
     )
 
 
-def _detail(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return str(getattr(exc, "message", "") or exc)
-
-
-def translate_error(exc: BaseException, config: ProviderConfig, model: str) -> TeacherError:
-    """An SDK exception as a TeacherError (retryable or not, with a clear message)."""
-    import openai
-
-    if isinstance(exc, TeacherError):
-        return exc
-    if isinstance(exc, openai.APITimeoutError):
-        return TeacherTimeoutError(
-            f"the request to {config.label} timed out after {config.request_timeout_s:g} s"
-        )
-    if isinstance(exc, openai.APIConnectionError):
-        return TeacherConnectionError(f"could not connect to {config.label}: {exc}")
-    if isinstance(exc, openai.APIStatusError):
-        return error_from_status(
-            exc.status_code,
-            _detail(exc),
-            config=config,
-            model=model,
-            headers=exc.response.headers,
-            request_id=str(getattr(exc, "request_id", "") or ""),
-        )
-    if isinstance(exc, openai.APIResponseValidationError | ValueError):
-        return TeacherMalformedResponseError(
-            f"{config.label} answered with a body that is not a valid response: {exc}"
-        )
-    return TeacherError(f"{config.label}: {type(exc).__name__}: {exc}")
-
-
 class OpenAIChatProvider:
     """Chat Completions for ``kind`` "openai" and "openai_compatible"."""
 
@@ -208,6 +169,11 @@ class OpenAIChatProvider:
             http_client=http_client,
         )
 
+    def _error(self, exc: BaseException, model: str) -> TeacherError:
+        import openai
+
+        return translate_error(exc, sdk=openai, config=self.config, model=model)
+
     async def aclose(self) -> None:
         await self.client.close()
 
@@ -225,7 +191,7 @@ class OpenAIChatProvider:
                 "/chat/completions", body=params, cast_to=ChatCompletion
             )
         except Exception as exc:
-            raise translate_error(exc, self.config, request.model) from exc
+            raise self._error(exc, request.model) from exc
         latency = int((time.perf_counter() - started) * 1000)
         # The SDK keeps the x-request-id header on every response object.
         request_id = str(getattr(completion, "_request_id", "") or "")
@@ -265,7 +231,7 @@ class OpenAIChatProvider:
                 completion_window="24h",
             )
         except Exception as exc:
-            raise translate_error(exc, self.config, model) from exc
+            raise self._error(exc, model) from exc
         return BatchSubmission(
             batch_id=batch.id, request_count=len(requests), input_file_id=uploaded.id
         )
@@ -274,14 +240,14 @@ class OpenAIChatProvider:
         try:
             batch = await self.client.batches.retrieve(batch_id)
         except Exception as exc:
-            raise translate_error(exc, self.config, "") from exc
+            raise self._error(exc, "") from exc
         return _status(batch)
 
     async def cancel_batch(self, batch_id: str) -> BatchStatus:
         try:
             batch = await self.client.batches.cancel(batch_id)
         except Exception as exc:
-            raise translate_error(exc, self.config, "") from exc
+            raise self._error(exc, "") from exc
         return _status(batch)
 
     async def collect_batch(
@@ -299,7 +265,7 @@ class OpenAIChatProvider:
             files = [f for f in (batch.output_file_id, batch.error_file_id) if f]
             contents = [(await self.client.files.content(f)).text for f in files]
         except Exception as exc:
-            raise translate_error(exc, self.config, "") from exc
+            raise self._error(exc, "") from exc
         results: dict[str, TeacherResponse] = {}
         for content in contents:
             for line in content.splitlines():
