@@ -4,7 +4,10 @@
 - json tasks use tool use: one tool whose ``input_schema`` is the task's schema (wrapped when its
   root is not an object), with ``tool_choice`` forcing that tool. The tool input becomes
   ``raw_text`` as JSON, which the task's parser then validates against the schema.
-- Batch mode: Message Batches (create, retrieve, results streamed by ``custom_id``).
+- Batch mode: Message Batches (create, retrieve, results streamed by ``custom_id``), results read
+  from the credential's own host only.
+- Every request passes worker.teachers.egress's guard: only the base URL's origin, SSRF rules
+  re-checked; a redirect elsewhere is refused before anything is sent.
 
 The SDK never retries (``max_retries=0``): the runner does, and counts.
 """
@@ -14,7 +17,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
+from urllib.parse import quote
 
 from worker.teachers.base import (
     BatchStatus,
@@ -28,6 +32,7 @@ from worker.teachers.base import (
 from worker.teachers.errors import translate_error
 from worker.teachers.structured import provider_schema, unwrap_json_text
 
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 TOOL_NAME = "record_output"
 _FINISH = {
     "end_turn": "stop",
@@ -113,6 +118,8 @@ class AnthropicMessagesProvider:
     def __init__(self, config: ProviderConfig) -> None:
         import anthropic
 
+        from worker.teachers.egress import EgressGuard
+
         if config.kind != "anthropic":
             raise TeacherConfigError(f"AnthropicMessagesProvider cannot serve kind {config.kind!r}")
         if not config.api_key:
@@ -120,21 +127,19 @@ class AnthropicMessagesProvider:
         self.config = config
         timeout = anthropic.Timeout(config.request_timeout_s, connect=config.connect_timeout_s)
         base_url = config.base_url.strip() or None
-        http_client = None
-        if base_url:
-            from worker.ssrf import UnsafeURLError, check_base_url
-
-            try:
-                check_base_url(base_url, allow_private=config.allow_private_network)
-            except UnsafeURLError as exc:
-                raise TeacherConfigError(f"{config.label}: {exc}") from exc
-            http_client = anthropic.DefaultAsyncHttpxClient(timeout=timeout, follow_redirects=False)
+        # The base URL is always passed: the SDK would otherwise take ANTHROPIC_BASE_URL (or a
+        # profile's URL) from the environment and send this credential's key there.
+        self.guard = EgressGuard(
+            config, base_url or ANTHROPIC_BASE_URL, check_now=base_url is not None
+        )
         self.client = anthropic.AsyncAnthropic(
             api_key=config.api_key,
-            base_url=base_url,
+            base_url=self.guard.base_url,
             max_retries=0,
             timeout=timeout,
-            http_client=http_client,
+            http_client=anthropic.DefaultAsyncHttpxClient(
+                **self.guard.http_client_options(timeout)
+            ),
         )
 
     def _error(self, exc: BaseException, model: str) -> TeacherError:
@@ -204,10 +209,28 @@ class AnthropicMessagesProvider:
     ) -> dict[str, TeacherResponse]:
         """Responses by custom_id; errored/canceled/expired entries carry ``error``
         (canceled and expired ones were not processed and cost nothing)."""
+        # The SDK's reader of the results JSONL stream (what ``batches.results`` returns).
+        from anthropic._decoders.jsonl import AsyncJSONLDecoder
+        from anthropic.types.messages import MessageBatchIndividualResponse
+
         by_id = {r.custom_id: r for r in requests}
         results: dict[str, TeacherResponse] = {}
         try:
-            stream = await self.client.messages.batches.results(batch_id)
+            batch = await self.client.messages.batches.retrieve(batch_id)
+            if not batch.results_url:
+                raise TeacherError(
+                    f"{self.config.label}: batch {batch_id} has no results yet "
+                    f"(processing status {batch.processing_status!r})"
+                )
+            stream = cast(
+                "AsyncJSONLDecoder[MessageBatchIndividualResponse]",
+                await self.client.get(
+                    self._results_url(batch_id, batch.results_url),
+                    cast_to=AsyncJSONLDecoder[MessageBatchIndividualResponse],
+                    options={"headers": {"Accept": "application/binary"}},
+                    stream=True,
+                ),
+            )
             async for item in stream:
                 custom_id = str(item.custom_id)
                 result = item.result
@@ -232,6 +255,14 @@ class AnthropicMessagesProvider:
         except Exception as exc:
             raise self._error(exc, "") from exc
         return results
+
+    def _results_url(self, batch_id: str, results_url: str) -> str:
+        """Where to read a batch's results: the ``results_url`` the server gave when it is on the
+        credential's own origin; otherwise the documented path on that origin (a gateway may
+        hand out its upstream's URL). Never another host: the request carries the key."""
+        if self.guard.allows(results_url):
+            return results_url
+        return f"/v1/messages/batches/{quote(batch_id, safe='')}/results"
 
 
 def _status(batch: Any) -> BatchStatus:

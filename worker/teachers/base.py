@@ -174,6 +174,21 @@ class TeacherMalformedResponseError(TeacherError):
     retryable = True
 
 
+class TeacherEgressRefusedError(TeacherError):
+    """A request was about to leave for somewhere other than the credential's own host (a
+    redirect, or a URL the provider's answer named), or the host now resolves to an address
+    the SSRF guard refuses. Nothing was sent. Fatal: the endpoint cannot be trusted with the
+    key. ``refused_url`` (without query) and ``allowed_origin`` say where it went and where
+    it may go."""
+
+    fatal = True
+
+    def __init__(self, message: str, *, refused_url: str, allowed_origin: str) -> None:
+        super().__init__(message)
+        self.refused_url = refused_url
+        self.allowed_origin = allowed_origin
+
+
 # --------------------------------------------------------------------------------------------
 # Configuration
 

@@ -4,7 +4,9 @@
   ``temperature`` left out for reasoning models (o1/o3/o4, gpt-5) which only accept the default.
 - ``kind="openai_compatible"``: vLLM, Ollama, llama.cpp server, Together, Fireworks, Gemini's
   OpenAI endpoint... by base URL, which must pass the SSRF guard; ``max_tokens`` (what they all
-  understand). Redirects are refused.
+  understand).
+- Every request (calls, file upload and download, batches, redirect hops) passes
+  worker.teachers.egress's guard: only the base URL's origin, SSRF rules re-checked.
 - json tasks: ``response_format={"type": "json_schema", ...}``, ``strict`` when the schema allows it.
 - label tasks with ``want_logprobs``: ``logprobs`` + ``top_logprobs`` turned into a label
   confidence (see worker.teachers.confidence). Not asked of reasoning models, which refuse them.
@@ -42,6 +44,7 @@ from worker.teachers.structured import (
 )
 
 TOP_LOGPROBS = 10  # the API allows up to 20; 10 covers label sets' plausible rivals
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 BATCH_ENDPOINT: Literal["/v1/chat/completions"] = "/v1/chat/completions"
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(?!.*-chat)", re.IGNORECASE)
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
@@ -138,6 +141,8 @@ class OpenAIChatProvider:
     def __init__(self, config: ProviderConfig) -> None:
         import openai
 
+        from worker.teachers.egress import EgressGuard
+
         if config.kind not in ("openai", "openai_compatible"):
             raise TeacherConfigError(f"OpenAIChatProvider cannot serve kind {config.kind!r}")
         self.config = config
@@ -150,23 +155,18 @@ class OpenAIChatProvider:
         if self.kind == "openai" and not config.api_key:
             raise TeacherConfigError(f"{config.label}: no API key")
         timeout = openai.Timeout(config.request_timeout_s, connect=config.connect_timeout_s)
-        http_client = None
-        if base_url:
-            from worker.ssrf import UnsafeURLError, check_base_url
-
-            try:
-                check_base_url(base_url, allow_private=config.allow_private_network)
-            except UnsafeURLError as exc:
-                raise TeacherConfigError(f"{config.label}: {exc}") from exc
-            # A custom endpoint must not redirect the worker somewhere the guard did not check.
-            http_client = openai.DefaultAsyncHttpxClient(timeout=timeout, follow_redirects=False)
+        # The base URL is always passed: the SDK would otherwise take OPENAI_BASE_URL from the
+        # environment and send this credential's key there.
+        self.guard = EgressGuard(
+            config, base_url or OPENAI_BASE_URL, check_now=base_url is not None
+        )
         self.client = openai.AsyncOpenAI(
             # Self-hosted servers often need no key; the SDK insists on a non-empty one.
             api_key=config.api_key or "no-key",
-            base_url=base_url,
+            base_url=self.guard.base_url,
             max_retries=0,
             timeout=timeout,
-            http_client=http_client,
+            http_client=openai.DefaultAsyncHttpxClient(**self.guard.http_client_options(timeout)),
         )
 
     def _error(self, exc: BaseException, model: str) -> TeacherError:
