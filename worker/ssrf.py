@@ -11,11 +11,17 @@ public and a metadata address is refused):
 - never: link-local (169.254/16, fe80::/10), cloud metadata names and addresses, multicast,
   unspecified (0.0.0.0, ::), broadcast and reserved ranges;
 - loopback (127/8, ::1) and private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7)
-  only when ``allow_private=True`` (an owner's explicit choice for self-hosted vLLM/Ollama).
+  only when ``allow_private=True`` (an owner's explicit choice for self-hosted vLLM/Ollama);
+- single-label host names (``http://vllm:8000``, a docker-compose service; ``localhost``) only
+  when ``allow_private=True``: public DNS has no such names, so they always name something
+  inside our network. Allowed, they are resolved like any name and their addresses judged by
+  the rules above.
 
-The check resolves the name at the time it is called; the providers call it when they build a
-client, and also refuse HTTP redirects, so a public endpoint cannot bounce the worker inward.
-A DNS answer that changes between the check and the connection (rebinding) is not covered.
+The check resolves the name at the time it is called. The providers call it when they build a
+client, and their HTTP client checks every request again before it connects (same origin as the
+base URL, addresses re-resolved now and then; see worker.teachers.egress), so neither a redirect
+nor a URL in a provider's answer can take the worker, or the key, anywhere else. A DNS answer
+that changes between the check and the connection (rebinding) is not covered.
 """
 
 from __future__ import annotations
@@ -55,10 +61,21 @@ METADATA_ADDRESSES = frozenset(
     )
 )
 _SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT
+_ASK_OWNER = (
+    "an owner must allow private network addresses for this credential "
+    "to use a self-hosted endpoint"
+)
 
 
 class UnsafeURLError(ValueError):
-    """The base URL is refused; the message says why and what would make it acceptable."""
+    """The base URL is refused; the message says why and what would make it acceptable.
+
+    ``code`` says which rule refused it, as data: "empty", "invalid", "scheme", "userinfo",
+    "no_host", "metadata", "single_label", "unresolvable" or "address"."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -81,46 +98,62 @@ def check_base_url(
     """Return the parsed URL when it is safe to call; raise UnsafeURLError otherwise."""
     text = (url or "").strip()
     if not text:
-        raise UnsafeURLError("base URL: it is empty")
+        raise UnsafeURLError("base URL: it is empty", code="empty")
     try:
         parts = urlsplit(text)
         port = parts.port
     except ValueError as exc:
-        raise UnsafeURLError(f"base URL {text!r}: not a valid URL ({exc})") from exc
+        raise UnsafeURLError(f"base URL {text!r}: not a valid URL ({exc})", code="invalid") from exc
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise UnsafeURLError(
-            f"base URL {text!r}: only http and https are allowed, not {scheme or 'no scheme'!r}"
+            f"base URL {text!r}: only http and https are allowed, not {scheme or 'no scheme'!r}",
+            code="scheme",
         )
     if parts.username is not None or parts.password is not None:
         raise UnsafeURLError(
             f"base URL {_redact(text)!r}: must not contain a user name or password; "
-            "put the key in the credential"
+            "put the key in the credential",
+            code="userinfo",
         )
     host = (parts.hostname or "").rstrip(".").lower()
     if not host:
-        raise UnsafeURLError(f"base URL {text!r}: it has no host name")
+        raise UnsafeURLError(f"base URL {text!r}: it has no host name", code="no_host")
     if port is None:
         port = 443 if scheme == "https" else 80
     if host in METADATA_HOSTNAMES:
-        raise UnsafeURLError(f"base URL {text!r}: {host} is a cloud metadata service")
+        raise UnsafeURLError(
+            f"base URL {text!r}: {host} is a cloud metadata service", code="metadata"
+        )
 
     literal = _parse_ip(host)
+    if literal is None and "." not in host and not allow_private:
+        what = (
+            "is a loopback name"
+            if host == "localhost"
+            else "is a single-label host name (such as a docker-compose service), which only "
+            "exists inside a private network"
+        )
+        raise UnsafeURLError(f"base URL {text!r}: {host} {what}; {_ASK_OWNER}", code="single_label")
     if literal is not None:
         addresses = [str(literal)]
     else:
         try:
             addresses = list((resolver or default_resolver)(host, port))
         except (OSError, UnicodeError) as exc:
-            raise UnsafeURLError(f"base URL {text!r}: the host {host} does not resolve") from exc
+            raise UnsafeURLError(
+                f"base URL {text!r}: the host {host} does not resolve", code="unresolvable"
+            ) from exc
         if not addresses:
-            raise UnsafeURLError(f"base URL {text!r}: the host {host} does not resolve")
+            raise UnsafeURLError(
+                f"base URL {text!r}: the host {host} does not resolve", code="unresolvable"
+            )
 
     for address in addresses:
         reason = _refusal(address, allow_private=allow_private)
         if reason:
             where = host if literal is not None else f"{host} resolves to {address}, which"
-            raise UnsafeURLError(f"base URL {text!r}: {where} {reason}")
+            raise UnsafeURLError(f"base URL {text!r}: {where} {reason}", code="address")
     return CheckedURL(text, scheme, host, port, tuple(addresses))
 
 
@@ -159,10 +192,7 @@ def _refusal(address_text: str, *, allow_private: bool) -> str:
     if address.is_loopback:  # before "reserved": ::1 sits inside the reserved ::/8
         if allow_private:
             return ""
-        return (
-            "is a loopback address; an owner must allow private network addresses "
-            "for this credential to use a self-hosted endpoint"
-        )
+        return f"is a loopback address; {_ASK_OWNER}"
     if address.is_reserved:
         return "is in a reserved range"
     private = address.is_private or (
@@ -171,10 +201,7 @@ def _refusal(address_text: str, *, allow_private: bool) -> str:
     if private:
         if allow_private:
             return ""
-        return (
-            "is a private network address; an owner must allow private network addresses "
-            "for this credential to use a self-hosted endpoint"
-        )
+        return f"is a private network address; {_ASK_OWNER}"
     if not address.is_global:
         return "is not a public address"
     return ""

@@ -15,7 +15,9 @@ It serves:
 
 Answers come from a responder function ``FakeRequest -> str | FakeAnswer``. Knobs: a fixed
 latency, the next N generation calls failing with a status (429 with Retry-After, 500, ...),
-the next N answering a malformed JSON body, and a set of valid API keys (anything else gets 401).
+the next N answering a malformed JSON body, a set of valid API keys (anything else gets 401),
+the next N requests of a route redirected to another origin (``redirect``), and the origin that
+Anthropic's ``results_url`` names (``results_url_origin``; the fake's own by default).
 Every request is recorded in a thread-safe log.
 
 Use in-process::
@@ -217,6 +219,9 @@ class FakeProviderServer:
         self._batch_inputs: dict[str, list[dict[str, Any]]] = {}
         self._batch_polls: dict[str, int] = {}
         self._anthropic_results: dict[str, bytes] = {}
+        self._redirects: dict[str, list[tuple[str, int]]] = {}
+        # Where Anthropic batch ``results_url``s point (a real API names its own host).
+        self.results_url_origin: str | None = None
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._active = 0
@@ -301,10 +306,23 @@ class FakeProviderServer:
         with self._lock:
             self._malformed += count
 
+    def redirect(self, kind: str, to: str, *, count: int = 1, status: int = 307) -> None:
+        """The next ``count`` requests of route ``kind`` (e.g. "openai.files.content") answer
+        ``status`` with ``Location: <to><the same path and query>``; ``to`` is an origin such as
+        another server's ``url`` (or this one's, for a same-origin redirect)."""
+        with self._lock:
+            self._redirects.setdefault(kind, []).extend([(to.rstrip("/"), status)] * count)
+
+    def _take_redirect(self, kind: str) -> tuple[str, int] | None:
+        with self._lock:
+            pending = self._redirects.get(kind)
+            return pending.pop(0) if pending else None
+
     def reset(self) -> None:
         with self._lock:
             self._log.clear()
             self._failures.clear()
+            self._redirects.clear()
             self._malformed = 0
             self.max_concurrent = 0
 
@@ -647,7 +665,8 @@ class FakeProviderServer:
                 processing_status="ended",
                 request_counts=counts,
                 ended_at=_iso(time.time()),
-                results_url=f"{self.url}/v1/messages/batches/{batch_id}/results",
+                results_url=f"{self.results_url_origin or self.url}"
+                f"/v1/messages/batches/{batch_id}/results",
             )
 
     def cancel_anthropic_batch(self, batch_id: str) -> tuple[int, dict[str, Any]]:
@@ -816,6 +835,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind == "control":
             self._control(entry, body)
+            return
+        redirect = fake._take_redirect(kind)
+        if redirect is not None:
+            to, status = redirect
+            self._json(entry, status, {}, {"location": to + self.path})
             return
         if fake.api_keys is not None and api_key not in fake.api_keys:
             message = (

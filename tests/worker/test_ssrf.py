@@ -13,6 +13,9 @@ DNS = {
     "rebind.example": ["93.184.216.34", "169.254.169.254"],
     "v6only.example": ["2606:4700::6810:85e5"],
     "mapped.example": ["::ffff:169.254.169.254"],
+    "vllm": ["172.18.0.5"],  # a docker-compose service name
+    "ollama": ["fd12:3456::7"],
+    "sneaky": ["169.254.169.254"],
 }
 
 
@@ -114,3 +117,45 @@ def test_real_resolver_handles_a_literal_loopback_address():
     assert check_base_url("http://127.0.0.1:9/v1", allow_private=True).addresses == ("127.0.0.1",)
     with pytest.raises(UnsafeURLError, match="loopback"):
         check_base_url("http://127.0.0.1:9/v1")
+
+
+@pytest.mark.parametrize("url", ["http://vllm:8000/v1", "http://ollama:11434/v1"])
+def test_single_label_hosts_are_accepted_when_private_networks_are_allowed(url):
+    checked = check(url, allow_private=True)
+    assert checked.host in ("vllm", "ollama")
+    assert checked.addresses == tuple(DNS[checked.host])
+
+
+@pytest.mark.parametrize("url", ["http://vllm:8000/v1", "http://gpu-box:8000/v1"])
+def test_single_label_hosts_are_refused_without_private_networks_whether_or_not_they_resolve(url):
+    # gpu-box does not resolve here; the web server must still refuse it with the real reason.
+    with pytest.raises(UnsafeURLError, match="single-label host name") as caught:
+        check(url)
+    assert "an owner must allow private network addresses" in str(caught.value)
+    assert caught.value.code == "single_label"
+
+
+def test_single_label_hosts_still_meet_the_address_rules():
+    with pytest.raises(UnsafeURLError, match="cloud metadata address") as caught:
+        check("http://sneaky:8000/v1", allow_private=True)
+    assert caught.value.code == "address"
+    with pytest.raises(UnsafeURLError, match="does not resolve") as caught:
+        check("http://gpu-box:8000/v1", allow_private=True)
+    assert caught.value.code == "unresolvable"
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("", "empty"),
+        ("ftp://api.together.xyz/v1", "scheme"),
+        ("https://user:pw@api.together.xyz/v1", "userinfo"),
+        ("http://metadata.google.internal/", "metadata"),
+        ("http://10.0.0.5/v1", "address"),
+        ("https://no-such-host.invalid/v1", "unresolvable"),
+    ],
+)
+def test_the_refusing_rule_is_carried_as_data(url, code):
+    with pytest.raises(UnsafeURLError) as caught:
+        check(url)
+    assert caught.value.code == code

@@ -4,7 +4,10 @@
 - json tasks use tool use: one tool whose ``input_schema`` is the task's schema (wrapped when its
   root is not an object), with ``tool_choice`` forcing that tool. The tool input becomes
   ``raw_text`` as JSON, which the task's parser then validates against the schema.
-- Batch mode: Message Batches (create, retrieve, results streamed by ``custom_id``).
+- Batch mode: Message Batches (create, retrieve, results streamed by ``custom_id``), results read
+  from the credential's own host only.
+- Every request passes worker.teachers.egress's guard: only the base URL's origin, SSRF rules
+  re-checked; a redirect elsewhere is refused before anything is sent.
 
 The SDK never retries (``max_retries=0``): the runner does, and counts.
 """
@@ -14,23 +17,22 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
+from urllib.parse import quote
 
 from worker.teachers.base import (
     BatchStatus,
     BatchSubmission,
     ProviderConfig,
     TeacherConfigError,
-    TeacherConnectionError,
     TeacherError,
-    TeacherMalformedResponseError,
     TeacherRequest,
     TeacherResponse,
-    TeacherTimeoutError,
-    error_from_status,
 )
+from worker.teachers.errors import translate_error
 from worker.teachers.structured import provider_schema, unwrap_json_text
 
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 TOOL_NAME = "record_output"
 _FINISH = {
     "end_turn": "stop",
@@ -112,45 +114,11 @@ def response_from_message(
     )
 
 
-def _detail(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return str(getattr(exc, "message", "") or exc)
-
-
-def translate_error(exc: BaseException, config: ProviderConfig, model: str) -> TeacherError:
-    import anthropic
-
-    if isinstance(exc, TeacherError):
-        return exc
-    if isinstance(exc, anthropic.APITimeoutError):
-        return TeacherTimeoutError(
-            f"the request to {config.label} timed out after {config.request_timeout_s:g} s"
-        )
-    if isinstance(exc, anthropic.APIConnectionError):
-        return TeacherConnectionError(f"could not connect to {config.label}: {exc}")
-    if isinstance(exc, anthropic.APIStatusError):
-        return error_from_status(
-            exc.status_code,
-            _detail(exc),
-            config=config,
-            model=model,
-            headers=exc.response.headers,
-            request_id=str(getattr(exc, "request_id", "") or ""),
-        )
-    if isinstance(exc, anthropic.APIResponseValidationError | ValueError):
-        return TeacherMalformedResponseError(
-            f"{config.label} answered with a body that is not a valid response: {exc}"
-        )
-    return TeacherError(f"{config.label}: {type(exc).__name__}: {exc}")
-
-
 class AnthropicMessagesProvider:
     def __init__(self, config: ProviderConfig) -> None:
         import anthropic
+
+        from worker.teachers.egress import EgressGuard
 
         if config.kind != "anthropic":
             raise TeacherConfigError(f"AnthropicMessagesProvider cannot serve kind {config.kind!r}")
@@ -159,22 +127,25 @@ class AnthropicMessagesProvider:
         self.config = config
         timeout = anthropic.Timeout(config.request_timeout_s, connect=config.connect_timeout_s)
         base_url = config.base_url.strip() or None
-        http_client = None
-        if base_url:
-            from worker.ssrf import UnsafeURLError, check_base_url
-
-            try:
-                check_base_url(base_url, allow_private=config.allow_private_network)
-            except UnsafeURLError as exc:
-                raise TeacherConfigError(f"{config.label}: {exc}") from exc
-            http_client = anthropic.DefaultAsyncHttpxClient(timeout=timeout, follow_redirects=False)
+        # The base URL is always passed: the SDK would otherwise take ANTHROPIC_BASE_URL (or a
+        # profile's URL) from the environment and send this credential's key there.
+        self.guard = EgressGuard(
+            config, base_url or ANTHROPIC_BASE_URL, check_now=base_url is not None
+        )
         self.client = anthropic.AsyncAnthropic(
             api_key=config.api_key,
-            base_url=base_url,
+            base_url=self.guard.base_url,
             max_retries=0,
             timeout=timeout,
-            http_client=http_client,
+            http_client=anthropic.DefaultAsyncHttpxClient(
+                **self.guard.http_client_options(timeout)
+            ),
         )
+
+    def _error(self, exc: BaseException, model: str) -> TeacherError:
+        import anthropic
+
+        return translate_error(exc, sdk=anthropic, config=self.config, model=model)
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -187,7 +158,7 @@ class AnthropicMessagesProvider:
         try:
             message = await self.client.messages.create(**params)
         except Exception as exc:
-            raise translate_error(exc, self.config, request.model) from exc
+            raise self._error(exc, request.model) from exc
         latency = int((time.perf_counter() - started) * 1000)
         return response_from_message(
             request,
@@ -216,21 +187,21 @@ class AnthropicMessagesProvider:
         try:
             batch = await self.client.messages.batches.create(requests=entries)
         except Exception as exc:
-            raise translate_error(exc, self.config, requests[0].model) from exc
+            raise self._error(exc, requests[0].model) from exc
         return BatchSubmission(batch_id=batch.id, request_count=len(requests))
 
     async def poll_batch(self, batch_id: str) -> BatchStatus:
         try:
             batch = await self.client.messages.batches.retrieve(batch_id)
         except Exception as exc:
-            raise translate_error(exc, self.config, "") from exc
+            raise self._error(exc, "") from exc
         return _status(batch)
 
     async def cancel_batch(self, batch_id: str) -> BatchStatus:
         try:
             batch = await self.client.messages.batches.cancel(batch_id)
         except Exception as exc:
-            raise translate_error(exc, self.config, "") from exc
+            raise self._error(exc, "") from exc
         return _status(batch)
 
     async def collect_batch(
@@ -238,10 +209,28 @@ class AnthropicMessagesProvider:
     ) -> dict[str, TeacherResponse]:
         """Responses by custom_id; errored/canceled/expired entries carry ``error``
         (canceled and expired ones were not processed and cost nothing)."""
+        # The SDK's reader of the results JSONL stream (what ``batches.results`` returns).
+        from anthropic._decoders.jsonl import AsyncJSONLDecoder
+        from anthropic.types.messages import MessageBatchIndividualResponse
+
         by_id = {r.custom_id: r for r in requests}
         results: dict[str, TeacherResponse] = {}
         try:
-            stream = await self.client.messages.batches.results(batch_id)
+            batch = await self.client.messages.batches.retrieve(batch_id)
+            if not batch.results_url:
+                raise TeacherError(
+                    f"{self.config.label}: batch {batch_id} has no results yet "
+                    f"(processing status {batch.processing_status!r})"
+                )
+            stream = cast(
+                "AsyncJSONLDecoder[MessageBatchIndividualResponse]",
+                await self.client.get(
+                    self._results_url(batch_id, batch.results_url),
+                    cast_to=AsyncJSONLDecoder[MessageBatchIndividualResponse],
+                    options={"headers": {"Accept": "application/binary"}},
+                    stream=True,
+                ),
+            )
             async for item in stream:
                 custom_id = str(item.custom_id)
                 result = item.result
@@ -264,8 +253,16 @@ class AnthropicMessagesProvider:
                         error=f"not processed: the batch entry was {result.type}",
                     )
         except Exception as exc:
-            raise translate_error(exc, self.config, "") from exc
+            raise self._error(exc, "") from exc
         return results
+
+    def _results_url(self, batch_id: str, results_url: str) -> str:
+        """Where to read a batch's results: the ``results_url`` the server gave when it is on the
+        credential's own origin; otherwise the documented path on that origin (a gateway may
+        hand out its upstream's URL). Never another host: the request carries the key."""
+        if self.guard.allows(results_url):
+            return results_url
+        return f"/v1/messages/batches/{quote(batch_id, safe='')}/results"
 
 
 def _status(batch: Any) -> BatchStatus:

@@ -174,6 +174,21 @@ class TeacherMalformedResponseError(TeacherError):
     retryable = True
 
 
+class TeacherEgressRefusedError(TeacherError):
+    """A request was about to leave for somewhere other than the credential's own host (a
+    redirect, or a URL the provider's answer named), or the host now resolves to an address
+    the SSRF guard refuses. Nothing was sent. Fatal: the endpoint cannot be trusted with the
+    key. ``refused_url`` (without query) and ``allowed_origin`` say where it went and where
+    it may go."""
+
+    fatal = True
+
+    def __init__(self, message: str, *, refused_url: str, allowed_origin: str) -> None:
+        super().__init__(message)
+        self.refused_url = refused_url
+        self.allowed_origin = allowed_origin
+
+
 # --------------------------------------------------------------------------------------------
 # Configuration
 
@@ -255,74 +270,3 @@ class BatchTeacherProvider(TeacherProvider, Protocol):
     ) -> dict[str, TeacherResponse]: ...
 
     async def cancel_batch(self, batch_id: str) -> BatchStatus: ...
-
-
-# --------------------------------------------------------------------------------------------
-# Turning HTTP failures into TeacherErrors (shared by the SDK-based providers)
-
-
-def retry_after_seconds(headers: Any) -> float | None:
-    """Read ``retry-after-ms`` (OpenAI) or ``retry-after`` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    try:
-        ms = headers.get("retry-after-ms")
-        if ms is not None:
-            return max(0.0, float(ms) / 1000.0)
-    except (TypeError, ValueError):
-        pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        pass
-    import email.utils
-    import time
-
-    try:
-        when = email.utils.parsedate_to_datetime(str(value))
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def error_from_status(
-    status: int,
-    detail: str,
-    *,
-    config: ProviderConfig,
-    model: str,
-    headers: Any = None,
-    request_id: str = "",
-) -> TeacherError:
-    """The TeacherError for an HTTP status, with a message a user can act on."""
-    detail = " ".join(str(detail).split())
-    if len(detail) > 300:
-        detail = detail[:297] + "..."
-    suffix = f" (HTTP {status}: {detail})" if detail else f" (HTTP {status})"
-    kwargs: dict[str, Any] = {"status_code": status, "provider_request_id": request_id}
-    if status == 401:
-        return TeacherAuthError(f"invalid API key for {config.label}{suffix}", **kwargs)
-    if status == 403:
-        return TeacherAuthError(
-            f"the API key for {config.label} is not allowed to do this{suffix}", **kwargs
-        )
-    if status == 404:
-        return TeacherNotFoundError(
-            f"model {model!r} or its endpoint was not found for {config.label}{suffix}", **kwargs
-        )
-    if status == 429:
-        return TeacherRateLimitError(
-            f"rate limited by the provider for {config.label}{suffix}",
-            retry_after_s=retry_after_seconds(headers),
-            **kwargs,
-        )
-    if status == 408 or status >= 500:
-        return TeacherServerError(
-            f"the provider failed for {config.label}{suffix}",
-            retry_after_s=retry_after_seconds(headers),
-            **kwargs,
-        )
-    return TeacherBadRequestError(f"the provider refused the request{suffix}", **kwargs)

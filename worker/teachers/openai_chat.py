@@ -4,7 +4,9 @@
   ``temperature`` left out for reasoning models (o1/o3/o4, gpt-5) which only accept the default.
 - ``kind="openai_compatible"``: vLLM, Ollama, llama.cpp server, Together, Fireworks, Gemini's
   OpenAI endpoint... by base URL, which must pass the SSRF guard; ``max_tokens`` (what they all
-  understand). Redirects are refused.
+  understand).
+- Every request (calls, file upload and download, batches, redirect hops) passes
+  worker.teachers.egress's guard: only the base URL's origin, SSRF rules re-checked.
 - json tasks: ``response_format={"type": "json_schema", ...}``, ``strict`` when the schema allows it.
 - label tasks with ``want_logprobs``: ``logprobs`` + ``top_logprobs`` turned into a label
   confidence (see worker.teachers.confidence). Not asked of reasoning models, which refuse them.
@@ -27,15 +29,13 @@ from worker.teachers.base import (
     BatchSubmission,
     ProviderConfig,
     TeacherConfigError,
-    TeacherConnectionError,
     TeacherError,
     TeacherMalformedResponseError,
     TeacherRequest,
     TeacherResponse,
-    TeacherTimeoutError,
-    error_from_status,
 )
 from worker.teachers.confidence import TokenLogprob, label_confidence
+from worker.teachers.errors import error_from_status, translate_error
 from worker.teachers.structured import (
     SCHEMA_NAME,
     is_strict_compatible,
@@ -44,6 +44,7 @@ from worker.teachers.structured import (
 )
 
 TOP_LOGPROBS = 10  # the API allows up to 20; 10 covers label sets' plausible rivals
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 BATCH_ENDPOINT: Literal["/v1/chat/completions"] = "/v1/chat/completions"
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)(?!.*-chat)", re.IGNORECASE)
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
@@ -134,48 +135,13 @@ def response_from_completion(
     )
 
 
-def _detail(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return str(getattr(exc, "message", "") or exc)
-
-
-def translate_error(exc: BaseException, config: ProviderConfig, model: str) -> TeacherError:
-    """An SDK exception as a TeacherError (retryable or not, with a clear message)."""
-    import openai
-
-    if isinstance(exc, TeacherError):
-        return exc
-    if isinstance(exc, openai.APITimeoutError):
-        return TeacherTimeoutError(
-            f"the request to {config.label} timed out after {config.request_timeout_s:g} s"
-        )
-    if isinstance(exc, openai.APIConnectionError):
-        return TeacherConnectionError(f"could not connect to {config.label}: {exc}")
-    if isinstance(exc, openai.APIStatusError):
-        return error_from_status(
-            exc.status_code,
-            _detail(exc),
-            config=config,
-            model=model,
-            headers=exc.response.headers,
-            request_id=str(getattr(exc, "request_id", "") or ""),
-        )
-    if isinstance(exc, openai.APIResponseValidationError | ValueError):
-        return TeacherMalformedResponseError(
-            f"{config.label} answered with a body that is not a valid response: {exc}"
-        )
-    return TeacherError(f"{config.label}: {type(exc).__name__}: {exc}")
-
-
 class OpenAIChatProvider:
     """Chat Completions for ``kind`` "openai" and "openai_compatible"."""
 
     def __init__(self, config: ProviderConfig) -> None:
         import openai
+
+        from worker.teachers.egress import EgressGuard
 
         if config.kind not in ("openai", "openai_compatible"):
             raise TeacherConfigError(f"OpenAIChatProvider cannot serve kind {config.kind!r}")
@@ -189,24 +155,24 @@ class OpenAIChatProvider:
         if self.kind == "openai" and not config.api_key:
             raise TeacherConfigError(f"{config.label}: no API key")
         timeout = openai.Timeout(config.request_timeout_s, connect=config.connect_timeout_s)
-        http_client = None
-        if base_url:
-            from worker.ssrf import UnsafeURLError, check_base_url
-
-            try:
-                check_base_url(base_url, allow_private=config.allow_private_network)
-            except UnsafeURLError as exc:
-                raise TeacherConfigError(f"{config.label}: {exc}") from exc
-            # A custom endpoint must not redirect the worker somewhere the guard did not check.
-            http_client = openai.DefaultAsyncHttpxClient(timeout=timeout, follow_redirects=False)
+        # The base URL is always passed: the SDK would otherwise take OPENAI_BASE_URL from the
+        # environment and send this credential's key there.
+        self.guard = EgressGuard(
+            config, base_url or OPENAI_BASE_URL, check_now=base_url is not None
+        )
         self.client = openai.AsyncOpenAI(
             # Self-hosted servers often need no key; the SDK insists on a non-empty one.
             api_key=config.api_key or "no-key",
-            base_url=base_url,
+            base_url=self.guard.base_url,
             max_retries=0,
             timeout=timeout,
-            http_client=http_client,
+            http_client=openai.DefaultAsyncHttpxClient(**self.guard.http_client_options(timeout)),
         )
+
+    def _error(self, exc: BaseException, model: str) -> TeacherError:
+        import openai
+
+        return translate_error(exc, sdk=openai, config=self.config, model=model)
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -225,7 +191,7 @@ class OpenAIChatProvider:
                 "/chat/completions", body=params, cast_to=ChatCompletion
             )
         except Exception as exc:
-            raise translate_error(exc, self.config, request.model) from exc
+            raise self._error(exc, request.model) from exc
         latency = int((time.perf_counter() - started) * 1000)
         # The SDK keeps the x-request-id header on every response object.
         request_id = str(getattr(completion, "_request_id", "") or "")
@@ -265,7 +231,7 @@ class OpenAIChatProvider:
                 completion_window="24h",
             )
         except Exception as exc:
-            raise translate_error(exc, self.config, model) from exc
+            raise self._error(exc, model) from exc
         return BatchSubmission(
             batch_id=batch.id, request_count=len(requests), input_file_id=uploaded.id
         )
@@ -274,14 +240,14 @@ class OpenAIChatProvider:
         try:
             batch = await self.client.batches.retrieve(batch_id)
         except Exception as exc:
-            raise translate_error(exc, self.config, "") from exc
+            raise self._error(exc, "") from exc
         return _status(batch)
 
     async def cancel_batch(self, batch_id: str) -> BatchStatus:
         try:
             batch = await self.client.batches.cancel(batch_id)
         except Exception as exc:
-            raise translate_error(exc, self.config, "") from exc
+            raise self._error(exc, "") from exc
         return _status(batch)
 
     async def collect_batch(
@@ -299,7 +265,7 @@ class OpenAIChatProvider:
             files = [f for f in (batch.output_file_id, batch.error_file_id) if f]
             contents = [(await self.client.files.content(f)).text for f in files]
         except Exception as exc:
-            raise translate_error(exc, self.config, "") from exc
+            raise self._error(exc, "") from exc
         results: dict[str, TeacherResponse] = {}
         for content in contents:
             for line in content.splitlines():
