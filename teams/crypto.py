@@ -26,3 +26,11 @@ def decrypt_secret_dangerously(token: bytes) -> str:
             "the stored key cannot be decrypted with DISTILLERY_FERNET_KEYS "
             "(was the key list rotated without keeping the old key?)"
         ) from None
+
+
+def rotate_secret(token: bytes) -> bytes:
+    """The same secret, re-encrypted with the first key of the list (MultiFernet.rotate)."""
+    try:
+        return _fernet(tuple(settings.FERNET_KEYS)).rotate(bytes(token))
+    except InvalidToken:
+        raise ValueError("cannot be decrypted with any key of DISTILLERY_FERNET_KEYS") from None
