@@ -14,8 +14,19 @@ from django.db.migrations.executor import MigrationExecutor
 from django.urls import reverse
 
 #: The migration heads before the move (the layout of every earlier installation).
-OLD_HEADS = [("projects", "0005_answer_search_index_on_upper"), ("jobs", "0009_eval_candidate_student")]
-NEW_APPS = ["teams", "teachers", "review", "dataset_versions", "finetunes", "evaluations", "reports"]
+OLD_HEADS = [
+    ("projects", "0005_answer_search_index_on_upper"),
+    ("jobs", "0009_eval_candidate_student"),
+]
+NEW_APPS = [
+    "teams",
+    "teachers",
+    "review",
+    "dataset_versions",
+    "finetunes",
+    "evaluations",
+    "reports",
+]
 
 
 def value_for(field: models.Field, made: dict[str, Any], n: int) -> Any:  # type: ignore[type-arg]
