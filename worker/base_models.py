@@ -164,13 +164,12 @@ def _sha256(path: Path) -> str:
 
 
 def _convert_gguf(gguf_path: Path, origin: str, out: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from worker.model_loading import load_causal_lm, load_tokenizer
 
     quant, tensor_types = gguf_quantization(gguf_path)
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = load_tokenizer(folder, gguf_file=name)
+    model: Any = load_causal_lm(folder, dtype="float32", gguf_file=name)
     # transformers has already de-quantised the GGUF tensors into ordinary float32 weights, but
     # still marks the model "quantized with gguf" (which refuses save_pretrained, and would make
     # the next from_pretrained look for a GGUF file). Drop the marks; the weights are unchanged.

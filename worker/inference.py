@@ -49,6 +49,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.model_loading import (
+    DeviceFacts,
+    cuda_dtype,
+    cuda_facts,
+    load_causal_lm,
+    load_tokenizer,
+)
+
 Messages = Sequence[Mapping[str, str]]
 
 DEFAULT_BATCH_SIZE = 16
@@ -115,6 +123,8 @@ class EvalModel:
     # From the training record stored with a distilled model: whether it was trained with the
     # label task's label list in its prompt (models without a record: yes, the task's full prompt).
     label_list_in_prompt: bool = True
+    # Prompts per batch when a call does not say (``eval_batch_size``).
+    batch_size: int = DEFAULT_BATCH_SIZE
     _label_tries: dict[tuple[str, ...], _Trie] = field(default_factory=dict, repr=False)
 
     # -- encoding ------------------------------------------------------------------------------
@@ -227,7 +237,7 @@ class EvalModel:
         prompts: Sequence[Messages],
         *,
         max_new_tokens: int,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
     ) -> Generation:
         """Greedy generation in length-sorted, left-padded batches; same outputs as sequential.
 
@@ -239,7 +249,7 @@ class EvalModel:
         started = time.perf_counter()  # encoding counts, as it does for the baseline
         encoded = [self.encode(m) for m in prompts]
         with torch.inference_mode():
-            ids, reruns = self._batched_ids(encoded, max_new_tokens, batch_size)
+            ids, reruns = self._batched_ids(encoded, max_new_tokens, batch_size or self.batch_size)
         return Generation(
             outputs=[self.decode(t) for t in ids],
             token_ids=ids,
@@ -312,7 +322,7 @@ class EvalModel:
         *,
         constrained: bool = True,
         max_new_tokens: int | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
     ) -> Classification:
         """Answer label prompts by scoring the label trie (two forward passes, no loop).
 
@@ -334,7 +344,7 @@ class EvalModel:
         need_generation: list[int] = []
         reruns = 0
         with torch.inference_mode():
-            for batch in _length_sorted_batches(encoded, batch_size):
+            for batch in _length_sorted_batches(encoded, batch_size or self.batch_size):
                 walks = self._walk_batch([encoded[i] for i in batch], trie)
                 for walk, index in zip(walks, batch, strict=True):
                     if constrained:
@@ -353,7 +363,9 @@ class EvalModel:
                         need_generation.append(index)
             if need_generation:
                 generated, more_reruns = self._batched_ids(
-                    [encoded[i] for i in need_generation], max_new_tokens, batch_size
+                    [encoded[i] for i in need_generation],
+                    max_new_tokens,
+                    batch_size or self.batch_size,
                 )
                 reruns += more_reruns
                 for index, ids in zip(need_generation, generated, strict=True):
@@ -372,7 +384,7 @@ class EvalModel:
         prompts: Sequence[Messages],
         labels: Sequence[str],
         *,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
     ) -> LabelScores:
         """log P(label, then end-of-turn | prompt) for every label, from one pass over the trie.
 
@@ -392,7 +404,7 @@ class EvalModel:
                 src_tokens.append(trie.tokens[node])
                 src_labels.append(label_index)
         with torch.inference_mode():
-            for batch in _length_sorted_batches(encoded, batch_size):
+            for batch in _length_sorted_batches(encoded, batch_size or self.batch_size):
                 rows = [encoded[i] for i in batch]
                 first, cache, attention, lengths = self._prefill(rows)
                 nodes = [list(range(1, len(trie.tokens))) for _ in rows]
@@ -483,12 +495,16 @@ class EvalModel:
         """Constrained greedy for a batch: prefill, then the subtree under each row's first
         choice in one tree pass, then read the path off the logits."""
         first, cache, attention, lengths = self._prefill(rows)
+        # Only the label tokens' and end-of-turn logits and each position's top two matter:
+        # those are gathered on the device and read back once per pass, not row by row.
+        wanted = sorted(set(trie.tokens[1:]) | set(self.eos_token_ids))
+        first_scores = _scores(first, wanted)
         first_choices = [
-            _choose(first[r], list(trie.children[0].items()), (), self.tie_tolerance)
+            _choose(first_scores[r], list(trie.children[0].items()), (), self.tie_tolerance)
             for r in range(len(rows))
         ]
         subtrees = [trie.subtree(choice.node) for choice in first_choices]
-        logits = self._tree_pass(trie, subtrees, cache, attention, lengths)
+        logits = _scores(self._tree_pass(trie, subtrees, cache, attention, lengths), wanted)
         walks = []
         for r, choice in enumerate(first_choices):
             slot = {node: j for j, node in enumerate(subtrees[r])}
@@ -497,7 +513,7 @@ class EvalModel:
             while True:
                 walk.tokens.append(trie.tokens[node])
                 step = _choose(
-                    logits[r, slot[node]],
+                    logits[r][slot[node]],
                     list(trie.children[node].items()),
                     self.eos_token_ids if trie.label_at[node] is not None else (),
                     self.tie_tolerance,
@@ -561,33 +577,39 @@ def load_model(
 
     device "auto": CUDA when available, else CPU. dtype "auto": bfloat16 on a GPU that has it
     (else float16), float32 on CPU; "float32", "bfloat16", "float16" force one. On CPU torch
-    uses ``threads`` intra-op threads (default: every core available to the process).
+    uses ``threads`` intra-op threads (default: every core available to the process). The
+    model loads straight onto the GPU, with SDPA attention and no hub kernels
+    (``worker.model_loading.load_causal_lm``). Calls that name no batch size use
+    ``eval_batch_size`` for the device.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        index = torch.device(device).index
+        facts = cuda_facts(index if index is not None else torch.cuda.current_device())
+    else:
+        facts = DeviceFacts(kind="cpu")
     if dtype == "auto":
-        if device.startswith("cuda"):
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        else:
-            dtype = "float32"
+        dtype = eval_dtype(facts)
     if dtype not in DEFAULT_TIE_TOLERANCE:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
     cores = available_cores()
     n_threads = threads or cores
-    if not device.startswith("cuda"):
+    if not on_cuda:
         torch.set_num_threads(n_threads)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path),
-        dtype=getattr(torch, dtype),
-        local_files_only=True,
-        attn_implementation="sdpa",
+    tokenizer = load_tokenizer(path)
+    model: Any = load_causal_lm(
+        path,
+        dtype=dtype,  # type: ignore[arg-type]
+        device_map={"": device} if on_cuda else None,
+        attention="sdpa",
     )
-    model.to(device)  # type: ignore[arg-type]
-    model.eval()  # type: ignore[no-untyped-call]
+    if not on_cuda:
+        model.to(device)
+    model.eval()
     eos = model.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
@@ -616,7 +638,28 @@ def load_model(
         eos_token_ids=eos_ids,
         pad_token_id=int(pad),
         tie_tolerance=DEFAULT_TIE_TOLERANCE[dtype] if tie_tolerance is None else tie_tolerance,
+        batch_size=eval_batch_size(facts),
     )
+
+
+# Prompts per batch on a GPU: big batches keep it busy (one forward serves them all); the KV
+# cache of 128 prompts of ~1,000 tokens is a few GB for a small student.
+CUDA_EVAL_BATCH_SIZE = 128
+
+
+def eval_dtype(facts: DeviceFacts) -> str:
+    """The "auto" dtype: the GPU's half type (bf16 where native, else fp16); float32 on CPU."""
+    return cuda_dtype(facts) if facts.kind == "cuda" else "float32"
+
+
+def eval_batch_size(facts: DeviceFacts) -> int:
+    """Prompts per batch when a call names none: DEFAULT_BATCH_SIZE on CPU (bigger batches
+    only pad more there), CUDA_EVAL_BATCH_SIZE on a GPU with 24 GB or more, half below."""
+    if facts.kind != "cuda":
+        return DEFAULT_BATCH_SIZE
+    if facts.total_memory_bytes and facts.total_memory_bytes < 24 * 2**30:
+        return CUDA_EVAL_BATCH_SIZE // 2
+    return CUDA_EVAL_BATCH_SIZE
 
 
 def _trained_with_label_list(path: Path) -> bool:
@@ -710,27 +753,53 @@ class _Choice:
     is_free: bool  # also the whole-vocabulary arg-max, by >= tolerance
 
 
-def _choose(
-    logits: Any, children: list[tuple[int, int]], eos: Sequence[int], tolerance: float
-) -> _Choice:
-    """Greedy among allowed tokens (ties to the lowest id, like torch.argmax over a mask)."""
+@dataclass(frozen=True)
+class _Scores:
+    """One position's logits, as far as a greedy choice over a label trie needs them."""
+
+    values: dict[int, float]  # logit of each label token and end-of-turn token
+    top_ids: tuple[int, int]  # the whole vocabulary's best two tokens
+    top_values: tuple[float, float]
+
+
+def _scores(logits: Any, wanted: Sequence[int]) -> Any:
+    """``_Scores`` for every position of a (..., vocab) logits tensor, in nested lists of the
+    same leading shape; one gather and one top-2 on the device, one copy back."""
     import torch
 
+    index = torch.tensor(list(wanted), device=logits.device)
+    picked = logits.index_select(-1, index).cpu().tolist()
+    top = torch.topk(logits, 2, dim=-1)
+    top_values, top_ids = top.values.cpu().tolist(), top.indices.cpu().tolist()
+
+    def build(p: Any, v: Any, i: Any) -> Any:
+        if p and isinstance(p[0], list):
+            return [build(a, b, c) for a, b, c in zip(p, v, i, strict=True)]
+        return _Scores(
+            values=dict(zip(wanted, p, strict=True)),
+            top_ids=(int(i[0]), int(i[1])),
+            top_values=(float(v[0]), float(v[1])),
+        )
+
+    return build(picked, top_values, top_ids)
+
+
+def _choose(
+    scores: _Scores, children: list[tuple[int, int]], eos: Sequence[int], tolerance: float
+) -> _Choice:
+    """Greedy among allowed tokens (ties to the lowest id, like torch.argmax over a mask)."""
     allowed = sorted([(token, node) for token, node in children] + [(e, -1) for e in eos])
-    allowed_ids = torch.tensor([t for t, _ in allowed], device=logits.device)
-    values = logits[allowed_ids]
-    best = int(torch.argmax(values))
+    values = [scores.values[t] for t, _ in allowed]
+    best = max(range(len(values)), key=lambda k: (values[k], -k))
     token, node = allowed[best]
-    best_value = float(values[best])
+    best_value = values[best]
     if len(allowed) > 1:
-        others = torch.cat([values[:best], values[best + 1 :]])
-        clear = best_value - float(others.max()) >= tolerance
+        clear = best_value - max(v for k, v in enumerate(values) if k != best) >= tolerance
     else:
         clear = True
-    top2 = torch.topk(logits, 2)
-    free_best = int(top2.indices[0])
+    free_best = scores.top_ids[0]
     is_free = (free_best == token or (node == -1 and free_best in eos)) and (
-        best_value - float(top2.values[1]) >= tolerance
+        best_value - scores.top_values[1] >= tolerance
     )
     return _Choice(node=node, clear=clear, is_free=is_free)
 
@@ -790,6 +859,8 @@ __all__ = [
     "Messages",
     "available_cores",
     "cpu_name",
+    "eval_batch_size",
+    "eval_dtype",
     "latency_percentiles",
     "load_model",
 ]

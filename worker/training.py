@@ -38,11 +38,17 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from worker.model_loading import (
+    DeviceFacts,
+    cuda_batch_size,
+    hub_free_env,
+    read_model_shape,
+)
 from worker.training_data import TrainExample, build_examples
 
 __all__ = [
@@ -57,6 +63,7 @@ __all__ = [
     "cuda_available",
     "resolve_hyperparameters",
     "run_training",
+    "smaller_after_oom",
 ]
 
 Method = Literal["lora", "qlora", "full"]
@@ -81,7 +88,12 @@ MERGED_DIR = "merged"
 
 
 class TrainingConfigError(ValueError):
-    """The spec cannot be trained as asked (on this hardware); the message says why."""
+    """The spec cannot be trained as asked (on this hardware); the message says why and
+    ``field`` (where given) names the setting."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -154,6 +166,11 @@ class Hyperparameters:
     gradient_checkpointing: bool
     bf16: bool
     seed: int
+    # CUDA without native bf16 (e.g. T4, V100): fp16 mixed precision instead.
+    fp16: bool = False
+    # Progress events every this many steps. On a GPU each one waits for the device to
+    # catch up (the loss is read back), so they are spaced out there.
+    log_every_steps: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,10 +229,25 @@ def _epochs_for(base: float, n_train: int) -> float:
     return base
 
 
-def resolve_hyperparameters(spec: TrainSpec, *, n_train: int, device: str) -> Hyperparameters:
+# GPU runs: a step event every this many steps (each one reads the loss back from the GPU).
+CUDA_LOG_EVERY_STEPS = 10
+
+
+def resolve_hyperparameters(
+    spec: TrainSpec,
+    *,
+    n_train: int,
+    device: str,
+    gpu: DeviceFacts | None = None,
+    longest_tokens: int | None = None,
+) -> Hyperparameters:
     """Fill the spec's unset hyperparameters from its preset, the dataset size and the device.
 
-    ``device`` is "cpu" or "cuda" (see ``resolve_device``). Raises TrainingConfigError.
+    ``device`` is "cpu" or "cuda" (see ``resolve_device``). ``gpu``: the GPU's facts, where
+    known (the training child reads them); with them a CUDA run sizes its batch from the GPU's
+    memory and the model (``worker.model_loading.cuda_batch_size``, for sequences of
+    ``longest_tokens``, else ``max_length``) and picks fp16 on GPUs without bf16. Without them
+    a CUDA run assumes bf16 and a batch of 16. Raises TrainingConfigError.
     """
     if spec.method not in METHODS:
         raise TrainingConfigError(f"method: must be one of {', '.join(METHODS)}")
@@ -241,9 +273,24 @@ def resolve_hyperparameters(spec: TrainSpec, *, n_train: int, device: str) -> Hy
     base_epochs, r, alpha, dropout, lr_lora, lr_full, cpu_cap = _PRESETS[preset]
     on_cuda = device == "cuda"
 
-    batch_size = spec.batch_size if spec.batch_size is not None else (16 if on_cuda else 8)
     grad_accum = spec.grad_accum if spec.grad_accum is not None else 1
     epochs = spec.epochs if spec.epochs is not None else _epochs_for(base_epochs, n_train)
+    max_length = spec.max_length or (1024 if on_cuda else 512)
+    if spec.batch_size is not None:
+        batch_size = spec.batch_size
+    elif on_cuda and gpu is not None and gpu.kind == "cuda":
+        # A fixed step count does not shrink with the batch; an epoch count does.
+        planned = None if spec.max_steps is not None else epochs * n_train / grad_accum
+        batch_size = cuda_batch_size(
+            gpu,
+            shape=read_model_shape(spec.base_model) if spec.base_model else None,
+            n_parameters=count_parameters(spec.base_model) if spec.base_model else None,
+            method=spec.method,
+            tokens_per_example=min(longest_tokens or max_length, max_length),
+            samples_to_train=planned,
+        )
+    else:
+        batch_size = 16 if on_cuda else 8
     if spec.max_steps is not None:
         total_steps = spec.max_steps
     else:
@@ -267,8 +314,10 @@ def resolve_hyperparameters(spec: TrainSpec, *, n_train: int, device: str) -> Hy
     eval_every = (spec.eval_every_steps or max(1, total_steps // 5)) if has_eval else None
     if spec.cpu_bf16 not in ("auto", "on", "off"):
         raise TrainingConfigError("cpu_bf16: must be auto, on or off")
+    fp16 = False
     if on_cuda:
-        bf16 = True
+        bf16 = gpu.bf16 if gpu is not None and gpu.kind == "cuda" else True
+        fp16 = not bf16
     elif spec.cpu_bf16 == "auto":
         bf16 = cpu_has_native_bf16()
     else:
@@ -297,13 +346,31 @@ def resolve_hyperparameters(spec: TrainSpec, *, n_train: int, device: str) -> Hy
         if lora
         else None,
         lora_target_modules=(spec.lora_target_modules or "all-linear") if lora else None,
-        max_length=spec.max_length or (1024 if on_cuda else 512),
+        max_length=max_length,
         checkpoint_every_steps=checkpoint_every,
         eval_every_steps=eval_every,
         gradient_checkpointing=checkpointing,
         bf16=bf16,
         seed=spec.seed,
+        fp16=fp16,
+        log_every_steps=CUDA_LOG_EVERY_STEPS if on_cuda else 1,
     )
+
+
+def smaller_after_oom(hp: Hyperparameters) -> Hyperparameters:
+    """The settings to retry with after a CUDA out-of-memory: first recompute activations
+    (gradient checkpointing), then halve the micro-batch and double the accumulation, so the
+    effective batch and the step count stay the same. Raises TrainingConfigError (field
+    ``batch_size``) when there is nothing left to give up."""
+    if not hp.gradient_checkpointing:
+        return replace(hp, gradient_checkpointing=True)
+    if hp.batch_size == 1:
+        raise TrainingConfigError(
+            "batch_size: out of GPU memory even with batch size 1 and gradient checkpointing; "
+            "lower max_length or use QLoRA",
+            field="batch_size",
+        )
+    return replace(hp, batch_size=hp.batch_size // 2, grad_accum=hp.grad_accum * 2)
 
 
 def split_eval(spec: TrainSpec) -> tuple[list[TrainExample], list[TrainExample]]:
@@ -401,11 +468,18 @@ def _write_jsonl(path: Path, examples: Sequence[TrainExample]) -> None:
     os.replace(tmp, path)
 
 
-def _child_env(spec: TrainSpec) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    env.setdefault("HF_DATASETS_OFFLINE", "1")
+def child_env(
+    spec: TrainSpec, device: str, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The training child's environment: ``base`` (default: ours) with the model hub off
+    (no downloads, no hub kernels: ``worker.model_loading.HUB_FREE_ENV``, whatever ``base``
+    says), CPU threads, tcmalloc, and on CUDA one GPU (trl refuses to train on several GPUs
+    from one process; a worker started with CUDA_VISIBLE_DEVICES keeps its choice)."""
+    env = hub_free_env(os.environ if base is None else base)
+    if device == "cuda":
+        env.setdefault("CUDA_VISIBLE_DEVICES", "0")
+        # Fewer allocator stalls and less fragmentation as batch shapes vary.
+        env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["PYTHONUNBUFFERED"] = "1"
     threads = spec.threads or len(os.sched_getaffinity(0))
@@ -484,7 +558,7 @@ class TrainingProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=_child_env(spec),
+                env=child_env(spec, device),
                 cwd=str(out),
                 preexec_fn=_parent_death_signal(),
             )

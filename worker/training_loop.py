@@ -37,6 +37,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from worker.model_loading import (
+    CPU_EAGER_ATTENTION_MAX_TOKENS,
+    DeviceFacts,
+    attention_for,
+    cuda_dtype,
+    cuda_facts,
+    device_map_for,
+    load_causal_lm,
+    load_tokenizer,
+    qlora_quantization,
+    training_weights_dtype,
+)
 from worker.taskspec import without_label_list
 from worker.training import (
     ADAPTER_DIR,
@@ -52,6 +64,7 @@ from worker.training import (
     latest_checkpoint,
     load_spec,
     resolve_hyperparameters,
+    smaller_after_oom,
     spec_from_settings,
 )
 from worker.training_data import (
@@ -61,6 +74,8 @@ from worker.training_data import (
 )
 
 log = logging.getLogger("distillery.training")
+
+__all__ = ["CPU_EAGER_ATTENTION_MAX_TOKENS", "cpu_attention", "load_model", "main"]
 
 TRAINING_META_FILE = "distillery_training.json"
 _STAGING = ".staging"
@@ -117,52 +132,39 @@ def _tree_size(path: Path) -> int:
 # --------------------------------------------------------------------------- model loading
 
 
-# On CPU, attention as plain matrix products beats PyTorch's fused SDPA kernel on short
-# sequences and loses on long ones. Measured per layer, forward + backward under bf16 autocast,
-# 2 cores, ~512 tokens a batch (SmolLM2 shapes: 9 heads of 64): 32 tokens 0.7 vs 3.3 ms,
-# 64: 2.3 vs 9.2, 128: 6.4 vs 7.3, 256: 9.8 vs 7.3, 512: 20 vs 12. Eager also keeps the
-# attention matrix for backward, which only short sequences can afford.
-CPU_EAGER_ATTENTION_MAX_TOKENS = 160
-
-
 def cpu_attention(longest_tokens: int) -> str | None:
     """The attention implementation for a CPU run whose longest sequence has this many tokens
     (None: the model's default, SDPA)."""
-    return "eager" if longest_tokens <= CPU_EAGER_ATTENTION_MAX_TOKENS else None
+    choice = attention_for(DeviceFacts(kind="cpu"), longest_tokens)
+    return choice if choice == "eager" else None
 
 
-def load_model(base: str, hp: Hyperparameters, *, attention: str | None = None) -> Any:
+def load_model(
+    base: str,
+    hp: Hyperparameters,
+    *,
+    attention: str | None = None,
+    facts: DeviceFacts | None = None,
+) -> Any:
     """The model to train: fp32 on CPU, or with bf16 autocast (``hp.bf16``, entered in the
-    trainer) the frozen base of a LoRA in bf16; bf16 on CUDA, 4-bit NF4 for QLoRA;
-    LoRA-wrapped, with GapDropout for the adapters on CPU."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model: Any
-    kwargs: dict[str, Any] = {}
-    frozen_bf16 = False
-    if hp.device == "cuda":
-        kwargs["dtype"] = torch.bfloat16
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
-    else:
-        # Full fine-tuning keeps fp32 weights (the optimiser updates them); a LoRA's base is
-        # frozen, and under autocast every forward would cast its fp32 weights to bf16 again.
-        frozen_bf16 = hp.bf16 and hp.method == "lora"
-        kwargs["dtype"] = torch.bfloat16 if frozen_bf16 else torch.float32
-        if attention is not None:
-            kwargs["attn_implementation"] = attention
-    if hp.method == "qlora":
-        import transformers
-
-        bnb_config: Any = transformers.BitsAndBytesConfig
-
-        kwargs["quantization_config"] = bnb_config(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    trainer) the frozen base of a LoRA in bf16; on CUDA bf16 (fp16 where the GPU has no bf16;
+    see ``worker.model_loading.training_weights_dtype``) with SDPA attention, 4-bit NF4 for
+    QLoRA; LoRA-wrapped, with GapDropout for the adapters on CPU. Never reaches a hub."""
+    if facts is None:
+        facts = DeviceFacts(kind="cuda", bf16=hp.bf16) if hp.device == "cuda" else None
+    on_cuda = facts is not None and facts.kind == "cuda"
+    device_facts = facts if facts is not None else DeviceFacts(kind="cpu", bf16=hp.bf16)
+    dtype = training_weights_dtype(hp.method, device_facts, cpu_bf16=hp.bf16)
+    # A LoRA's base is frozen, and under autocast every forward would cast fp32 weights to the
+    # half type again; every forward runs under autocast (DistilleryTrainer._autocast).
+    autocast_frozen_base = hp.method == "lora" and dtype != "float32"
+    model: Any = load_causal_lm(
+        base,
+        dtype=dtype,
+        device_map=device_map_for(device_facts),
+        attention="sdpa" if on_cuda else attention,
+        quantization=qlora_quantization(device_facts) if hp.method == "qlora" else None,
+    )
     model.config.use_cache = False
     if hp.method == "full":
         if hp.gradient_checkpointing:
@@ -194,13 +196,13 @@ def load_model(base: str, hp: Hyperparameters, *, attention: str | None = None) 
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
-    if hp.device != "cuda":
+    if not on_cuda:
         from worker.gap_dropout import use_gap_dropout
 
         use_gap_dropout(model)
-        if frozen_bf16:
-            # Every forward of this model runs under autocast (DistilleryTrainer._autocast).
-            skip_adapter_input_casts(model)
+    if autocast_frozen_base:
+        # Every forward of this model runs under autocast (DistilleryTrainer._autocast).
+        skip_adapter_input_casts(model)
     return model
 
 
@@ -266,19 +268,23 @@ def make_trainer_class() -> type:
             *args: Any,
             events: EventWriter,
             keep_checkpoints: int,
-            cpu_bf16: bool = False,
+            autocast: tuple[str, str] | None = None,
             **kwargs: Any,
         ):
             super().__init__(*args, **kwargs)
             # Our loss calls the decoder and the head directly, outside the model's forward
-            # that accelerate would wrap, so CPU bf16 autocast is entered here.
-            self.cpu_bf16 = cpu_bf16
+            # that accelerate would wrap, so mixed precision (CPU bf16; CUDA bf16/fp16) is
+            # entered here: (device type, dtype name), or None for none.
+            self.autocast = autocast
             self.events = events
             self.keep_checkpoints = keep_checkpoints
             self._staging_dir: str | None = None
-            self.step_nll = 0.0
-            self.step_label_tokens = 0
-            self.step_tokens = 0
+            # Running sums since the last progress event. Loss and token counts stay tensors
+            # on the model's device: reading them back every step would make the host wait
+            # for the GPU each step (Progress reads them every ``log_every_steps``).
+            self.step_nll: Any = 0.0
+            self.step_label_tokens: Any = 0
+            self.step_tokens: Any = 0
             self.step_samples = 0
             self.last_eval: tuple[int, dict[str, float]] | None = None
             self._flop_parameters: int | None = None
@@ -294,8 +300,9 @@ def make_trainer_class() -> type:
             return 6 * int(ids.numel()) * self._flop_parameters if ids is not None else 0
 
         def _autocast(self) -> Any:
-            if self.cpu_bf16:
-                return torch.autocast("cpu", dtype=torch.bfloat16)
+            if self.autocast is not None:
+                device_type, dtype = self.autocast
+                return torch.autocast(device_type, dtype=getattr(torch, dtype))
             return contextlib.nullcontext()
 
         def compute_loss(
@@ -313,10 +320,10 @@ def make_trainer_class() -> type:
                 denominator = torch.as_tensor(num_items_in_batch, device=nll.device)
             loss = nll / denominator
             if model.training:
-                self.step_nll += float(nll.detach())
-                self.step_label_tokens += int(n_tokens)
+                self.step_nll = self.step_nll + nll.detach().float()
+                self.step_label_tokens = self.step_label_tokens + n_tokens.detach()
                 attention = inputs.get("attention_mask")
-                self.step_tokens += int(
+                self.step_tokens = self.step_tokens + (
                     attention.sum() if attention is not None else inputs["input_ids"].numel()
                 )
                 self.step_samples += int(inputs["input_ids"].shape[0])
@@ -336,18 +343,21 @@ def make_trainer_class() -> type:
             model: Any = self.model
             was_training = model.training
             model.eval()
-            nll_sum, tokens, exact, sequences = 0.0, 0, 0, 0
+            # Loss and teacher-forced exact match only (no generation), summed on the device
+            # and read back once.
+            sums: Any = None
             with torch.no_grad():
                 loader: Any = self.get_eval_dataloader(dataset)
                 for batch in loader:
                     batch = self._prepare_inputs(batch)
                     with self._autocast():
                         nll, n, ok, count = completion_nll(model, batch, with_accuracy=True)
-                    nll_sum += float(nll)
-                    tokens += int(n)
-                    exact += int(ok)
-                    sequences += int(count)
+                    row = torch.stack([nll.float(), n.float(), ok.float(), count.float()])
+                    sums = row if sums is None else sums + row
             model.train(was_training)
+            nll_sum, tokens, exact, sequences = (
+                [float(v) for v in sums.cpu()] if sums is not None else [0.0] * 4
+            )
             metrics = {
                 f"{metric_key_prefix}_loss": nll_sum / max(tokens, 1),
                 f"{metric_key_prefix}_accuracy": exact / max(sequences, 1),
@@ -405,7 +415,11 @@ def make_trainer_class() -> type:
 
 
 def make_progress_callback(
-    events: EventWriter, flags: StopFlags, total_steps: int, samples_per_step: int
+    events: EventWriter,
+    flags: StopFlags,
+    total_steps: int,
+    samples_per_step: int,
+    log_every_steps: int = 1,
 ) -> Any:
     from transformers import TrainerCallback
 
@@ -427,9 +441,29 @@ def make_progress_callback(
             self.step_started = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            reason = flags.reason()
+            due = (
+                state.global_step % log_every_steps == 0
+                or state.global_step >= total_steps
+                or reason is not None
+            )
+            if due:
+                self.emit_step(state)
+            if reason is not None and state.global_step < total_steps:
+                self.stop_reason = reason
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.trainer is not None and self.trainer.step_samples:
+                self.emit_step(state)  # steps since the last event (a stop mid-interval)
+
+        def emit_step(self, state: Any) -> None:
+            """One "step" event for the steps since the last one (their mean loss); this is
+            where the device's running sums are read back."""
             t = self.trainer
             elapsed = time.perf_counter() - self.started
-            self.trained_tokens += t.step_tokens
+            self.trained_tokens += int(t.step_tokens)
             self.trained_samples += t.step_samples
             done = state.global_step - (self.first_step or 0)
             per_step = elapsed / max(done, 1)
@@ -438,7 +472,7 @@ def make_progress_callback(
                 "step",
                 step=state.global_step,
                 total_steps=total_steps,
-                loss=t.step_nll / max(t.step_label_tokens, 1),
+                loss=float(t.step_nll) / max(int(t.step_label_tokens), 1),
                 learning_rate=lr,
                 epoch=state.epoch,
                 tokens_per_s=self.trained_tokens / max(elapsed, 1e-9),
@@ -449,11 +483,6 @@ def make_progress_callback(
                 eta_s=per_step * max(total_steps - state.global_step, 0),
             )
             t.step_nll, t.step_label_tokens, t.step_tokens, t.step_samples = 0.0, 0, 0, 0
-            reason = flags.reason()
-            if reason is not None and state.global_step < total_steps:
-                self.stop_reason = reason
-                control.should_save = True
-                control.should_training_stop = True
 
     return Progress()
 
@@ -492,18 +521,25 @@ def build_trainer(
     sft_config: Any = SFTConfig
 
     cuda = hp.device == "cuda"
+    extra: dict[str, Any] = {}
+    if cuda:
+        # One fused kernel for the whole AdamW update instead of a loop over the tensors.
+        extra["optim"] = "adamw_torch_fused"
     args = sft_config(
         output_dir=str(checkpoints),
         max_steps=hp.total_steps,
         per_device_train_batch_size=hp.batch_size,
-        per_device_eval_batch_size=hp.batch_size,
+        # No activations are kept for backward in evaluation: twice the batch fits.
+        per_device_eval_batch_size=hp.batch_size * 2 if cuda else hp.batch_size,
         gradient_accumulation_steps=hp.grad_accum,
         learning_rate=hp.learning_rate,
         warmup_steps=hp.warmup_ratio,
         lr_scheduler_type="linear",
         weight_decay=0.0,
-        bf16=hp.bf16 and cuda,  # CPU: autocast in DistilleryTrainer (see cpu_bf16)
-        fp16=False,
+        # accelerate's mixed precision (and, for fp16, its loss scaling); the autocast itself is
+        # entered in DistilleryTrainer, around our loss.
+        bf16=hp.bf16 and cuda,
+        fp16=hp.fp16 and cuda,
         gradient_checkpointing=False,  # set on the model in load_model, when wanted
         use_cpu=not cuda,
         train_sampling_strategy="group_by_length",
@@ -524,6 +560,7 @@ def build_trainer(
         remove_unused_columns=False,
         dataset_num_proc=None,
         save_only_model=False,
+        **extra,
     )
     trainer_cls = make_trainer_class()
     trainer = trainer_cls(
@@ -535,10 +572,17 @@ def build_trainer(
         callbacks=[progress],
         events=events,
         keep_checkpoints=keep_checkpoints,
-        cpu_bf16=hp.bf16 and not cuda,
+        autocast=autocast_for(hp),
     )
     progress.trainer = trainer
     return trainer
+
+
+def autocast_for(hp: Hyperparameters) -> tuple[str, str] | None:
+    """(device type, dtype) of the autocast every training forward runs under, or None."""
+    if hp.device == "cuda":
+        return ("cuda", "bfloat16" if hp.bf16 else "float16")
+    return ("cpu", "bfloat16") if hp.bf16 else None
 
 
 def _save_tokenizer(tokenizer: Any, dest: Path) -> None:
@@ -548,13 +592,12 @@ def _save_tokenizer(tokenizer: Any, dest: Path) -> None:
 def merge_adapter(
     base: str, adapter_dir: Path, dest: Path, tokenizer: Any, hp: Hyperparameters
 ) -> None:
-    """Merge the adapter into a full-precision copy of the base (never into 4-bit weights)."""
-    import torch
+    """Merge the adapter into a full-precision copy of the base (never into 4-bit weights):
+    the GPU's half type after a CUDA run, float32 after a CPU one."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if hp.device == "cuda" else torch.float32
-    base_model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    dtype = cuda_dtype(DeviceFacts(kind="cuda", bf16=hp.bf16)) if hp.device == "cuda" else None
+    base_model = load_causal_lm(base, dtype=dtype or "float32")
     merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
     merged.config.use_cache = True
     staging = dest.with_name(dest.name + _STAGING)
@@ -627,21 +670,25 @@ def _train(
     device = str(settings.get("device", "cpu"))
     if spec.method == "qlora" and device != "cuda":
         raise TrainingConfigError("QLoRA needs a CUDA GPU; this worker has none")
-    hp = resolve_hyperparameters(spec, n_train=len(train_examples), device=device)
+    facts = cuda_facts() if device == "cuda" else None
+    hp = resolve_hyperparameters(spec, n_train=len(train_examples), device=device, gpu=facts)
     threads = spec.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
+    if facts is not None:
+        # TF32 for the float32 matrix products that remain (e.g. fp32 LoRA adapters' grads).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     checkpoints = out / CHECKPOINTS_DIR
     checkpoints.mkdir(parents=True, exist_ok=True)
     resume = latest_checkpoint(out)
     resumed_from = int(resume.name.split("-")[1]) if resume else 0
 
-    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     disable_bars: Any = hf_logging.disable_progress_bar
     disable_bars()
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
+    tokenizer = load_tokenizer(spec.base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     timings["load_s"] += time.perf_counter() - t0
@@ -654,10 +701,15 @@ def _train(
         eval_ds, _, _ = tokenize_dataset(eval_examples, tokenizer, hp.max_length)
         longest = max(longest, *eval_ds["length"])
     timings["tokenize_s"] += time.perf_counter() - t0
+    if facts is not None:
+        # Size the GPU batch for the sequences this run really has, not for max_length.
+        hp = resolve_hyperparameters(
+            spec, n_train=len(train_examples), device=device, gpu=facts, longest_tokens=longest
+        )
 
     t0 = time.perf_counter()
     attention = cpu_attention(longest) if hp.device != "cuda" else None
-    model = load_model(spec.base_model, hp, attention=attention)
+    model = load_model(spec.base_model, hp, attention=attention, facts=facts)
     timings["load_s"] += time.perf_counter() - t0
     events.emit(
         "started",
@@ -672,6 +724,7 @@ def _train(
         hyperparameters=hp.to_json(),
         tcmalloc="tcmalloc" in os.environ.get("LD_PRELOAD", ""),
         attention=_causal_lm(model).config._attn_implementation,
+        hub_kernels=bool(getattr(_causal_lm(model), "use_kernels", False)),
         longest_tokens=longest,
         base_dtype=str(_causal_lm(model).dtype).removeprefix("torch."),
     )
@@ -688,7 +741,9 @@ def _train(
     attempts = 0
     t0 = time.perf_counter()
     while True:
-        progress = make_progress_callback(events, flags, hp.total_steps, samples_per_step)
+        progress = make_progress_callback(
+            events, flags, hp.total_steps, samples_per_step, hp.log_every_steps
+        )
         trainer = build_trainer(
             hp=hp,
             model=model,
@@ -708,7 +763,7 @@ def _train(
             attempts += 1
             if hp.device != "cuda" or attempts > spec.max_oom_retries:
                 raise
-            hp = _smaller(hp)
+            hp = smaller_after_oom(hp)
             events.emit(
                 "oom_retry",
                 batch_size=hp.batch_size,
@@ -718,7 +773,7 @@ def _train(
             del trainer, model
             gc.collect()
             torch.cuda.empty_cache()
-            model = load_model(spec.base_model, hp, attention=attention)
+            model = load_model(spec.base_model, hp, attention=attention, facts=facts)
     timings["train_s"] += time.perf_counter() - t0
     step = trainer.state.global_step
     last = latest_checkpoint(out)
@@ -815,16 +870,6 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _smaller(hp: Hyperparameters) -> Hyperparameters:
-    """After a CUDA out-of-memory: first recompute activations, then halve the micro-batch
-    (doubling accumulation, so the effective batch and the step count stay the same)."""
-    if not hp.gradient_checkpointing:
-        return replace(hp, gradient_checkpointing=True)
-    if hp.batch_size == 1:
-        raise RuntimeError("out of GPU memory even with batch size 1 and gradient checkpointing")
-    return replace(hp, batch_size=hp.batch_size // 2, grad_accum=hp.grad_accum * 2)
 
 
 def main(argv: list[str] | None = None) -> int:

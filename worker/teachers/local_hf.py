@@ -55,27 +55,31 @@ class LocalHFProvider:
         if self._model is not None:
             return
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from worker.model_loading import load_causal_lm, load_tokenizer
 
         path = self.config.local_model_path
         device = self.config.local_device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype: Any = "auto"
-        if self.config.local_dtype not in ("", "auto"):
-            dtype = getattr(torch, self.config.local_dtype)
+        dtype: Any = self.config.local_dtype or "auto"
+        on_cuda = device.startswith("cuda")
         try:
-            # A local path only: a teacher run never downloads weights from a hub.
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype, local_files_only=True
+            # A local path only: a teacher run never downloads weights or kernels from a hub.
+            tokenizer = load_tokenizer(path)
+            model: Any = load_causal_lm(
+                path,
+                dtype=dtype,
+                device_map={"": device} if on_cuda else None,
+                attention="sdpa",
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, AttributeError) as exc:
             raise TeacherConfigError(
                 f"{self.config.label}: cannot load model at {path}: {exc}"
             ) from exc
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model.to(device)
+        if not on_cuda:
+            model.to(device)
         model.eval()
         self._tokenizer, self._model, self._device = tokenizer, model, device
 
