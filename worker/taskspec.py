@@ -6,6 +6,7 @@ prompt, so what is taught is exactly what is asked.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -14,20 +15,41 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import jinja2
-import jsonschema
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from worker import output_schema
+
+# The limits a spec is held to, importable from here with the spec they apply to.
+from worker.output_schema import MAX_SCHEMA_CHARS as MAX_SCHEMA_CHARS
+from worker.output_schema import MAX_SCHEMA_DEPTH as MAX_SCHEMA_DEPTH
+from worker.output_schema import MAX_SCHEMA_PATTERN_CHARS as MAX_SCHEMA_PATTERN_CHARS
+from worker.output_schema import MAX_SCHEMA_REFS as MAX_SCHEMA_REFS
 
 OutputKind = Literal["label", "json", "text"]
 OUTPUT_KINDS: tuple[OutputKind, ...] = ("label", "json", "text")
 
 
-class TemplateError(ValueError):
-    """The instruction template cannot be compiled or rendered; the message says why."""
+class TaskSpecError(ValueError):
+    """Something about the task is wrong. ``field`` names the task field at fault (the form
+    field a page shows the error on), or is None when the fault is not in the task itself (an
+    input row missing a value); ``message`` says what is wrong, without the field."""
+
+    def __init__(self, message: str, *, field: str | None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
 
 
-class SpecError(ValueError):
+class TemplateError(TaskSpecError):
+    """The instruction template cannot be compiled or rendered."""
+
+
+class SpecError(TaskSpecError):
     """The task spec itself is invalid (empty label set, a JSON Schema that is not a schema...)."""
 
+
+TEMPLATE_FIELD = "instruction_template"
+SCHEMA_FIELD = "json_schema"
 
 # One template operation may not build more than this (characters, items, or digits of a power):
 # the sandbox blocks attribute escapes, these limits block `{{ "a" * 10**10 }}`-style exhaustion.
@@ -61,7 +83,6 @@ _ENV = _PromptSandbox(
     autoescape=False,  # prompts are plain text, never HTML
     keep_trailing_newline=False,
 )
-_VARIABLE = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(frozen=True)
@@ -76,32 +97,41 @@ class TaskSpec:
     def validate(self) -> None:
         """Raise SpecError/TemplateError naming the field that is wrong."""
         if self.output_kind not in OUTPUT_KINDS:
-            raise SpecError(f"output_kind: must be one of {', '.join(OUTPUT_KINDS)}")
+            raise SpecError(f"must be one of {', '.join(OUTPUT_KINDS)}", field="output_kind")
         if not self.input_fields:
-            raise SpecError("input_fields: a task needs at least one input field")
+            raise SpecError("a task needs at least one input field", field="input_fields")
         for name in self.input_fields:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise SpecError(
-                    f"input_fields: {name!r} is not a valid field name "
-                    "(letters, digits and underscores, not starting with a digit)"
+                    f"{name!r} is not a valid field name "
+                    "(letters, digits and underscores, not starting with a digit)",
+                    field="input_fields",
                 )
         if self.output_kind == "label":
             labels = [label.strip() for label in self.label_set]
             if len(labels) < 2:
-                raise SpecError("label_set: a label task needs at least two labels")
+                raise SpecError("a label task needs at least two labels", field="label_set")
             if any(not label for label in labels):
-                raise SpecError("label_set: labels cannot be empty")
+                raise SpecError("labels cannot be empty", field="label_set")
             if len(set(labels)) != len(labels):
-                raise SpecError("label_set: labels must be unique")
+                raise SpecError("labels must be unique", field="label_set")
         if self.output_kind == "json":
             if not isinstance(self.json_schema, dict):
-                raise SpecError("json_schema: a json task needs a JSON Schema object")
-            try:
-                validator = jsonschema.validators.validator_for(self.json_schema)
-                validator.check_schema(self.json_schema)
-            except jsonschema.SchemaError as exc:
-                raise SpecError(f"json_schema: not a valid JSON Schema: {exc.message}") from exc
+                raise SpecError("a json task needs a JSON Schema object", field=SCHEMA_FIELD)
+            check_output_schema(self.json_schema)
         compile_template(self.instruction_template, self.input_fields)
+
+
+def check_output_schema(schema: object, *, field: str = SCHEMA_FIELD) -> None:
+    """The check made when a task is saved: raise SpecError (``.field`` = ``field``) unless the
+    schema is valid and safe to apply to every output: references only inside itself (nothing is
+    fetched or read, ever), no $ref cycle, and within MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH,
+    MAX_SCHEMA_REFS and MAX_SCHEMA_PATTERN_CHARS, with no pattern that backtracks exponentially.
+    """
+    try:
+        output_schema.check_schema(schema)
+    except output_schema.SchemaProblem as exc:
+        raise SpecError(exc.message, field=field) from None
 
 
 def compile_template(source: str, input_fields: tuple[str, ...] | list[str]) -> jinja2.Template:
@@ -114,23 +144,24 @@ def compile_template(source: str, input_fields: tuple[str, ...] | list[str]) -> 
 @functools.lru_cache(maxsize=256)
 def _compile_template(source: str, input_fields: tuple[str, ...]) -> jinja2.Template:
     if not source.strip():
-        raise TemplateError("instruction_template: the template is empty")
+        raise TemplateError("the template is empty", field=TEMPLATE_FIELD)
     try:
         template = _ENV.from_string(source)
         parsed = _ENV.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(
-            f"instruction_template: syntax error on line {exc.lineno}: {exc.message}"
+            f"syntax error on line {exc.lineno}: {exc.message}", field=TEMPLATE_FIELD
         ) from exc
     from jinja2 import meta
 
     unknown = sorted(meta.find_undeclared_variables(parsed) - set(input_fields))
     if unknown:
         raise TemplateError(
-            "instruction_template: unknown field"
+            "unknown field"
             + ("s " if len(unknown) > 1 else " ")
             + ", ".join(repr(u) for u in unknown)
-            + f"; the input fields are {', '.join(input_fields) or '(none)'}"
+            + f"; the input fields are {', '.join(input_fields) or '(none)'}",
+            field=TEMPLATE_FIELD,
         )
     return template
 
@@ -141,15 +172,17 @@ def render_prompt(spec: TaskSpec, row: dict[str, Any]) -> str:
     values = {name: row.get(name) for name in spec.input_fields}
     missing = [name for name, value in values.items() if value is None]
     if missing:
-        raise TemplateError(f"input row has no value for field(s): {', '.join(missing)}")
+        raise TemplateError(
+            f"input row has no value for field(s): {', '.join(missing)}", field=None
+        )
     try:
         return template.render(**values).strip()
     except jinja2.exceptions.SecurityError as exc:
-        raise TemplateError(f"instruction_template: not allowed in the sandbox: {exc}") from exc
+        raise TemplateError(f"not allowed in the sandbox: {exc}", field=TEMPLATE_FIELD) from exc
     except jinja2.UndefinedError as exc:
-        raise TemplateError(f"instruction_template: {exc.message}") from exc
+        raise TemplateError(str(exc.message or exc), field=TEMPLATE_FIELD) from exc
     except Exception as exc:  # e.g. the sandbox's range limit, a type error in an expression
-        raise TemplateError(f"instruction_template: rendering failed: {exc}") from exc
+        raise TemplateError(f"rendering failed: {exc}", field=TEMPLATE_FIELD) from exc
 
 
 LABEL_LIST_INTRO = "Answer with exactly one of these labels and nothing else: "
@@ -268,16 +301,34 @@ def parse_output(spec: TaskSpec, raw: str) -> ParsedOutput:
         value = json.loads(text, parse_constant=_reject_constants)
     except (json.JSONDecodeError, ValueError) as exc:
         return ParsedOutput(None, f"not valid JSON: {exc}")
+    except RecursionError:
+        return ParsedOutput(None, "not valid JSON: nested too deeply")
     if isinstance(value, float) and not math.isfinite(value):
         return ParsedOutput(None, "not valid JSON: non-finite number")
     if spec.json_schema is not None:
-        validator_cls = jsonschema.validators.validator_for(spec.json_schema)
-        errors = sorted(validator_cls(spec.json_schema).iter_errors(value), key=lambda e: e.path)
-        if errors:
-            err = errors[0]
-            where = "/".join(str(p) for p in err.absolute_path) or "(root)"
-            return ParsedOutput(value, f"does not match the schema at {where}: {err.message}")
+        return ParsedOutput(value, _schema_error(spec.json_schema, value))
     return ParsedOutput(value)
+
+
+def _schema_error(schema: dict[str, Any], value: Any) -> str:
+    """Why ``value`` does not match ``schema`` ("" when it does). Never raises and never
+    fetches: a schema saved before ``check_output_schema`` existed is refused here instead."""
+    try:
+        validator = output_schema.local_validator(schema)
+    except output_schema.SchemaProblem as exc:
+        return f"the task's JSON Schema cannot be used: {exc.message}"
+    try:
+        errors = list(validator.iter_errors(value))
+    except Exception:  # e.g. RecursionError on an output nested deeper than the stack allows
+        return "the output could not be checked against the task's JSON Schema"
+    if not errors:
+        return ""
+    # Paths mixing property names and indexes do not sort: keep the validator's order then.
+    with contextlib.suppress(TypeError):
+        errors.sort(key=lambda e: e.path)
+    err = errors[0]
+    where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+    return f"does not match the schema at {where}: {err.message}"
 
 
 def canonical_output(spec: TaskSpec, value: Any) -> str:
