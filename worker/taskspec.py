@@ -11,11 +11,11 @@ import functools
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from worker import output_schema
 
@@ -24,6 +24,12 @@ from worker.output_schema import MAX_SCHEMA_CHARS as MAX_SCHEMA_CHARS
 from worker.output_schema import MAX_SCHEMA_DEPTH as MAX_SCHEMA_DEPTH
 from worker.output_schema import MAX_SCHEMA_PATTERN_CHARS as MAX_SCHEMA_PATTERN_CHARS
 from worker.output_schema import MAX_SCHEMA_REFS as MAX_SCHEMA_REFS
+from worker.prompt_sandbox import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
+from worker.prompt_sandbox import MAX_RENDER_SECONDS as MAX_RENDER_SECONDS
+from worker.prompt_sandbox import MAX_TEMPLATE_INT_DIGITS as MAX_TEMPLATE_INT_DIGITS
+from worker.prompt_sandbox import MAX_TEMPLATE_LOOP_ITERATIONS as MAX_TEMPLATE_LOOP_ITERATIONS
+from worker.prompt_sandbox import MAX_TEMPLATE_RESULT as MAX_TEMPLATE_RESULT
+from worker.prompt_sandbox import BoundedSandbox, render_bounded
 
 OutputKind = Literal["label", "json", "text"]
 OUTPUT_KINDS: tuple[OutputKind, ...] = ("label", "json", "text")
@@ -51,34 +57,7 @@ class SpecError(TaskSpecError):
 TEMPLATE_FIELD = "instruction_template"
 SCHEMA_FIELD = "json_schema"
 
-# One template operation may not build more than this (characters, items, or digits of a power):
-# the sandbox blocks attribute escapes, these limits block `{{ "a" * 10**10 }}`-style exhaustion.
-MAX_TEMPLATE_RESULT = 1_000_000
-
-
-class _PromptSandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        ints = isinstance(left, int) and isinstance(right, int)
-        if (
-            operator == "**"
-            and ints
-            and abs(left) > 1
-            and right * abs(left).bit_length() > MAX_TEMPLATE_RESULT
-        ):
-            raise jinja2.exceptions.SecurityError(f"{left} ** {right} is too large")
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                sized = isinstance(seq, (str, list, tuple)) and isinstance(times, int)
-                if sized and len(seq) * times > MAX_TEMPLATE_RESULT:
-                    raise jinja2.exceptions.SecurityError(
-                        f"repeating a value {times} times is too large"
-                    )
-        return super().call_binop(context, operator, left, right)
-
-
-_ENV = _PromptSandbox(
+_ENV = BoundedSandbox(
     undefined=jinja2.StrictUndefined,
     autoescape=False,  # prompts are plain text, never HTML
     keep_trailing_newline=False,
@@ -167,7 +146,9 @@ def _compile_template(source: str, input_fields: tuple[str, ...]) -> jinja2.Temp
 
 
 def render_prompt(spec: TaskSpec, row: dict[str, Any]) -> str:
-    """Render the instruction for one input row. Raises TemplateError on a missing field."""
+    """Render the instruction for one input row. Raises TemplateError on a missing field, or when
+    the render fails or goes over a limit (MAX_PROMPT_CHARS, MAX_TEMPLATE_RESULT,
+    MAX_TEMPLATE_INT_DIGITS, MAX_TEMPLATE_LOOP_ITERATIONS, MAX_RENDER_SECONDS)."""
     template = compile_template(spec.instruction_template, spec.input_fields)
     values = {name: row.get(name) for name in spec.input_fields}
     missing = [name for name, value in values.items() if value is None]
@@ -176,13 +157,47 @@ def render_prompt(spec: TaskSpec, row: dict[str, Any]) -> str:
             f"input row has no value for field(s): {', '.join(missing)}", field=None
         )
     try:
-        return template.render(**values).strip()
+        return render_bounded(template, values).strip()
     except jinja2.exceptions.SecurityError as exc:
         raise TemplateError(f"not allowed in the sandbox: {exc}", field=TEMPLATE_FIELD) from exc
     except jinja2.UndefinedError as exc:
         raise TemplateError(str(exc.message or exc), field=TEMPLATE_FIELD) from exc
     except Exception as exc:  # e.g. the sandbox's range limit, a type error in an expression
         raise TemplateError(f"rendering failed: {exc}", field=TEMPLATE_FIELD) from exc
+
+
+# What a long input looks like: the save-time check renders every template on one, so that a
+# template whose output grows with its input is refused before it fails on real rows.
+_LONG_SAMPLE_VALUE = (
+    "Hello, I ordered a replacement card on the 3rd and it still has not arrived. The app says "
+    "it was dispatched, but the tracking number (RM-2231-9987-GB) does not work and nobody has "
+    "answered my two emails. Can you tell me where it is, or cancel it and send a new one? "
+) * 8
+
+
+def check_template_on_rows(spec: TaskSpec, rows: Iterable[Mapping[str, Any]]) -> None:
+    """The check made when a task is saved: render the template on each sample row (rows
+    missing one of the input fields are skipped: that is the data's fault, not the
+    template's) and on a synthetic row with every field set to a long realistic text. Raises
+    TemplateError (``.field`` = "instruction_template") naming the row for the first render
+    that fails or goes over a limit: such a template would fail on every row of a run."""
+    compile_template(spec.instruction_template, spec.input_fields)
+    samples: list[tuple[str, Mapping[str, Any]]] = [
+        (f"sample input {number}", row) for number, row in enumerate(rows, start=1)
+    ]
+    samples.append(
+        (
+            f"a long input ({len(_LONG_SAMPLE_VALUE):,} characters in every field)",
+            dict.fromkeys(spec.input_fields, _LONG_SAMPLE_VALUE),
+        )
+    )
+    for where, row in samples:
+        if any(row.get(name) is None for name in spec.input_fields):
+            continue
+        try:
+            render_prompt(spec, dict(row))
+        except TemplateError as exc:
+            raise TemplateError(f"{exc.message} (on {where})", field=TEMPLATE_FIELD) from exc
 
 
 LABEL_LIST_INTRO = "Answer with exactly one of these labels and nothing else: "
