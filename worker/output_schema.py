@@ -56,6 +56,15 @@ LOCAL_ONLY_REGISTRY: Registry[Any] = Registry(retrieve=_refuse_retrieval)  # typ
 
 def check_schema(schema: object) -> None:
     """Raise SchemaProblem unless ``schema`` is a valid, local, finite JSON Schema."""
+    try:
+        _check_schema(schema)
+    except SchemaProblem:
+        raise
+    except Exception as exc:  # a shape the libraries trip over is refused, not a crash
+        raise SchemaProblem(f"the schema could not be checked ({type(exc).__name__})") from exc
+
+
+def _check_schema(schema: object) -> None:
     if not isinstance(schema, dict):
         raise SchemaProblem("a JSON Schema must be a JSON object")
     patterns, ref_count = _check_shape(schema)
@@ -114,6 +123,8 @@ def _local_validator(schema_json: str) -> jsonschema.protocols.Validator:
 
 
 def _validator_class(schema: dict[str, Any]) -> type[jsonschema.protocols.Validator]:
+    if "$schema" in schema and not isinstance(schema["$schema"], str):
+        raise SchemaProblem("$schema must be a string naming a published draft")
     if "$schema" not in schema:
         latest: type[jsonschema.protocols.Validator] = jsonschema.Draft202012Validator
         return latest

@@ -332,6 +332,8 @@ def _schema_error(schema: dict[str, Any], value: Any) -> str:
         validator = output_schema.local_validator(schema)
     except output_schema.SchemaProblem as exc:
         return f"the task's JSON Schema cannot be used: {exc.message}"
+    except Exception:  # never raise from parsing, whatever was stored
+        return "the task's JSON Schema cannot be used"
     try:
         errors = list(validator.iter_errors(value))
     except Exception:  # e.g. RecursionError on an output nested deeper than the stack allows

@@ -273,6 +273,10 @@ def test_ordinary_patterns_are_allowed() -> None:
 def test_a_schema_that_is_not_an_object_or_not_a_schema_is_refused() -> None:
     refused(["type", "object"])
     assert "not a valid JSON Schema" in refused({"type": "objekt"}).message
+    for dialect in ({"a": 1}, 5, "http://127.0.0.1:9/meta"):
+        schema = {"$schema": dialect, "type": "object"}
+        assert "$schema" in refused(schema).message
+        assert not parse_output(json_spec(schema), "{}").ok
 
 
 def test_parsing_a_hostile_output_never_raises() -> None:
