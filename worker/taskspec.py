@@ -6,62 +6,62 @@ prompt, so what is taught is exactly what is asked.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import jinja2
-import jsonschema
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from worker import output_schema
+
+# The limits a spec is held to, importable from here with the spec they apply to.
+from worker.output_schema import MAX_SCHEMA_CHARS as MAX_SCHEMA_CHARS
+from worker.output_schema import MAX_SCHEMA_DEPTH as MAX_SCHEMA_DEPTH
+from worker.output_schema import MAX_SCHEMA_PATTERN_CHARS as MAX_SCHEMA_PATTERN_CHARS
+from worker.output_schema import MAX_SCHEMA_REFS as MAX_SCHEMA_REFS
+from worker.prompt_sandbox import MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
+from worker.prompt_sandbox import MAX_RENDER_SECONDS as MAX_RENDER_SECONDS
+from worker.prompt_sandbox import MAX_TEMPLATE_INT_DIGITS as MAX_TEMPLATE_INT_DIGITS
+from worker.prompt_sandbox import MAX_TEMPLATE_LOOP_ITERATIONS as MAX_TEMPLATE_LOOP_ITERATIONS
+from worker.prompt_sandbox import MAX_TEMPLATE_RESULT as MAX_TEMPLATE_RESULT
+from worker.prompt_sandbox import BoundedSandbox, render_bounded
 
 OutputKind = Literal["label", "json", "text"]
 OUTPUT_KINDS: tuple[OutputKind, ...] = ("label", "json", "text")
 
 
-class TemplateError(ValueError):
-    """The instruction template cannot be compiled or rendered; the message says why."""
+class TaskSpecError(ValueError):
+    """Something about the task is wrong. ``field`` names the task field at fault (the form
+    field a page shows the error on), or is None when the fault is not in the task itself (an
+    input row missing a value); ``message`` says what is wrong, without the field."""
+
+    def __init__(self, message: str, *, field: str | None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
 
 
-class SpecError(ValueError):
+class TemplateError(TaskSpecError):
+    """The instruction template cannot be compiled or rendered."""
+
+
+class SpecError(TaskSpecError):
     """The task spec itself is invalid (empty label set, a JSON Schema that is not a schema...)."""
 
 
-# One template operation may not build more than this (characters, items, or digits of a power):
-# the sandbox blocks attribute escapes, these limits block `{{ "a" * 10**10 }}`-style exhaustion.
-MAX_TEMPLATE_RESULT = 1_000_000
+TEMPLATE_FIELD = "instruction_template"
+SCHEMA_FIELD = "json_schema"
 
-
-class _PromptSandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        ints = isinstance(left, int) and isinstance(right, int)
-        if (
-            operator == "**"
-            and ints
-            and abs(left) > 1
-            and right * abs(left).bit_length() > MAX_TEMPLATE_RESULT
-        ):
-            raise jinja2.exceptions.SecurityError(f"{left} ** {right} is too large")
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                sized = isinstance(seq, (str, list, tuple)) and isinstance(times, int)
-                if sized and len(seq) * times > MAX_TEMPLATE_RESULT:
-                    raise jinja2.exceptions.SecurityError(
-                        f"repeating a value {times} times is too large"
-                    )
-        return super().call_binop(context, operator, left, right)
-
-
-_ENV = _PromptSandbox(
+_ENV = BoundedSandbox(
     undefined=jinja2.StrictUndefined,
     autoescape=False,  # prompts are plain text, never HTML
     keep_trailing_newline=False,
 )
-_VARIABLE = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(frozen=True)
@@ -76,32 +76,41 @@ class TaskSpec:
     def validate(self) -> None:
         """Raise SpecError/TemplateError naming the field that is wrong."""
         if self.output_kind not in OUTPUT_KINDS:
-            raise SpecError(f"output_kind: must be one of {', '.join(OUTPUT_KINDS)}")
+            raise SpecError(f"must be one of {', '.join(OUTPUT_KINDS)}", field="output_kind")
         if not self.input_fields:
-            raise SpecError("input_fields: a task needs at least one input field")
+            raise SpecError("a task needs at least one input field", field="input_fields")
         for name in self.input_fields:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise SpecError(
-                    f"input_fields: {name!r} is not a valid field name "
-                    "(letters, digits and underscores, not starting with a digit)"
+                    f"{name!r} is not a valid field name "
+                    "(letters, digits and underscores, not starting with a digit)",
+                    field="input_fields",
                 )
         if self.output_kind == "label":
             labels = [label.strip() for label in self.label_set]
             if len(labels) < 2:
-                raise SpecError("label_set: a label task needs at least two labels")
+                raise SpecError("a label task needs at least two labels", field="label_set")
             if any(not label for label in labels):
-                raise SpecError("label_set: labels cannot be empty")
+                raise SpecError("labels cannot be empty", field="label_set")
             if len(set(labels)) != len(labels):
-                raise SpecError("label_set: labels must be unique")
+                raise SpecError("labels must be unique", field="label_set")
         if self.output_kind == "json":
             if not isinstance(self.json_schema, dict):
-                raise SpecError("json_schema: a json task needs a JSON Schema object")
-            try:
-                validator = jsonschema.validators.validator_for(self.json_schema)
-                validator.check_schema(self.json_schema)
-            except jsonschema.SchemaError as exc:
-                raise SpecError(f"json_schema: not a valid JSON Schema: {exc.message}") from exc
+                raise SpecError("a json task needs a JSON Schema object", field=SCHEMA_FIELD)
+            check_output_schema(self.json_schema)
         compile_template(self.instruction_template, self.input_fields)
+
+
+def check_output_schema(schema: object, *, field: str = SCHEMA_FIELD) -> None:
+    """The check made when a task is saved: raise SpecError (``.field`` = ``field``) unless the
+    schema is valid and safe to apply to every output: references only inside itself (nothing is
+    fetched or read, ever), no $ref cycle, and within MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH,
+    MAX_SCHEMA_REFS and MAX_SCHEMA_PATTERN_CHARS, with no pattern that backtracks exponentially.
+    """
+    try:
+        output_schema.check_schema(schema)
+    except output_schema.SchemaProblem as exc:
+        raise SpecError(exc.message, field=field) from None
 
 
 def compile_template(source: str, input_fields: tuple[str, ...] | list[str]) -> jinja2.Template:
@@ -114,42 +123,81 @@ def compile_template(source: str, input_fields: tuple[str, ...] | list[str]) -> 
 @functools.lru_cache(maxsize=256)
 def _compile_template(source: str, input_fields: tuple[str, ...]) -> jinja2.Template:
     if not source.strip():
-        raise TemplateError("instruction_template: the template is empty")
+        raise TemplateError("the template is empty", field=TEMPLATE_FIELD)
     try:
         template = _ENV.from_string(source)
         parsed = _ENV.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(
-            f"instruction_template: syntax error on line {exc.lineno}: {exc.message}"
+            f"syntax error on line {exc.lineno}: {exc.message}", field=TEMPLATE_FIELD
         ) from exc
     from jinja2 import meta
 
     unknown = sorted(meta.find_undeclared_variables(parsed) - set(input_fields))
     if unknown:
         raise TemplateError(
-            "instruction_template: unknown field"
+            "unknown field"
             + ("s " if len(unknown) > 1 else " ")
             + ", ".join(repr(u) for u in unknown)
-            + f"; the input fields are {', '.join(input_fields) or '(none)'}"
+            + f"; the input fields are {', '.join(input_fields) or '(none)'}",
+            field=TEMPLATE_FIELD,
         )
     return template
 
 
 def render_prompt(spec: TaskSpec, row: dict[str, Any]) -> str:
-    """Render the instruction for one input row. Raises TemplateError on a missing field."""
+    """Render the instruction for one input row. Raises TemplateError on a missing field, or when
+    the render fails or goes over a limit (MAX_PROMPT_CHARS, MAX_TEMPLATE_RESULT,
+    MAX_TEMPLATE_INT_DIGITS, MAX_TEMPLATE_LOOP_ITERATIONS, MAX_RENDER_SECONDS)."""
     template = compile_template(spec.instruction_template, spec.input_fields)
     values = {name: row.get(name) for name in spec.input_fields}
     missing = [name for name, value in values.items() if value is None]
     if missing:
-        raise TemplateError(f"input row has no value for field(s): {', '.join(missing)}")
+        raise TemplateError(
+            f"input row has no value for field(s): {', '.join(missing)}", field=None
+        )
     try:
-        return template.render(**values).strip()
+        return render_bounded(template, values).strip()
     except jinja2.exceptions.SecurityError as exc:
-        raise TemplateError(f"instruction_template: not allowed in the sandbox: {exc}") from exc
+        raise TemplateError(f"not allowed in the sandbox: {exc}", field=TEMPLATE_FIELD) from exc
     except jinja2.UndefinedError as exc:
-        raise TemplateError(f"instruction_template: {exc.message}") from exc
+        raise TemplateError(str(exc.message or exc), field=TEMPLATE_FIELD) from exc
     except Exception as exc:  # e.g. the sandbox's range limit, a type error in an expression
-        raise TemplateError(f"instruction_template: rendering failed: {exc}") from exc
+        raise TemplateError(f"rendering failed: {exc}", field=TEMPLATE_FIELD) from exc
+
+
+# What a long input looks like: the save-time check renders every template on one, so that a
+# template whose output grows with its input is refused before it fails on real rows.
+_LONG_SAMPLE_VALUE = (
+    "Hello, I ordered a replacement card on the 3rd and it still has not arrived. The app says "
+    "it was dispatched, but the tracking number (RM-2231-9987-GB) does not work and nobody has "
+    "answered my two emails. Can you tell me where it is, or cancel it and send a new one? "
+) * 8
+
+
+def check_template_on_rows(spec: TaskSpec, rows: Iterable[Mapping[str, Any]]) -> None:
+    """The check made when a task is saved: render the template on each sample row (rows
+    missing one of the input fields are skipped: that is the data's fault, not the
+    template's) and on a synthetic row with every field set to a long realistic text. Raises
+    TemplateError (``.field`` = "instruction_template") naming the row for the first render
+    that fails or goes over a limit: such a template would fail on every row of a run."""
+    compile_template(spec.instruction_template, spec.input_fields)
+    samples: list[tuple[str, Mapping[str, Any]]] = [
+        (f"sample input {number}", row) for number, row in enumerate(rows, start=1)
+    ]
+    samples.append(
+        (
+            f"a long input ({len(_LONG_SAMPLE_VALUE):,} characters in every field)",
+            dict.fromkeys(spec.input_fields, _LONG_SAMPLE_VALUE),
+        )
+    )
+    for where, row in samples:
+        if any(row.get(name) is None for name in spec.input_fields):
+            continue
+        try:
+            render_prompt(spec, dict(row))
+        except TemplateError as exc:
+            raise TemplateError(f"{exc.message} (on {where})", field=TEMPLATE_FIELD) from exc
 
 
 LABEL_LIST_INTRO = "Answer with exactly one of these labels and nothing else: "
@@ -268,16 +316,36 @@ def parse_output(spec: TaskSpec, raw: str) -> ParsedOutput:
         value = json.loads(text, parse_constant=_reject_constants)
     except (json.JSONDecodeError, ValueError) as exc:
         return ParsedOutput(None, f"not valid JSON: {exc}")
+    except RecursionError:
+        return ParsedOutput(None, "not valid JSON: nested too deeply")
     if isinstance(value, float) and not math.isfinite(value):
         return ParsedOutput(None, "not valid JSON: non-finite number")
     if spec.json_schema is not None:
-        validator_cls = jsonschema.validators.validator_for(spec.json_schema)
-        errors = sorted(validator_cls(spec.json_schema).iter_errors(value), key=lambda e: e.path)
-        if errors:
-            err = errors[0]
-            where = "/".join(str(p) for p in err.absolute_path) or "(root)"
-            return ParsedOutput(value, f"does not match the schema at {where}: {err.message}")
+        return ParsedOutput(value, _schema_error(spec.json_schema, value))
     return ParsedOutput(value)
+
+
+def _schema_error(schema: dict[str, Any], value: Any) -> str:
+    """Why ``value`` does not match ``schema`` ("" when it does). Never raises and never
+    fetches: a schema saved before ``check_output_schema`` existed is refused here instead."""
+    try:
+        validator = output_schema.local_validator(schema)
+    except output_schema.SchemaProblem as exc:
+        return f"the task's JSON Schema cannot be used: {exc.message}"
+    except Exception:  # never raise from parsing, whatever was stored
+        return "the task's JSON Schema cannot be used"
+    try:
+        errors = list(validator.iter_errors(value))
+    except Exception:  # e.g. RecursionError on an output nested deeper than the stack allows
+        return "the output could not be checked against the task's JSON Schema"
+    if not errors:
+        return ""
+    # Paths mixing property names and indexes do not sort: keep the validator's order then.
+    with contextlib.suppress(TypeError):
+        errors.sort(key=lambda e: e.path)
+    err = errors[0]
+    where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+    return f"does not match the schema at {where}: {err.message}"
 
 
 def canonical_output(spec: TaskSpec, value: Any) -> str:
