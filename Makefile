@@ -37,10 +37,7 @@ run: venv
 	$(PY) manage.py load_demo --url http://$(HOST):$(PORT)
 	$(PY) manage.py prepare_base_models --all-teams --if-present
 	@echo "Distillery on http://$(HOST):$(PORT) — web + Celery worker (Ctrl-C stops both)"
-	@trap 'kill 0' EXIT INT TERM; \
-	$(VENV)/bin/celery -A distillery worker -B -Q default,gpu --concurrency 2 -l info \
-	  -s "$${DISTILLERY_DATA_DIR:-.data}/celerybeat-schedule" & \
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	exec $(PY) -m distillery.launcher --host $(HOST) --port $(PORT)
 
 # Start a worker on another machine that mounts the same DISTILLERY_DATA_DIR and reaches the
 # same DATABASE_URL / REDIS_URL: `make worker QUEUES=gpu CONCURRENCY=1`.

@@ -200,6 +200,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# A stopping worker gives running tasks this long, then hands them back to the queue (acks
+# late; teacher runs resume from their ledger) instead of waiting for them without end.
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env_int("DISTILLERY_WORKER_SHUTDOWN_S", 10)
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-jobs": {
         "task": "jobs.reap_stale_jobs",

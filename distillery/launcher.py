@@ -1,0 +1,111 @@
+"""`make run`'s process supervisor: the web server and one Celery worker, stopped cleanly by
+one Ctrl-C or SIGTERM.
+
+Each child runs in its own process group. On the first signal the worker gets one SIGTERM
+(a soft shutdown: running tasks get CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT seconds, then go back
+to the queue) and the web server's group gets SIGTERM; whatever is still alive after the grace
+period is killed with its whole group, so no pool process or training child is left behind.
+A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+GRACE_S = 20.0
+
+
+def _alive(proc: subprocess.Popen[bytes]) -> bool:
+    return proc.poll() is None
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", default="8000")
+    parser.add_argument("--concurrency", default="2")
+    parser.add_argument("--grace", type=float, default=GRACE_S)
+    args = parser.parse_args(argv)
+
+    python = sys.executable
+    bindir = Path(python).parent
+    data_dir = os.environ.get("DISTILLERY_DATA_DIR", ".data")
+    worker_env = {**os.environ, "REMAP_SIGTERM": "SIGQUIT"}  # TERM → soft, bounded shutdown
+    worker = subprocess.Popen(
+        [
+            str(bindir / "celery"),
+            "-A",
+            "distillery",
+            "worker",
+            "-B",
+            "-Q",
+            "default,gpu",
+            "--concurrency",
+            args.concurrency,
+            "-l",
+            "info",
+            "-s",
+            str(Path(data_dir) / "celerybeat-schedule"),
+        ],
+        env=worker_env,
+        start_new_session=True,
+    )
+    web = subprocess.Popen(
+        [python, "manage.py", "runserver", "--noreload", f"{args.host}:{args.port}"],
+        start_new_session=True,
+    )
+    children = [worker, web]
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
+        if len(stopping) == 1:
+            if _alive(worker):
+                worker.send_signal(signal.SIGTERM)
+            _signal_group(web, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    while not stopping and all(_alive(p) for p in children):
+        time.sleep(0.5)
+    if not stopping:  # a child died on its own: take the other one down too
+        stop(signal.SIGTERM, None)
+    deadline = time.monotonic() + args.grace
+    while any(_alive(p) for p in children) and time.monotonic() < deadline and len(stopping) < 2:
+        time.sleep(0.2)
+    for proc in children:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+    for proc in children:  # pool processes and training children of a group
+        deadline = time.monotonic() + 5
+        while not _group_gone(proc.pid) and time.monotonic() < deadline:
+            _signal_group(proc, signal.SIGKILL)
+            time.sleep(0.1)
+    print("Distillery stopped (web and worker).", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
