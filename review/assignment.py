@@ -13,6 +13,7 @@ from django.db import transaction
 
 from projects.models import Project
 from review.audit import actor_name, audit_record
+from review.bulk import BATCH
 from review.models import AuditAction, ReviewAssignment
 from teachers.models import ReviewStatus, TeacherOutput
 from worker.datasets import DatasetError, assign_reviewers
@@ -59,7 +60,7 @@ def assignments_create(
                 for item, chosen in plan.items()
                 for reviewer in chosen
             ],
-            batch_size=5000,
+            batch_size=BATCH,
         )
         per_reviewer = Counter(r for chosen in plan.values() for r in chosen)
         names = {r.pk: r.username for r in reviewers}

@@ -17,11 +17,12 @@ from django.utils import timezone
 
 from projects.models import Project
 from review.audit import STATE_FIELDS, actor_name, audit_record, review_state
-from review.decisions import ACTIONS, describe_decision
+from review.decisions import ACTIONS, REASON_LIMIT, describe_decision
 from review.models import AuditAction, DecisionKind, ReviewDecision, ReviewRule
 from review.queue import ReviewFilters, outputs_for_review
 from teachers.models import ReviewStatus, TeacherOutput
 
+#: Rows per UPDATE / INSERT / fetch when many outputs change at once.
 BATCH = 5000
 
 BULK_ACTIONS = ("approve", "reject")
@@ -117,7 +118,7 @@ def bulk_decide(
     number (someone reviewed meanwhile), nothing is written and ValidationError asks again."""
     _check_bulk_action(action)
     status = ACTIONS[action]
-    reason = reason.strip()[:2000]
+    reason = reason.strip()[:REASON_LIMIT]
     with transaction.atomic():
         rows = locked_states(
             _bulk_candidates(project=project, user=user, filters=filters, action=action)

@@ -38,6 +38,9 @@ ACTIONS = {
     "edit": ReviewStatus.EDITED,
 }
 
+#: A decision's reason is kept up to this many characters.
+REASON_LIMIT = 2000
+
 #: The review fields a decision changes on its output.
 DECISION_FIELDS = [
     "review_status",
@@ -180,7 +183,7 @@ def output_decide(
     when someone else changed the output since (nothing is written then)."""
     spec = project.task_spec()
     status, edited_value = _requested(spec, action, value)
-    reason = reason.strip()[:2000]
+    reason = reason.strip()[:REASON_LIMIT]
     with transaction.atomic():
         output = (
             TeacherOutput.objects.select_for_update(of=("self",))

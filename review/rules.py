@@ -14,7 +14,7 @@ from django.db.models import Exists, OuterRef
 
 from projects.models import Project
 from review.audit import actor_name, audit_record
-from review.bulk import apply_many, locked_states
+from review.bulk import BATCH, apply_many, locked_states
 from review.decisions import ACTIONS
 from review.models import AuditAction, DecisionKind, ReviewAssignment, ReviewRule
 from teachers.models import ReviewStatus, TeacherOutput
@@ -94,7 +94,7 @@ def _matches(project: Project, rules: list[checks.Rule]) -> dict[int, list[int]]
         .values_list("pk", "raw_text", "confidence", "judge_score", "flag_codes")
     )
     matched: dict[int, list[int]] = defaultdict(list)
-    for pk, raw, confidence, judge_score, codes in candidates.iterator(chunk_size=5000):
+    for pk, raw, confidence, judge_score, codes in candidates.iterator(chunk_size=BATCH):
         item = checks.OutputToCheck(
             output_id=pk, raw=raw, confidence=confidence, judge_score=judge_score
         )
