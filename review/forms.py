@@ -6,8 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
 
 from review.models import JudgeScale
+from teams.models import ProviderCredential
 from worker.checks import FLAG_CODES
 
 FLAG_CHOICES = list(FLAG_CODES.items())
@@ -71,10 +74,12 @@ class JudgeSettingsForm(forms.Form):
         required=False,
         help_text="Outputs scoring below this are flagged (default: 4 on 1-5, 0.7 on 0-1)",
     )
-    credential = forms.ModelChoiceField(queryset=None, required=False)  # type: ignore[arg-type]
+    credential = forms.ModelChoiceField(queryset=ProviderCredential.objects.none(), required=False)
     model = forms.CharField(max_length=200, required=False, help_text="e.g. gpt-4o-mini")
 
-    def __init__(self, *args: Any, credentials: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, credentials: QuerySet[ProviderCredential], **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.fields["credential"].queryset = credentials  # type: ignore[attr-defined]
 
@@ -97,6 +102,6 @@ class AssignForm(forms.Form):
     )
     seed = forms.IntegerField(initial=0, min_value=0)
 
-    def __init__(self, *args: Any, reviewers: list[Any], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, reviewers: list[User], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["reviewers"].choices = [(str(u.pk), u.username) for u in reviewers]  # type: ignore[attr-defined]

@@ -156,18 +156,15 @@ def judge_responder(request):  # type: ignore[no-untyped-def]
     return "Score: 5/5. Reason: the intent matches the ticket."
 
 
-@pytest.mark.slow
-def test_checks_job_with_the_llm_judge_through_a_real_worker(
-    team, owner, project, celery_worker, fake_provider_factory, client_for
-):  # type: ignore[no-untyped-def]
-    server = fake_provider_factory(responder=judge_responder, api_keys={JUDGE_KEY})
+def _priced_judge(team, owner, base_url):  # type: ignore[no-untyped-def]
+    """A judge credential for the fake provider, and a price for its model."""
     credential = team_services.credential_create(
         team=team,
         user=owner,
         name="judge",
         provider="openai",
         api_key=JUDGE_KEY,
-        base_url=server.openai_base_url,
+        base_url=base_url,
         allow_private_network=True,
     )
     teacher_services.price_entry_save(
@@ -177,6 +174,26 @@ def test_checks_job_with_the_llm_judge_through_a_real_worker(
         input_usd_per_mtok=Decimal("1"),
         output_usd_per_mtok=Decimal("2"),
     )
+    return credential
+
+
+def _finished(job):  # type: ignore[no-untyped-def]
+    """The job, once the worker finished it (succeeded or failed)."""
+    wait_until(
+        lambda: Job.objects.get(pk=job.pk).status in {"succeeded", "failed"},
+        timeout=90,
+        message=f"checks job #{job.pk}",
+    )
+    job.refresh_from_db()
+    return job
+
+
+@pytest.mark.slow
+def test_checks_job_with_the_llm_judge_through_a_real_worker(
+    team, owner, project, celery_worker, fake_provider_factory, client_for
+):  # type: ignore[no-untyped-def]
+    server = fake_provider_factory(responder=judge_responder, api_keys={JUDGE_KEY})
+    credential = _priced_judge(team, owner, server.openai_base_url)
     outs = make_outputs(project, ["card_arrival", "top_up_failed", "lost_or_stolen_card"])
     review_services.rule_create(
         project=project,
@@ -200,13 +217,7 @@ def test_checks_job_with_the_llm_judge_through_a_real_worker(
     assert saved.status_code == 302
     started = client.post(url, {"form": "checks", "judge": "on", "apply_rules": "on"})
     assert started.status_code == 302
-    job = Job.objects.get(kind="review_checks")
-    wait_until(
-        lambda: Job.objects.get(pk=job.pk).status in {"succeeded", "failed"},
-        timeout=90,
-        message="the checks job",
-    )
-    job.refresh_from_db()
+    job = _finished(Job.objects.get(kind="review_checks"))
     assert job.status == "succeeded", job.error + "".join(celery_worker.log[-30:])
     assert job.result["judged"] == 3 and job.result["judge_calls"] == 3
     assert job.result["judge_low_scores"] == 1 and job.result["judge_errors"] == 1
@@ -229,13 +240,7 @@ def test_checks_job_with_the_llm_judge_through_a_real_worker(
 
     # Running the checks again asks the judge about what is still unreviewed, from the cache.
     client.post(url, {"form": "checks", "judge": "on"})
-    second = Job.objects.filter(kind="review_checks").exclude(pk=job.pk).get()
-    wait_until(
-        lambda: Job.objects.get(pk=second.pk).status in {"succeeded", "failed"},
-        timeout=90,
-        message="the second checks job",
-    )
-    second.refresh_from_db()
+    second = _finished(Job.objects.filter(kind="review_checks").exclude(pk=job.pk).get())
     assert second.status == "succeeded", second.error
     assert second.result["judge_cache_hits"] == 2 and second.result["judge_calls"] == 0
     assert len(server.generation_requests()) == 3
