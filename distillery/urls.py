@@ -1,15 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    from django.db import connection
-
-    connection.ensure_connection()
-    return JsonResponse({"ok": True})
-
+from distillery.outages import healthz
 
 urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
