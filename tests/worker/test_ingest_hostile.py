@@ -196,6 +196,24 @@ def test_a_bad_row_after_thousands_of_good_ones_names_its_line(
     assert (error.file_name, error.line) == ("inputs.jsonl", GOOD_ROWS + 1)
 
 
+@pytest.mark.parametrize("name", ["inputs.jsonl", "inputs.csv"])
+def test_validate_file_finds_a_bad_row_the_column_sniff_never_reads(
+    tmp_path: Path, name: str
+) -> None:
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        good, bad = [b"text"] + [f"ticket {i}".encode() for i in range(GOOD_ROWS)], b'"open'
+    else:
+        good, bad = [f'{{"text": "ticket {i}"}}'.encode() for i in range(GOOD_ROWS)], b"[" * 99
+    path.write_bytes(jsonl(*good))
+    assert ingest.validate_file(path, name, ingest.detect_format(name)) == GOOD_ROWS
+    path.write_bytes(jsonl(*good, bad))
+    assert ingest.sniff_columns(path, name, ingest.detect_format(name)) == ["text"]
+    with pytest.raises(ingest.IngestError) as caught:
+        ingest.validate_file(path, name, ingest.detect_format(name))
+    assert caught.value.line == len(good) + 1
+
+
 def test_teacher_log_lines_get_the_same_guarantees(tmp_path: Path) -> None:
     hostile = chat_log_line("x").replace(b'"x"', b'"x\\ud800"')
     error = refusal(tmp_path, "logs.jsonl", jsonl(chat_log_line("card_arrival"), hostile))
