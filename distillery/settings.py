@@ -159,6 +159,12 @@ MAX_UPLOAD_BYTES = env_int("DISTILLERY_MAX_UPLOAD_MB", 200) * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = None
+# The size limit is enforced while the body arrives (distillery.uploads), before anything is kept.
+FILE_UPLOAD_HANDLERS = [
+    "distillery.uploads.LimitedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 # Provider keys are encrypted with a dedicated key list, not SECRET_KEY, so rotating one does not
 # touch the other. The first key encrypts; all keys decrypt (MultiFernet).
