@@ -1,5 +1,5 @@
 """Forms for starting an evaluation or a weekend experiment; they turn into the service's
-plain choices (jobs.evaluation_services)."""
+plain choices (evaluations.choices)."""
 
 from __future__ import annotations
 
@@ -7,46 +7,56 @@ from typing import Any
 
 from django import forms
 
-from evaluations.models import CandidateRole, CandidateSource
-from evaluations.services import (
-    EXPERIMENT_SAMPLE,
+from dataset_versions.models import DatasetVersion
+from evaluations.choices import (
+    BATCH_SIZE_LIMIT,
+    DEFAULT_LATENCY_REQUESTS,
+    LATENCY_REQUESTS_LIMIT,
+    MAX_NEW_TOKENS_LIMIT,
     EndpointChoice,
     EvalOptions,
     StudentChoice,
     TeacherChoice,
 )
+from evaluations.experiment import EXPERIMENT_SAMPLE, SAMPLE_LIMIT
+from evaluations.models import CandidateRole, CandidateSource
 from finetunes.models import StudentKind, StudentModel
 from projects.models import Project
+from teachers.models import TeacherRun
+from teams.models import ProviderCredential
+from worker.inference import DEFAULT_BATCH_SIZE
 
 
 class _Candidates(forms.Form):
     teacher_run = forms.ModelChoiceField(
-        queryset=None,  # set per project
+        queryset=TeacherRun.objects.none(),  # set per project
         required=False,
         empty_label="The latest stored answer for each input",
         help_text="Whose stored answers stand for the teacher.",
     )
     teacher_credential = forms.ModelChoiceField(
-        queryset=None,
+        queryset=ProviderCredential.objects.none(),
         required=False,
         empty_label="Don't call a teacher",
         label="Call the teacher for inputs without a stored answer",
     )
     teacher_model = forms.CharField(max_length=200, required=False, label="Teacher model")
     base_model = forms.ModelChoiceField(
-        queryset=None, required=False, label="Untuned student (base model)"
+        queryset=StudentModel.objects.none(), required=False, label="Untuned student (base model)"
     )
     max_new_tokens = forms.IntegerField(
         min_value=1,
-        max_value=4096,
+        max_value=MAX_NEW_TOKENS_LIMIT,
         required=False,
         help_text="Empty: the longest label + 4 tokens (label tasks), 256 otherwise.",
     )
-    batch_size = forms.IntegerField(min_value=1, max_value=256, initial=16)
+    batch_size = forms.IntegerField(
+        min_value=1, max_value=BATCH_SIZE_LIMIT, initial=DEFAULT_BATCH_SIZE
+    )
     latency_requests = forms.IntegerField(
         min_value=0,
-        max_value=1000,
-        initial=20,
+        max_value=LATENCY_REQUESTS_LIMIT,
+        initial=DEFAULT_LATENCY_REQUESTS,
         help_text="Single requests timed one at a time for the p50/p95 latency.",
     )
 
@@ -63,8 +73,12 @@ class _Candidates(forms.Form):
         d = self.cleaned_data
         return EvalOptions(
             max_new_tokens=d.get("max_new_tokens"),
-            batch_size=d.get("batch_size") or 16,
-            latency_requests=d["latency_requests"] if d.get("latency_requests") is not None else 20,
+            batch_size=d.get("batch_size") or DEFAULT_BATCH_SIZE,
+            latency_requests=(
+                d["latency_requests"]
+                if d.get("latency_requests") is not None
+                else DEFAULT_LATENCY_REQUESTS
+            ),
         )
 
     def teacher(self, source: str = CandidateSource.STORED) -> TeacherChoice:
@@ -79,7 +93,8 @@ class _Candidates(forms.Form):
 
 class EvaluationForm(_Candidates):
     dataset_version = forms.ModelChoiceField(
-        queryset=None, help_text="Every candidate answers this version's test split."
+        queryset=DatasetVersion.objects.none(),
+        help_text="Every candidate answers this version's test split.",
     )
     teacher_source = forms.ChoiceField(
         choices=[
@@ -89,13 +104,13 @@ class EvaluationForm(_Candidates):
         initial=CandidateSource.STORED,
     )
     distilled = forms.ModelMultipleChoiceField(
-        queryset=None,
+        queryset=StudentModel.objects.none(),
         required=False,
         widget=forms.CheckboxSelectMultiple,
         label="Distilled students",
     )
     endpoint_credential = forms.ModelChoiceField(
-        queryset=None,
+        queryset=ProviderCredential.objects.none(),
         required=False,
         empty_label="None",
         label="Also evaluate an OpenAI-compatible endpoint",
@@ -162,7 +177,7 @@ class ExperimentForm(_Candidates):
         ],
         initial=CandidateSource.STORED,
     )
-    sample_size = forms.IntegerField(min_value=1, max_value=1000, initial=EXPERIMENT_SAMPLE)
+    sample_size = forms.IntegerField(min_value=1, max_value=SAMPLE_LIMIT, initial=EXPERIMENT_SAMPLE)
     seed = forms.IntegerField(min_value=0, initial=0)
 
     field_order = [

@@ -23,8 +23,9 @@ from evaluations.models import (
     EvalVote,
     VoteChoice,
 )
-from evaluations.services import primary_student
+from evaluations.scoring import primary_student
 from projects.models import Project
+from teams.access import AnyUser
 
 FILTERS = {
     "all": "All examples",
@@ -186,13 +187,17 @@ class Pair:
 
 
 def vote_pair(
-    *, evaluation: Evaluation, candidates: list[EvalCandidate], a_id: Any = None, b_id: Any = None
+    *,
+    evaluation: Evaluation,
+    candidates: list[EvalCandidate],
+    a_id: str | None = None,
+    b_id: str | None = None,
 ) -> Pair | None:
     by_id = {c.pk: c for c in candidates}
 
-    def pick(value: Any) -> EvalCandidate | None:
+    def pick(value: str | None) -> EvalCandidate | None:
         try:
-            return by_id.get(int(value))
+            return by_id.get(int(value or ""))
         except (TypeError, ValueError):
             return None
 
@@ -252,10 +257,10 @@ def _filtered_examples(
 def comparison(
     *,
     evaluation: Evaluation,
-    user: Any,
+    user: AnyUser,
     filter_name: str = "all",
     label: str = "",
-    page: Any = 1,
+    page: str | int | None = 1,
     pair: Pair | None = None,
     candidates: list[EvalCandidate] | None = None,
     only_example: EvalExample | None = None,
@@ -284,7 +289,7 @@ def comparison(
             example_id__in=ids, candidate_a=pair.a, candidate_b=pair.b
         ).values_list("example_id", "user_id", "choice"):
             votes[example_id][choice] += 1
-            if voter == getattr(user, "pk", None):
+            if voter == user.pk:
                 mine[example_id] = choice
     rows = [
         ComparisonRow(

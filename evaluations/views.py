@@ -3,16 +3,16 @@ the weekend experiment. Every view resolves its object through the user's team f
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import (
     Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseNotAllowed,
+    QueryDict,
     StreamingHttpResponse,
 )
 from django.shortcuts import redirect, render
@@ -21,16 +21,26 @@ from django.views.decorators.http import require_http_methods
 
 from evaluations import selectors, services
 from evaluations.forms import EvaluationForm, ExperimentForm, VoteForm
-from evaluations.models import EvalExample, Evaluation, EvaluationKind, VoteChoice
+from evaluations.models import EvalCandidate, EvalExample, Evaluation, EvaluationKind, VoteChoice
 from jobs.services import job_live_view
 from projects.access import project_for
-from teams.access import membership_for, require, scoped_get
+from teams.access import AnyUser, membership_for, require, scoped_get
 from teams.forms import apply_errors
+from teams.models import Membership
+
+
+def signed_in_user(request: HttpRequest) -> User:
+    """The user of a login_required view, as the services record it (``created_by``)."""
+    if not isinstance(request.user, User):
+        raise PermissionDenied("sign in first")
+    return request.user
 
 
 def evaluation_for(
-    *, user: Any, evaluation_id: int, permission: str = "read"
-) -> tuple[Evaluation, Any]:
+    *, user: AnyUser, evaluation_id: int, permission: str = "read"
+) -> tuple[Evaluation, Membership]:
+    if not isinstance(user, User):
+        raise Http404
     evaluation = (
         Evaluation.objects.filter(pk=evaluation_id, project__team__memberships__user=user)
         .select_related("project__team", "job", "dataset_version", "created_by")
@@ -67,7 +77,7 @@ def evaluation_new(request: HttpRequest, project_id: int) -> HttpResponse:
         try:
             evaluation = services.evaluation_start(
                 project=project,
-                user=request.user,
+                user=signed_in_user(request),
                 teacher=form.teacher(form.cleaned_data["teacher_source"]),
                 students=form.students(),
                 endpoints=form.endpoints(),
@@ -109,7 +119,9 @@ def evaluation_detail(request: HttpRequest, evaluation_id: int) -> HttpResponse:
     )
 
 
-def _pair_and_candidates(evaluation: Evaluation, params: Any) -> tuple[Any, Any]:
+def _pair_and_candidates(
+    evaluation: Evaluation, params: QueryDict
+) -> tuple[selectors.Pair | None, list[EvalCandidate]]:
     candidates = selectors.candidates_of(evaluation=evaluation)
     pair = selectors.vote_pair(
         evaluation=evaluation, candidates=candidates, a_id=params.get("a"), b_id=params.get("b")
@@ -177,7 +189,7 @@ def evaluation_vote(request: HttpRequest, evaluation_id: int, example_id: int) -
         services.vote_cast(
             evaluation=evaluation,
             example=example,
-            user=request.user,
+            user=signed_in_user(request),
             candidate_a=a,
             candidate_b=b,
             choice=form.cleaned_data["choice"],
@@ -236,7 +248,7 @@ def experiment(request: HttpRequest, project_id: int) -> HttpResponse:
             try:
                 evaluation = services.experiment_start(
                     project=project,
-                    user=request.user,
+                    user=signed_in_user(request),
                     teacher=form.experiment_teacher(),
                     base=form.base(),
                     sample_size=form.cleaned_data["sample_size"],

@@ -6,14 +6,14 @@ from typing import Any
 
 from django import forms
 
-from evaluations.models import EvaluationKind
+from evaluations.models import Evaluation, EvaluationKind
 from projects.models import Project
 from reports.models import ServingMode
 
 
 class ReportSettingsForm(forms.Form):
     evaluation = forms.ModelChoiceField(
-        queryset=None,
+        queryset=Evaluation.objects.none(),
         required=False,
         empty_label="The latest finished evaluation",
         help_text="The evaluation whose measured figures the report uses.",

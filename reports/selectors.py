@@ -18,7 +18,7 @@ from typing import Any
 
 from django.db.models import Count, Sum
 
-from evaluations.models import CandidateRole, Evaluation, EvaluationKind
+from evaluations.models import CandidateRole, EvalCandidate, Evaluation, EvaluationKind
 from evaluations.selectors import CandidateResult, candidate_results, latest_evaluation
 from finetunes.models import FineTune
 from jobs.models import JobStatus
@@ -158,9 +158,9 @@ def student_per_1k(
     )
 
 
-def training_hours(candidate: Any) -> tuple[Decimal | None, str]:
+def training_hours(candidate: EvalCandidate) -> tuple[Decimal | None, str]:
     """Measured training time of a distilled student (its fine-tuning job)."""
-    model = getattr(candidate, "student_model", None)
+    model = candidate.student_model
     if model is None:
         return None, "the student was not picked from the registry, so its training time is unknown"
     fine_tune = FineTune.objects.filter(result_model=model).first()
@@ -396,7 +396,7 @@ def dashboard_rows(*, team: Team) -> list[DashboardRow]:
         rows.append(
             DashboardRow(
                 project=project,
-                input_count=project.input_count,  # type: ignore[attr-defined]
+                input_count=project.input_count,
                 stage=stage,
                 stage_label=STAGE_LABELS[stage],
                 stages_done=[(s, done[s]) for s in STAGES],

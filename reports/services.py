@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import secrets
 from decimal import Decimal
-from typing import Any
 
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 
 from evaluations.models import Evaluation, EvaluationKind
@@ -18,7 +18,7 @@ MAX_MONTHLY_VOLUME = 10**12
 def report_settings_update(
     *,
     project: Project,
-    user: Any,
+    user: User,
     serving_mode: str,
     serving_hourly_usd: Decimal,
     managed_input_usd_per_mtok: Decimal,
@@ -67,7 +67,7 @@ def report_settings_update(
     return settings
 
 
-def report_share_enable(*, project: Project, user: Any) -> ReportSettings:
+def report_share_enable(*, project: Project, user: User) -> ReportSettings:
     """Create (or replace) the secret link to the read-only report. Anyone holding the link can
     read the report, so replacing it revokes the old one."""
     settings, _ = ReportSettings.objects.get_or_create(project=project)
@@ -77,7 +77,7 @@ def report_share_enable(*, project: Project, user: Any) -> ReportSettings:
     return settings
 
 
-def report_share_disable(*, project: Project, user: Any) -> ReportSettings:
+def report_share_disable(*, project: Project, user: User) -> ReportSettings:
     settings, _ = ReportSettings.objects.get_or_create(project=project)
     settings.share_token = None
     settings.updated_by = user

@@ -7,7 +7,8 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -17,13 +18,21 @@ from django.views.decorators.http import require_GET
 from projects.access import project_for
 from reports import selectors, services
 from reports.forms import ReportSettingsForm
+from reports.models import ReportSettings
 from teams.access import require
 from teams.forms import apply_errors
 
 MAX_VOLUME = services.MAX_MONTHLY_VOLUME
 
 
-def _initial(settings: Any) -> dict[str, Any]:
+def signed_in_user(request: HttpRequest) -> User:
+    """The user of a login_required view, as the services record it (``created_by``)."""
+    if not isinstance(request.user, User):
+        raise PermissionDenied("sign in first")
+    return request.user
+
+
+def _initial(settings: ReportSettings) -> dict[str, Any]:
     return {
         "evaluation": settings.evaluation_id,
         "serving_mode": settings.serving_mode,
@@ -82,7 +91,9 @@ def report_settings(request: HttpRequest, project_id: int) -> HttpResponse:
     form = ReportSettingsForm(request.POST, project=project)
     if form.is_valid():
         try:
-            services.report_settings_update(project=project, user=request.user, **form.cleaned_data)
+            services.report_settings_update(
+                project=project, user=signed_in_user(request), **form.cleaned_data
+            )
         except ValidationError as exc:
             apply_errors(form, exc)
         else:
@@ -140,10 +151,10 @@ def report_share(request: HttpRequest, project_id: int) -> HttpResponse:
         return HttpResponseNotAllowed(["POST"])
     require(membership, "manage")
     if request.POST.get("action") == "disable":
-        services.report_share_disable(project=project, user=request.user)
+        services.report_share_disable(project=project, user=signed_in_user(request))
         messages.success(request, "The share link is revoked.")
     else:
-        services.report_share_enable(project=project, user=request.user)
+        services.report_share_enable(project=project, user=signed_in_user(request))
         messages.success(request, "A new share link is ready; any older link no longer works.")
     return redirect("reports:report", project_id=project.pk)
 
