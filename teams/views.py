@@ -14,7 +14,7 @@ from django.views.decorators.http import require_http_methods
 
 from teams import forms, selectors, services
 from teams.access import scoped_get, team_for
-from teams.models import Invite, ProviderKind
+from teams.models import Invite, ProviderKind, Role
 
 
 @login_required
@@ -64,7 +64,7 @@ def team_members(request: HttpRequest, team_id: int) -> HttpResponse:
             "invites": invites,
             "form": form,
             "new_invite": new_invite,
-            "roles": forms.RoleForm.base_fields["role"].choices,
+            "roles": Role.choices,
             "invite_url": (
                 request.build_absolute_uri(reverse("teams:invite_accept", args=[new_invite.token]))
                 if new_invite
