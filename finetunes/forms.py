@@ -7,6 +7,14 @@ from django import forms
 
 from finetunes.models import FineTuneMethod, StudentModel
 from finetunes.services import QLORA_NEEDS_GPU, FineTuneSettings
+from worker.training import PRESETS
+
+#: How the start form names each of the engine's presets (which presets there are is its own).
+PRESET_LABELS = {
+    "quick": "Quick — minutes on a laptop CPU",
+    "balanced": "Balanced",
+    "thorough": "Thorough — more epochs and a larger adapter",
+}
 
 LOCAL = "local"
 HF = "hf"
@@ -39,11 +47,7 @@ class FineTuneForm(forms.Form):
         "CUDA GPU. Full fine-tuning changes every weight (slow, needs more memory).",
     )
     preset = forms.ChoiceField(
-        choices=[
-            ("quick", "Quick — minutes on a laptop CPU"),
-            ("balanced", "Balanced"),
-            ("thorough", "Thorough — more epochs and a larger adapter"),
-        ],
+        choices=[(preset, PRESET_LABELS[preset]) for preset in PRESETS],
         initial="balanced",
         help_text="Fills in every hyperparameter you leave empty below",
     )
