@@ -14,17 +14,19 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max, Q
 
 from dataset_versions.models import DatasetItem, DatasetVersion
+from jobs.models import Job
 from projects.models import InputRow, Project
 from review.models import AuditAction, ReviewDecision
 from review.services import audit_record
@@ -84,8 +86,7 @@ def freeze_options(
     try:
         params.validate()
     except datasets.DatasetError as exc:
-        field, _, message = str(exc).partition(": ")
-        raise ValidationError({field if message else "__all__": message or str(exc)}) from None
+        raise ValidationError({exc.field or "__all__": exc.message}) from None
     name = name.strip()
     if not name:
         raise ValidationError({"name": "a dataset version needs a name"})
@@ -142,11 +143,14 @@ def dataset_rows(*, project: Project, include_references: bool) -> list[datasets
         chosen.setdefault(row[1], row)
     references: dict[int, str] = {}
     if include_references:
-        references = dict(
-            InputRow.objects.filter(project=project, reference_output__isnull=False)
+        references = {
+            pk: reference or ""
+            for pk, reference in InputRow.objects.filter(
+                project=project, reference_output__isnull=False
+            )
             .exclude(reference_output="")
             .values_list("pk", "reference_output")
-        )
+        }
     needed = set(chosen) | set(references)
     data = dict(
         InputRow.objects.filter(project=project, pk__in=needed).values_list("pk", "data")
@@ -223,7 +227,7 @@ def _write_exports(spec: TaskSpec, frozen: datasets.FrozenVersion, folder: Path)
     they): per JSONL format one file for all rows and one per split, and one CSV."""
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    writers = {
+    writers: dict[str, Callable[[TaskSpec, Iterable[datasets.FrozenRow], IO[str]], int]] = {
         "openai": datasets.write_openai_chat_jsonl,
         "hf": datasets.write_prompt_completion_jsonl,
     }
@@ -237,7 +241,7 @@ def _write_exports(spec: TaskSpec, frozen: datasets.FrozenVersion, folder: Path)
             # Each row is rendered once and lands in both the all-rows file and its split's.
             tees = {s: _Tee(handles["all"], handles[s]) for s in datasets.SPLITS}
             for row in frozen.rows:
-                writer(spec, (row,), tees[row.split])  # type: ignore[arg-type]
+                writer(spec, (row,), cast(IO[str], tees[row.split]))
         finally:
             for handle in handles.values():
                 handle.close()
@@ -255,9 +259,9 @@ def _no_progress(done: int, total: int, figures: dict[str, Any]) -> None:
 def dataset_version_create(
     *,
     project: Project,
-    user: Any,
+    user: User | None,
     options: FreezeOptions,
-    job: Any = None,
+    job: Job | None = None,
     progress: Progress | None = None,
 ) -> DatasetVersion:
     """Freeze now: select rows, split, hash, store the version with its rows and export files,
@@ -298,62 +302,10 @@ def dataset_version_create(
         progress(3, 4, {"phase": "storing rows"})
         mark = time.perf_counter()
         with transaction.atomic():
-            version = DatasetVersion.objects.create(
-                project=project,
-                name=options.name,
-                content_hash=frozen.content_hash,
-                params=options.as_json(),
-                stats=asdict(frozen.stats),
-                leakage=frozen.leakage.to_dict(),
-                skipped=[asdict(s) for s in frozen.skipped[:1000]],
-                row_count=len(frozen.rows),
-                decision_count=len(frozen.decision_ids),
-                files=files,
-                job=job,
-                created_by=user if getattr(user, "pk", None) else None,
+            version = _store_version(
+                project=project, user=user, options=options, frozen=frozen, files=files, job=job
             )
-            DatasetItem.objects.bulk_create(
-                (
-                    DatasetItem(
-                        version=version,
-                        row_id=str(r.row_id),
-                        split=r.split,
-                        source=r.source,
-                        group=r.group,
-                        inputs=dict(r.inputs),
-                        output=r.output,
-                        decision_ids=list(r.decision_ids),
-                        teacher_output_id=_id_after(str(r.row_id), "out-"),
-                        input_row_id=_id_after(str(r.row_id), "ref-"),
-                    )
-                    for r in frozen.rows
-                ),
-                batch_size=5000,
-            )
-            counts = frozen.stats.counts
-            audit_record(
-                project=project,
-                actor=user,
-                action=AuditAction.FREEZE,
-                dataset_version=version,
-                summary=(
-                    f"{getattr(user, 'username', '') or 'someone'} froze dataset version "
-                    f"{version.name!r}: {len(frozen.rows):,} rows (train {counts['train']:,}, "
-                    f"validation {counts['validation']:,}, test {counts['test']:,}), "
-                    f"hash {frozen.content_hash[:12]}"
-                ),
-                after={
-                    "content_hash": frozen.content_hash,
-                    "rows": len(frozen.rows),
-                    "counts": counts,
-                    "params": options.as_json(),
-                },
-                detail={
-                    "decision_ids_count": len(frozen.decision_ids),
-                    "skipped": len(frozen.skipped),
-                    "leakage_ok": frozen.leakage.ok,
-                },
-            )
+            _audit_freeze(version=version, user=user, options=options, frozen=frozen)
         timings["store_s"] = time.perf_counter() - mark
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -369,11 +321,89 @@ def dataset_version_create(
     return version
 
 
+def _store_version(
+    *,
+    project: Project,
+    user: User | None,
+    options: FreezeOptions,
+    frozen: datasets.FrozenVersion,
+    files: dict[str, str],
+    job: Job | None,
+) -> DatasetVersion:
+    """The version row and its items, from the engine's frozen version."""
+    version = DatasetVersion.objects.create(
+        project=project,
+        name=options.name,
+        content_hash=frozen.content_hash,
+        params=options.as_json(),
+        stats=asdict(frozen.stats),
+        leakage=frozen.leakage.to_dict(),
+        skipped=[asdict(s) for s in frozen.skipped[:1000]],
+        row_count=len(frozen.rows),
+        decision_count=len(frozen.decision_ids),
+        files=files,
+        job=job,
+        created_by=user if getattr(user, "pk", None) else None,
+    )
+    DatasetItem.objects.bulk_create(
+        (
+            DatasetItem(
+                version=version,
+                row_id=str(r.row_id),
+                split=r.split,
+                source=r.source,
+                group=r.group,
+                inputs=dict(r.inputs),
+                output=r.output,
+                decision_ids=list(r.decision_ids),
+                teacher_output_id=_id_after(str(r.row_id), "out-"),
+                input_row_id=_id_after(str(r.row_id), "ref-"),
+            )
+            for r in frozen.rows
+        ),
+        batch_size=5000,
+    )
+    return version
+
+
+def _audit_freeze(
+    *,
+    version: DatasetVersion,
+    user: User | None,
+    options: FreezeOptions,
+    frozen: datasets.FrozenVersion,
+) -> None:
+    counts = frozen.stats.counts
+    audit_record(
+        project=version.project,
+        actor=user,
+        action=AuditAction.FREEZE,
+        dataset_version=version,
+        summary=(
+            f"{getattr(user, 'username', '') or 'someone'} froze dataset version "
+            f"{version.name!r}: {len(frozen.rows):,} rows (train {counts['train']:,}, "
+            f"validation {counts['validation']:,}, test {counts['test']:,}), "
+            f"hash {frozen.content_hash[:12]}"
+        ),
+        after={
+            "content_hash": frozen.content_hash,
+            "rows": len(frozen.rows),
+            "counts": counts,
+            "params": options.as_json(),
+        },
+        detail={
+            "decision_ids_count": len(frozen.decision_ids),
+            "skipped": len(frozen.skipped),
+            "leakage_ok": frozen.leakage.ok,
+        },
+    )
+
+
 def _id_after(row_id: str, prefix: str) -> int | None:
     return int(row_id[len(prefix) :]) if row_id.startswith(prefix) else None
 
 
-def dataset_freeze_start(*, project: Project, user: Any, options: FreezeOptions) -> Any:
+def dataset_freeze_start(*, project: Project, user: User, options: FreezeOptions) -> Job:
     """Check the options, then freeze in a background job (large projects take seconds)."""
     from jobs.models import JobKind
     from jobs.services import job_create
@@ -401,7 +431,9 @@ def dataset_freeze_start(*, project: Project, user: Any, options: FreezeOptions)
     )
 
 
-def dataset_freeze_job_run(*, job: Any, progress: Progress) -> dict[str, Any]:
+def dataset_freeze_job_run(*, job: Job, progress: Progress) -> dict[str, Any]:
+    if job.project_id is None:
+        raise RuntimeError("a dataset freeze job belongs to a project")
     project = Project.objects.get(pk=job.project_id)
     options = _options_from_json(job.params["name"], dict(job.params["options"]))
     try:

@@ -11,7 +11,7 @@ from jobs.models import Job
 from jobs.tasks import run_claimed
 
 
-@shared_task(name="jobs.dataset_freeze")
+@shared_task(name="jobs.dataset_freeze")  # type: ignore[untyped-decorator]  # celery ships no types
 def dataset_freeze(job_id: int) -> None:
     from dataset_versions.services import dataset_freeze_job_run
 

@@ -15,7 +15,7 @@ from dataset_versions import services
 from dataset_versions.forms import FreezeForm
 from dataset_versions.models import DatasetVersion
 from projects.access import project_for
-from teams.access import scoped_get
+from teams.access import scoped_get, signed_in_user
 from teams.forms import apply_errors
 from worker import datasets
 
@@ -57,7 +57,9 @@ def dataset_new(request: HttpRequest, project_id: int) -> HttpResponse:
                 near_duplicate_threshold=data["near_duplicate_threshold"],
                 group_near_duplicates=data["group_near_duplicates"],
             )
-            job = services.dataset_freeze_start(project=project, user=request.user, options=options)
+            job = services.dataset_freeze_start(
+                project=project, user=signed_in_user(request), options=options
+            )
             return redirect("jobs:job_detail", job_id=job.pk)
         except ValidationError as exc:
             apply_errors(form, exc)
@@ -118,7 +120,7 @@ def dataset_detail(request: HttpRequest, project_id: int, version_id: int) -> Ht
 
 
 @login_required
-def dataset_export(request: HttpRequest, project_id: int, version_id: int) -> HttpResponse:
+def dataset_export(request: HttpRequest, project_id: int, version_id: int) -> FileResponse:
     project, _ = project_for(user=request.user, project_id=project_id)
     version = scoped_get(DatasetVersion.objects.filter(project=project), pk=version_id)
     try:

@@ -98,7 +98,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "distillery.sqlite3",
+            "NAME": str(DATA_DIR / "distillery.sqlite3"),
             # Web and worker share the file; wait instead of failing on a brief lock.
             "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
         }

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 
 from finetunes.models import FineTuneMethod, StudentModel
 from finetunes.services import QLORA_NEEDS_GPU, FineTuneSettings
+from worker.training import PRESETS
+
+#: How the start form names each of the engine's presets (which presets there are is its own).
+PRESET_LABELS = {
+    "quick": "Quick — minutes on a laptop CPU",
+    "balanced": "Balanced",
+    "thorough": "Thorough — more epochs and a larger adapter",
+}
 
 LOCAL = "local"
 HF = "hf"
@@ -39,11 +47,7 @@ class FineTuneForm(forms.Form):
         "CUDA GPU. Full fine-tuning changes every weight (slow, needs more memory).",
     )
     preset = forms.ChoiceField(
-        choices=[
-            ("quick", "Quick — minutes on a laptop CPU"),
-            ("balanced", "Balanced"),
-            ("thorough", "Thorough — more epochs and a larger adapter"),
-        ],
+        choices=[(preset, PRESET_LABELS[preset]) for preset in PRESETS],
         initial="balanced",
         help_text="Fills in every hyperparameter you leave empty below",
     )
@@ -124,7 +128,7 @@ class FineTuneForm(forms.Form):
         self.has_gpu = has_gpu
         choices = [(str(s.pk), f"{s.name} ({s.get_kind_display().lower()})") for s in students]
         choices += [(LOCAL, "A local folder…"), (HF, "A Hugging Face model id…")]
-        self.fields["student"].choices = choices
+        cast(forms.ChoiceField, self.fields["student"]).choices = choices
         self.fields["preset"].initial = suggested_preset
         if not has_gpu:
             self.fields["method"].help_text += " No GPU worker has reported in."
@@ -141,7 +145,7 @@ class FineTuneForm(forms.Form):
         return [self[name] for name in self.HYPERPARAMETER_FIELDS]
 
     def clean_lora_targets(self) -> str | list[str] | None:
-        text = self.cleaned_data.get("lora_targets", "").strip()
+        text: str = self.cleaned_data.get("lora_targets", "").strip()
         if not text:
             return None
         if text == "all-linear":
@@ -156,7 +160,7 @@ class FineTuneForm(forms.Form):
         return names
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or self.cleaned_data
         choice = data.get("student")
         if choice == LOCAL and not data.get("local_path", "").strip():
             self.add_error("local_path", "give the model's folder")

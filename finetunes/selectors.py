@@ -91,13 +91,14 @@ def fine_tune_live(*, fine_tune: FineTune) -> dict[str, Any]:
 
 
 def training_points(*, fine_tune: FineTune, after_step: int = -1) -> list[dict[str, Any]]:
-    return list(
-        TrainingPoint.objects.filter(fine_tune=fine_tune, step__gt=after_step)
+    return [
+        dict(point)
+        for point in TrainingPoint.objects.filter(fine_tune=fine_tune, step__gt=after_step)
         .order_by("step")
         .values("step", "epoch", "loss", "eval_loss", "eval_accuracy", "tokens_per_s")[
             :POINTS_PER_POLL
         ]
-    )
+    ]
 
 
 def students_for_team(*, team: Team) -> dict[str, list[StudentModel]]:

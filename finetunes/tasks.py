@@ -13,14 +13,14 @@ from jobs.tasks import run_claimed
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="jobs.fine_tune", acks_late=True)
+@shared_task(name="jobs.fine_tune", acks_late=True)  # type: ignore[untyped-decorator]  # celery ships no types
 def fine_tune(job_id: int) -> None:
     from finetunes.services import fine_tune_execute
 
     run_claimed(job_id, lambda job: fine_tune_execute(job=job))
 
 
-@worker_shutting_down.connect
+@worker_shutting_down.connect  # type: ignore[untyped-decorator]  # celery ships no types
 def stop_training_children(sender: Any = None, **kwargs: Any) -> None:
     """Training subprocesses checkpoint and stop; their jobs go back to the queue."""
     from finetunes.services import terminate_training_children

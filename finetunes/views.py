@@ -7,8 +7,6 @@ role, then calls one service or selector.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -29,41 +27,41 @@ from finetunes import selectors, services
 from finetunes.forms import FineTuneForm, RegisterStudentForm
 from finetunes.models import FineTune, StudentModel
 from projects.access import project_for
-from teams.access import membership_for, require, scoped_get, team_for
+from teams.access import AnyUser, object_for, require, scoped_get, signed_in_user, team_for
 from teams.forms import apply_errors
+from teams.models import Membership
 
 
-def fine_tune_for(*, user: Any, finetune_id: int, permission: str = "read") -> tuple[FineTune, Any]:
-    fine_tune = (
-        FineTune.objects.filter(pk=finetune_id, project__team__memberships__user=user)
-        .select_related(
+def fine_tune_for(
+    *, user: AnyUser, finetune_id: int, permission: str = "read"
+) -> tuple[FineTune, Membership]:
+    return object_for(
+        FineTune.objects.select_related(
             "project__team",
             "job",
             "job__created_by",
             "dataset_version",
             "base_model",
             "result_model",
-        )
-        .first()
+        ),
+        user=user,
+        team_path="project__team",
+        permission=permission,
+        pk=finetune_id,
     )
-    if fine_tune is None:
-        raise Http404
-    membership = require(membership_for(user=user, team=fine_tune.project.team_id), permission)
-    return fine_tune, membership
 
 
 def student_for(
-    *, user: Any, student_id: int, permission: str = "read"
-) -> tuple[StudentModel, Any]:
-    student = (
-        StudentModel.objects.filter(pk=student_id, team__memberships__user=user)
-        .select_related("team", "base_model", "dataset_version", "project", "created_by")
-        .first()
+    *, user: AnyUser, student_id: int, permission: str = "read"
+) -> tuple[StudentModel, Membership]:
+    return object_for(
+        StudentModel.objects.select_related(
+            "team", "base_model", "dataset_version", "project", "created_by"
+        ),
+        user=user,
+        permission=permission,
+        pk=student_id,
     )
-    if student is None:
-        raise Http404
-    membership = require(membership_for(user=user, team=student.team_id), permission)
-    return student, membership
 
 
 @login_required
@@ -86,7 +84,7 @@ def finetune_new(request: HttpRequest, project_id: int, version_id: int) -> Http
             fine_tune = services.fine_tune_start(
                 project=project,
                 version=version,
-                user=request.user,
+                user=signed_in_user(request),
                 settings=form.fine_tune_settings(),
             )
         except ValidationError as exc:
@@ -227,7 +225,7 @@ def students(request: HttpRequest, team_id: int) -> HttpResponse:
             try:
                 student = services.student_register_local(
                     team=team,
-                    user=request.user,
+                    user=signed_in_user(request),
                     name=form.cleaned_data["name"],
                     path_text=form.cleaned_data["path"],
                 )
@@ -271,7 +269,7 @@ def student_detail(request: HttpRequest, student_id: int) -> HttpResponse:
 
 
 @login_required
-def student_download(request: HttpRequest, student_id: int, artifact: str) -> HttpResponse:
+def student_download(request: HttpRequest, student_id: int, artifact: str) -> StreamingHttpResponse:
     """One artifact (model, adapter, tokenizer) as a zip, streamed."""
     student, _ = student_for(user=request.user, student_id=student_id)
     files = services.student_artifact_files(student=student, artifact=artifact)
@@ -289,7 +287,7 @@ def student_download(request: HttpRequest, student_id: int, artifact: str) -> Ht
 @login_required
 def student_file(
     request: HttpRequest, student_id: int, artifact: str, filename: str
-) -> HttpResponse:
+) -> FileResponse:
     """One file of an artifact, e.g. the merged model's model.safetensors."""
     student, _ = student_for(user=request.user, student_id=student_id)
     path = services.student_artifact_files(student=student, artifact=artifact).get(filename)

@@ -13,12 +13,14 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from jobs.models import Job, JobKind, JobStatus
+from teams.models import Team
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +67,10 @@ def job_enqueue(*, job: Job) -> None:
 
 def job_create(
     *,
-    team: Any,
+    team: Team,
     kind: str,
-    user: Any,
-    project: Any = None,
+    user: User | None,
+    project: Any = None,  # a projects.Project: jobs sits below projects, so it cannot name it
     params: dict[str, Any] | None = None,
     total: int = 0,
 ) -> Job:
@@ -89,10 +91,10 @@ def job_create(
 
 def job_record_finished(
     *,
-    team: Any,
+    team: Team,
     kind: str,
-    user: Any,
-    project: Any = None,
+    user: User | None,
+    project: Any = None,  # a projects.Project: jobs sits below projects, so it cannot name it
     params: dict[str, Any] | None = None,
     result: dict[str, Any] | None = None,
     done: int = 0,
@@ -119,11 +121,11 @@ def job_record_finished(
 
 def job_create_running(
     *,
-    team: Any,
+    team: Team,
     kind: str,
-    user: Any,
+    user: User | None,
     worker: str,
-    project: Any = None,
+    project: Any = None,  # a projects.Project: jobs sits below projects, so it cannot name it
     params: dict[str, Any] | None = None,
     total: int = 0,
 ) -> Job:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_ready, worker_shutdown
 
 from jobs import services
 from jobs.models import Job
@@ -43,27 +44,15 @@ def run_claimed(job_id: int, work: Callable[[Job], dict[str, Any]]) -> None:
     logger.info("job %s: %s succeeded in %.2f s", job_id, job.kind, time.monotonic() - started)
 
 
-@shared_task(name="jobs.reap_stale_jobs")
+@shared_task(name="jobs.reap_stale_jobs")  # type: ignore[untyped-decorator]  # celery ships no types
 def reap_stale_jobs() -> dict[str, int]:
     return services.jobs_reap_stale()
 
 
-# Review and datasets ---------------------------------------------------------------------------
+# Worker lifecycle: the fine-tune form reads which workers (and GPUs) are there. -----------------
 
 
-# Teacher runs ----------------------------------------------------------------------------------
-
-
-# Evaluation and the weekend experiment ---------------------------------------------------------
-
-
-# Fine-tuning (jobs.finetune_services) ----------------------------------------------------------
-
-
-from celery.signals import worker_ready, worker_shutdown  # noqa: E402
-
-
-@worker_ready.connect
+@worker_ready.connect  # type: ignore[untyped-decorator]  # celery ships no types
 def report_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     """Record this worker's queues and hardware (the fine-tune form reads whether any GPU
     worker is there)."""
@@ -76,7 +65,7 @@ def report_worker_ready(sender: Any = None, **kwargs: Any) -> None:
         logger.exception("could not record this worker's hardware")
 
 
-@worker_shutdown.connect
+@worker_shutdown.connect  # type: ignore[untyped-decorator]  # celery ships no types
 def report_worker_stopped(sender: Any = None, **kwargs: Any) -> None:
     from jobs.workers import worker_report_stopped
 

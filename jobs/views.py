@@ -1,23 +1,18 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 
 from jobs import services
 from jobs.models import Job
-from teams.access import membership_for, require
+from teams.access import AnyUser, membership_for, object_for
 
 
-def job_for(*, user: object, job_id: int, permission: str = "read") -> Job:
-    job = (
-        Job.objects.filter(pk=job_id, team__memberships__user=user)
-        .select_related("project", "team")
-        .first()
+def job_for(*, user: AnyUser, job_id: int, permission: str = "read") -> Job:
+    job, _ = object_for(
+        Job.objects.select_related("project", "team"), user=user, permission=permission, pk=job_id
     )
-    if job is None:
-        raise Http404
-    require(membership_for(user=user, team=job.team_id), permission)
     return services.job_live_view(job)
 
 

@@ -6,27 +6,28 @@ import hashlib
 import json
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.text import get_valid_filename
 from jinja2.exceptions import SecurityError
 
+from jobs.models import Job
 from projects.models import InputRow, InputUpload, Project
+from teams.errors import field_and_message
 from teams.models import Team
 from worker import ingest
 from worker.taskspec import SpecError, TaskSpec, TemplateError, render_prompt
 
-# Teams and members -----------------------------------------------------------------------------
-
-
 # Projects and task specs -----------------------------------------------------------------------
 
 
-def project_create(*, team: Team, user: Any, name: str, description: str = "") -> Project:
+def project_create(*, team: Team, user: User, name: str, description: str = "") -> Project:
     if not name.strip():
         raise ValidationError({"name": "a project needs a name"})
     return Project.objects.create(
@@ -54,27 +55,33 @@ def parse_label_set(text: str | list[str]) -> list[str]:
     return labels
 
 
+#: The task fields the task form shows an error next to.
+TASK_FORM_FIELDS = frozenset(
+    {"instruction_template", "input_fields", "label_set", "json_schema", "output_kind"}
+)
+
+
+def _task_error(exc: SpecError | TemplateError) -> ValidationError:
+    """The engine's error keyed by the task field it names in ``field`` (its ``message`` says
+    what is wrong, without the field); one naming no form field is for the whole form."""
+    field, message = field_and_message(exc)
+    if field in TASK_FORM_FIELDS:
+        return ValidationError({field: message})
+    return ValidationError(str(exc))
+
+
 def task_spec_validate(spec: TaskSpec) -> None:
     """Raise ValidationError keyed by form field."""
     try:
         spec.validate()
     except (SpecError, TemplateError) as exc:
-        field, _, message = str(exc).partition(": ")
-        if field in {
-            "instruction_template",
-            "input_fields",
-            "label_set",
-            "json_schema",
-            "output_kind",
-        }:
-            raise ValidationError({field: message}) from None
-        raise ValidationError(str(exc)) from None
+        raise _task_error(exc) from None
     # A template that reaches outside the sandbox fails on every row: refuse it when saved.
     try:
         render_prompt(spec, dict.fromkeys(spec.input_fields, "example"))
     except TemplateError as exc:
         if isinstance(exc.__cause__, SecurityError):
-            raise ValidationError({"instruction_template": str(exc).partition(": ")[2]}) from None
+            raise ValidationError({"instruction_template": field_and_message(exc)[1]}) from None
 
 
 def project_update_task(
@@ -106,9 +113,6 @@ def project_update_task(
     return project
 
 
-# Credentials -----------------------------------------------------------------------------------
-
-
 # Inputs ----------------------------------------------------------------------------------------
 
 
@@ -116,7 +120,9 @@ def _uploads_dir(project: Project) -> Path:
     return settings.DATA_DIR / "uploads" / f"team-{project.team_id}" / f"project-{project.pk}"
 
 
-def input_upload_create(*, project: Project, user: Any, file_name: str, source: Any) -> InputUpload:
+def input_upload_create(
+    *, project: Project, user: User, file_name: str, source: Any
+) -> InputUpload:
     """Store an uploaded file (a Django UploadedFile or a path) and read its columns.
 
     Raises ingest.IngestError with the file (and line) named when the file cannot be used.
@@ -159,8 +165,8 @@ def suggested_mapping(*, project: Project, columns: list[str]) -> dict[str, str]
 
 
 def input_import_start(
-    *, upload: InputUpload, user: Any, field_map: dict[str, str], reference_column: str = ""
-) -> Any:
+    *, upload: InputUpload, user: User, field_map: dict[str, str], reference_column: str = ""
+) -> Job:
     """Validate the mapping and start the import as a background job."""
     from jobs.models import JobKind
     from jobs.services import job_create
@@ -211,13 +217,62 @@ def content_hash(data: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def inputs_import_run(*, job: Any, progress: Any) -> dict[str, int]:
+class _ImportBatch:
+    """Rows of one import waiting to be written, deduplicated against the database one batch at
+    a time (rows this job already wrote carry its id), never against an in-memory set of every
+    hash in the file."""
+
+    def __init__(self, *, project: Project, job_id: int) -> None:
+        self.project = project
+        self.job_id = job_id
+        self.rows: dict[str, InputRow] = {}
+        # Hashes of rows that were in the project before this import and appear in the file:
+        # only those need remembering (to count their second appearance as a duplicate).
+        self.present_before: set[str] = set()
+
+    def flush(self) -> int:
+        """Write the batch; return how many of its rows were already in the file earlier."""
+        repeated = 0
+        known = InputRow.objects.filter(
+            project=self.project, content_hash__in=list(self.rows)
+        ).values_list("content_hash", "import_job_id")
+        for digest, import_job_id in known:
+            del self.rows[digest]
+            if import_job_id == self.job_id or digest in self.present_before:
+                repeated += 1
+            else:
+                self.present_before.add(digest)
+        InputRow.objects.bulk_create(self.rows.values(), ignore_conflicts=True)
+        self.rows.clear()
+        return repeated
+
+
+def _mapped_inputs(
+    record: ingest.Record, *, file_name: str, field_map: dict[str, str]
+) -> dict[str, str]:
+    """A record's values for the task's input fields; a line that cannot be one is an error."""
+    data = {}
+    for field, column in field_map.items():
+        if column not in record.values:
+            raise ingest.IngestError(file_name, f"the row has no {column!r} field", record.line)
+        data[field] = ingest.as_text(record.values[column])
+    if not any(v.strip() for v in data.values()):
+        raise ingest.IngestError(file_name, "every mapped input field is empty", record.line)
+    return data
+
+
+def _reference_of(record: ingest.Record, reference_column: str) -> str | None:
+    if not reference_column:
+        return None
+    raw = record.values.get(reference_column)
+    return ingest.as_text(raw) if raw not in (None, "") else None
+
+
+def inputs_import_run(*, job: Job, progress: Callable[[int, int], None]) -> dict[str, int]:
     """Import an uploaded file in ONE transaction: a failing line imports nothing.
 
     `progress(done, total)` is called every batch; it raises to cancel (which rolls back).
-    Memory stays flat: the file is streamed and deduplicated one batch at a time against the
-    database (rows this job already wrote carry its id), never against an in-memory set of
-    every hash in the file.
+    Memory stays flat: the file is streamed and deduplicated one batch at a time.
     """
     upload = InputUpload.objects.get(pk=job.params["upload_id"], project=job.project)
     project = upload.project
@@ -225,67 +280,33 @@ def inputs_import_run(*, job: Any, progress: Any) -> dict[str, int]:
     reference_column: str = job.params.get("reference_column") or ""
     path = settings.DATA_DIR / upload.file_path
     ingest.check_file(path, upload.file_name, max_bytes=settings.MAX_UPLOAD_BYTES)
-    batch_size = settings.IMPORT_BATCH_SIZE
     total = job.progress_total
-    # Hashes of rows that were in the project before this import and appear in the file: only
-    # those need remembering (to count their second appearance as a duplicate in the file).
-    present_before: set[str] = set()
     rows_read = duplicates_in_file = 0
-    batch: dict[str, InputRow] = {}
-
-    def flush() -> int:
-        """Write the batch; return how many of its rows were already in the file earlier."""
-        repeated = 0
-        known = InputRow.objects.filter(project=project, content_hash__in=list(batch)).values_list(
-            "content_hash", "import_job_id"
-        )
-        for digest, import_job_id in known:
-            del batch[digest]
-            if import_job_id == job.pk or digest in present_before:
-                repeated += 1
-            else:
-                present_before.add(digest)
-        InputRow.objects.bulk_create(batch.values(), ignore_conflicts=True)
-        batch.clear()
-        return repeated
-
+    batch = _ImportBatch(project=project, job_id=job.pk)
+    records = ingest.iter_records(path, upload.file_name, cast(ingest.Format, upload.format))
     with transaction.atomic():
-        for record in ingest.iter_records(path, upload.file_name, upload.format):
-            data = {}
-            for field, column in field_map.items():
-                if column not in record.values:
-                    raise ingest.IngestError(
-                        upload.file_name, f"the row has no {column!r} field", record.line
-                    )
-                data[field] = ingest.as_text(record.values[column])
-            if not any(v.strip() for v in data.values()):
-                raise ingest.IngestError(
-                    upload.file_name, "every mapped input field is empty", record.line
-                )
+        for record in records:
+            data = _mapped_inputs(record, file_name=upload.file_name, field_map=field_map)
             rows_read += 1
             digest = content_hash(data)
-            if digest in batch:
+            if digest in batch.rows:
                 duplicates_in_file += 1
                 continue
-            reference = None
-            if reference_column:
-                raw_ref = record.values.get(reference_column)
-                reference = ingest.as_text(raw_ref) if raw_ref not in (None, "") else None
-            batch[digest] = InputRow(
+            batch.rows[digest] = InputRow(
                 project=project,
                 data=data,
-                reference_output=reference,
+                reference_output=_reference_of(record, reference_column),
                 content_hash=digest,
                 search_text=" ".join(data.values()).lower(),
                 source_line=record.line,
                 import_job_id=job.pk,
             )
-            if len(batch) >= batch_size:
-                duplicates_in_file += flush()
+            if len(batch.rows) >= settings.IMPORT_BATCH_SIZE:
+                duplicates_in_file += batch.flush()
                 total = max(total, rows_read)
                 progress(rows_read, total)
-        if batch:
-            duplicates_in_file += flush()
+        if batch.rows:
+            duplicates_in_file += batch.flush()
         if rows_read == 0:
             raise ingest.IngestError(upload.file_name, "the file has no data rows")
         imported = InputRow.objects.filter(project=project, import_job_id=job.pk).count()

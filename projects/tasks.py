@@ -11,7 +11,7 @@ from jobs.models import Job
 from jobs.tasks import run_claimed
 
 
-@shared_task(name="jobs.import_inputs")
+@shared_task(name="jobs.import_inputs")  # type: ignore[untyped-decorator]  # celery ships no types
 def import_inputs(job_id: int) -> None:
     from projects.services import inputs_import_run
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -14,7 +15,7 @@ from django.views.decorators.http import require_http_methods
 
 from projects import forms, selectors, services
 from projects.access import project_for
-from teams.access import scoped_get, team_for
+from teams.access import scoped_get, signed_in_user, team_for
 from teams.forms import apply_errors
 from worker.ingest import IngestError, check_size
 from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages
@@ -31,7 +32,9 @@ def project_create(request: HttpRequest, team_id: int) -> HttpResponse:
     team, _ = team_for(user=request.user, team_id=team_id, permission="write")
     form = forms.ProjectForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        project = services.project_create(team=team, user=request.user, **form.cleaned_data)
+        project = services.project_create(
+            team=team, user=signed_in_user(request), **form.cleaned_data
+        )
         return redirect("projects:task_edit", project_id=project.pk)
     return render(request, "projects/project_create.html", {"team": team, "form": form})
 
@@ -184,9 +187,12 @@ def inputs_upload(request: HttpRequest, project_id: int) -> HttpResponse:
         uploaded = form.cleaned_data["file"]
         try:
             # Before anything is stored: an oversized file is refused without a copy.
-            check_size(uploaded.name, uploaded.size, max_bytes=services.settings.MAX_UPLOAD_BYTES)
+            check_size(uploaded.name, uploaded.size, max_bytes=settings.MAX_UPLOAD_BYTES)
             upload = services.input_upload_create(
-                project=project, user=request.user, file_name=uploaded.name, source=uploaded
+                project=project,
+                user=signed_in_user(request),
+                file_name=uploaded.name,
+                source=uploaded,
             )
             return redirect("projects:upload_map", project_id=project.pk, upload_id=upload.pk)
         except IngestError as exc:
@@ -216,7 +222,7 @@ def upload_map(request: HttpRequest, project_id: int, upload_id: int) -> HttpRes
         try:
             job = services.input_import_start(
                 upload=upload,
-                user=request.user,
+                user=signed_in_user(request),
                 field_map=form.field_map(),
                 reference_column=form.cleaned_data.get("reference_column", ""),
             )

@@ -9,10 +9,10 @@ from __future__ import annotations
 from functools import reduce
 from typing import Any, TypeVar
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
-from django.http import Http404
+from django.http import Http404, HttpRequest
 
 from teams.models import Membership, Team
 
@@ -20,11 +20,20 @@ M = TypeVar("M", bound=Model)
 AnyUser = AbstractBaseUser | AnonymousUser
 
 
+def signed_in_user(request: HttpRequest) -> User:
+    """The user of a login_required view, as the account services record (``created_by``)."""
+    if not isinstance(request.user, User):
+        raise PermissionDenied("sign in first")
+    return request.user
+
+
 def membership_for(*, user: AnyUser, team: Team | int) -> Membership | None:
     if not user.is_authenticated:
         return None
     team_id = team.pk if isinstance(team, Team) else team
-    return Membership.objects.filter(team_id=team_id, user=user).select_related("team").first()
+    return (
+        Membership.objects.filter(team_id=team_id, user_id=user.pk).select_related("team").first()
+    )
 
 
 def require(membership: Membership | None, permission: str) -> Membership:
@@ -55,7 +64,7 @@ def object_for(
     """
     if not user.is_authenticated:
         raise Http404
-    mine = Membership.objects.filter(user=user).values("team_id")
+    mine = Membership.objects.filter(user_id=user.pk).values("team_id")
     obj = queryset.filter(**lookup).filter(**{f"{team_path}_id__in": mine}).first()
     if obj is None:
         raise Http404

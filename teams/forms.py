@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
 
+from teams.errors import field_and_message
 from teams.models import ProviderKind, Role
 
 
@@ -46,14 +48,24 @@ class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
 
 
-class SignupForm(UserCreationForm):
+if TYPE_CHECKING:
+    _UserCreationForm = UserCreationForm[User]
+else:  # generic only in the stubs
+    _UserCreationForm = UserCreationForm
+
+
+class SignupForm(_UserCreationForm):
     pass
 
 
 def apply_errors(form: forms.Form, error: Any) -> None:
-    """Put a service's ValidationError onto the form, by field where it names one."""
+    """Put a service's error onto the form, by field where it names one: a ValidationError's
+    fields, or an exception's ``field`` attribute (its ``message`` says what is wrong)."""
     if hasattr(error, "error_dict"):
         for field, messages in error.message_dict.items():
             form.add_error(field if field in form.fields else None, messages)
+    elif hasattr(error, "field"):
+        name, message = field_and_message(error)
+        form.add_error(name if name in form.fields else None, message)
     else:
         form.add_error(None, error.messages)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -15,7 +15,7 @@ from teams.models import Invite, Membership, ProviderCredential, ProviderKind, R
 INVITE_LIFETIME = timedelta(days=7)
 
 
-def team_create(*, name: str, owner: Any) -> Team:
+def team_create(*, name: str, owner: User) -> Team:
     with transaction.atomic():
         team = Team.objects.create(name=name.strip())
         Membership.objects.create(team=team, user=owner, role=Role.OWNER)
@@ -51,7 +51,7 @@ def membership_remove(*, membership: Membership) -> None:
     membership.delete()
 
 
-def invite_create(*, team: Team, role: str, user: Any, email: str = "") -> Invite:
+def invite_create(*, team: Team, role: str, user: User, email: str = "") -> Invite:
     if role not in Role.values:
         raise ValidationError({"role": f"unknown role {role!r}"})
     return Invite.objects.create(
@@ -63,7 +63,7 @@ def invite_create(*, team: Team, role: str, user: Any, email: str = "") -> Invit
     )
 
 
-def invite_accept(*, invite: Invite, user: Any) -> Membership:
+def invite_accept(*, invite: Invite, user: User) -> Membership:
     with transaction.atomic():
         invite = Invite.objects.select_for_update().get(pk=invite.pk)
         if not invite.is_usable:
@@ -118,7 +118,7 @@ def _check_base_url_ssrf(base_url: str, allow_private_network: bool) -> None:
 def credential_create(
     *,
     team: Team,
-    user: Any,
+    user: User,
     name: str,
     provider: str,
     api_key: str,

@@ -13,8 +13,8 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
 from teams import forms, selectors, services
-from teams.access import scoped_get, team_for
-from teams.models import Invite, ProviderKind
+from teams.access import scoped_get, signed_in_user, team_for
+from teams.models import Invite, ProviderKind, Role
 
 
 @login_required
@@ -22,7 +22,7 @@ from teams.models import Invite, ProviderKind
 def team_create(request: HttpRequest) -> HttpResponse:
     form = forms.TeamForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        team = services.team_create(name=form.cleaned_data["name"], owner=request.user)
+        team = services.team_create(name=form.cleaned_data["name"], owner=signed_in_user(request))
         request.session["team_id"] = team.pk
         return redirect("reports:dashboard")
     return render(request, "teams/team_create.html", {"form": form})
@@ -50,7 +50,7 @@ def team_members(request: HttpRequest, team_id: int) -> HttpResponse:
                 team=team,
                 role=form.cleaned_data["role"],
                 email=form.cleaned_data["email"],
-                user=request.user,
+                user=signed_in_user(request),
             )
             form = forms.InviteForm()
     invites = team.invites.filter(accepted_at__isnull=True).order_by("-created_at")
@@ -64,7 +64,7 @@ def team_members(request: HttpRequest, team_id: int) -> HttpResponse:
             "invites": invites,
             "form": form,
             "new_invite": new_invite,
-            "roles": forms.RoleForm.base_fields["role"].choices,
+            "roles": Role.choices,
             "invite_url": (
                 request.build_absolute_uri(reverse("teams:invite_accept", args=[new_invite.token]))
                 if new_invite
@@ -131,7 +131,7 @@ def invite_accept(request: HttpRequest, token: str) -> HttpResponse:
             user = signup.save()
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         try:
-            services.invite_accept(invite=invite, user=request.user)
+            services.invite_accept(invite=invite, user=signed_in_user(request))
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
             return redirect("reports:dashboard")
@@ -153,7 +153,9 @@ def credentials(request: HttpRequest, team_id: int) -> HttpResponse:
         team_for(user=request.user, team_id=team_id, permission="manage")
         if form.is_valid():
             try:
-                services.credential_create(team=team, user=request.user, **form.cleaned_data)
+                services.credential_create(
+                    team=team, user=signed_in_user(request), **form.cleaned_data
+                )
                 messages.success(
                     request, f"Credential {form.cleaned_data['name']!r} saved (encrypted)."
                 )

@@ -126,7 +126,7 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         method="lora",
         output_dir="finetunes/victim",
     )
-    # Evaluation (issue 6): one on the victim's input, its example (votes).
+    # An evaluation of the victim's input, and its example (what votes are cast on).
     from evaluations import services as evaluation_services
 
     evaluation = evaluation_services.evaluation_start(

@@ -44,7 +44,15 @@ FORMAT_VERSION = "distillery-dataset-v1"
 
 
 class DatasetError(ValueError):
-    """The rows or parameters cannot make a dataset version; the message names the row/field."""
+    """The rows or parameters cannot make a dataset version. ``field`` names the parameter at
+    fault (the form field a page shows the error on), or is None when the fault is in the rows
+    (the message then names the row or line); ``message`` says what is wrong, without the
+    field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -113,21 +121,23 @@ class FreezeParams:
         for name in SPLITS:
             share = getattr(self, name)
             if isinstance(share, bool) or not isinstance(share, int | float) or share < 0:
-                raise DatasetError(f"{name}: must be a share between 0 and 1")
+                raise DatasetError("must be a share between 0 and 1", field=name)
         if abs(self.train + self.validation + self.test - 1.0) > 1e-6:
-            raise DatasetError("train: train + validation + test must add up to 1")
+            raise DatasetError("train + validation + test must add up to 1", field="train")
         if self.train <= 0:
-            raise DatasetError("train: the training split cannot be empty")
+            raise DatasetError("the training split cannot be empty", field="train")
         if self.real_ratio is not None and not 0.0 <= self.real_ratio <= 1.0:
-            raise DatasetError("real_ratio: must be between 0 and 1 (or empty to keep all rows)")
+            raise DatasetError(
+                "must be between 0 and 1 (or empty to keep all rows)", field="real_ratio"
+            )
         if not 0.0 < self.near_duplicate_threshold <= 1.0:
-            raise DatasetError("near_duplicate_threshold: must be above 0 and at most 1")
+            raise DatasetError("must be above 0 and at most 1", field="near_duplicate_threshold")
         if self.near_duplicates not in ("group", "report"):
-            raise DatasetError("near_duplicates: must be 'group' or 'report'")
+            raise DatasetError("must be 'group' or 'report'", field="near_duplicates")
         if self.on_invalid not in ("error", "skip"):
-            raise DatasetError("on_invalid: must be 'error' or 'skip'")
+            raise DatasetError("must be 'error' or 'skip'", field="on_invalid")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise DatasetError("seed: must be an integer")
+            raise DatasetError("must be an integer", field="seed")
 
 
 # --------------------------------------------------------------------------------------------
