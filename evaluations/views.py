@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import (
     Http404,
     HttpRequest,
@@ -24,16 +24,9 @@ from evaluations.forms import EvaluationForm, ExperimentForm, VoteForm
 from evaluations.models import EvalCandidate, EvalExample, Evaluation, EvaluationKind, VoteChoice
 from jobs.services import job_live_view
 from projects.access import project_for
-from teams.access import AnyUser, membership_for, require, scoped_get
+from teams.access import AnyUser, membership_for, require, scoped_get, signed_in_user
 from teams.forms import apply_errors
 from teams.models import Membership
-
-
-def signed_in_user(request: HttpRequest) -> User:
-    """The user of a login_required view, as the services record it (``created_by``)."""
-    if not isinstance(request.user, User):
-        raise PermissionDenied("sign in first")
-    return request.user
 
 
 def evaluation_for(

@@ -7,8 +7,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -19,17 +18,10 @@ from projects.access import project_for
 from reports import selectors, services
 from reports.forms import ReportSettingsForm
 from reports.models import ReportSettings
-from teams.access import require
+from teams.access import require, signed_in_user
 from teams.forms import apply_errors
 
 MAX_VOLUME = services.MAX_MONTHLY_VOLUME
-
-
-def signed_in_user(request: HttpRequest) -> User:
-    """The user of a login_required view, as the services record it (``created_by``)."""
-    if not isinstance(request.user, User):
-        raise PermissionDenied("sign in first")
-    return request.user
 
 
 def _initial(settings: ReportSettings) -> dict[str, Any]:

@@ -8,8 +8,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
@@ -23,19 +22,12 @@ from review import selectors, services
 from review.forms import AssignForm, ChecksForm, JudgeSettingsForm, RuleForm
 from review.models import AuditAction, ReviewRule
 from teachers.models import TeacherOutput
-from teams.access import scoped_get
+from teams.access import scoped_get, signed_in_user
 from teams.forms import apply_errors
 from teams.models import Membership
 from worker.checks import FLAG_CODES
 
 FRAGMENT_HEADER = "X-Review-Fragment"
-
-
-def _user(request: HttpRequest) -> User:
-    """The signed-in user (every view here is behind login_required)."""
-    if not isinstance(request.user, User):
-        raise PermissionDenied
-    return request.user
 
 
 def _wants_fragment(request: HttpRequest) -> bool:
@@ -55,7 +47,9 @@ def _card_context(
     spec = project.task_spec()
     return {
         "project": project,
-        "card": selectors.card_for(project=project, spec=spec, output=output, user=_user(request)),
+        "card": selectors.card_for(
+            project=project, spec=spec, output=output, user=signed_in_user(request)
+        ),
         "can_review": membership.can("review"),
         "labels": selectors.labels_in_use(project=project),
         "flag_titles": FLAG_CODES,
@@ -88,7 +82,9 @@ def _card_response(
 def review_queue(request: HttpRequest, project_id: int) -> HttpResponse:
     project, membership = project_for(user=request.user, project_id=project_id)
     filters = selectors.ReviewFilters.from_query(request.GET)
-    rows = selectors.outputs_for_review(project=project, user=_user(request), filters=filters)
+    rows = selectors.outputs_for_review(
+        project=project, user=signed_in_user(request), filters=filters
+    )
     page = selectors.CappedPaginator(rows, selectors.PAGE_SIZE).get_page(request.GET.get("page"))
     outputs = list(
         selectors.with_review_details(
@@ -98,7 +94,9 @@ def review_queue(request: HttpRequest, project_id: int) -> HttpResponse:
     by_id = {o.pk: o for o in outputs}
     spec = project.task_spec()
     cards = [
-        selectors.card_for(project=project, spec=spec, output=by_id[o.pk], user=_user(request))
+        selectors.card_for(
+            project=project, spec=spec, output=by_id[o.pk], user=signed_in_user(request)
+        )
         for o in page.object_list
     ]
     reviewers = selectors.reviewers_of(project=project)
@@ -152,7 +150,7 @@ def review_decide(request: HttpRequest, project_id: int, output_id: int) -> Http
     try:
         services.output_decide(
             project=project,
-            user=_user(request),
+            user=signed_in_user(request),
             output_id=output_id,
             action=action,
             seen_version=int(seen),
@@ -190,7 +188,7 @@ def review_undo(request: HttpRequest, project_id: int) -> HttpResponse:
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
     try:
-        output = services.decision_undo_last(project=project, user=_user(request))
+        output = services.decision_undo_last(project=project, user=signed_in_user(request))
     except ValidationError as exc:
         if _wants_fragment(request):
             return HttpResponse(" ".join(exc.messages), status=400, content_type="text/plain")
@@ -219,7 +217,7 @@ def review_comment(request: HttpRequest, project_id: int, output_id: int) -> Htt
     try:
         services.comment_add(
             project=project,
-            user=_user(request),
+            user=signed_in_user(request),
             output_id=output_id,
             text=request.POST.get("text", ""),
         )
@@ -254,7 +252,7 @@ def review_bulk(request: HttpRequest, project_id: int) -> HttpResponse:
         try:
             count = services.bulk_decide(
                 project=project,
-                user=_user(request),
+                user=signed_in_user(request),
                 filters=filters,
                 action=action,
                 expected_count=int(expected) if expected.isdigit() else -1,
@@ -267,7 +265,7 @@ def review_bulk(request: HttpRequest, project_id: int) -> HttpResponse:
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
     count = services.bulk_count(
-        project=project, user=_user(request), filters=filters, action=action
+        project=project, user=signed_in_user(request), filters=filters, action=action
     )
     ids = {int(v) for v in (filters.reviewer, filters.assigned) if v and v.isdigit()}
     return render(
@@ -296,7 +294,7 @@ def review_identical(request: HttpRequest, project_id: int, output_id: int) -> H
         try:
             count = services.correction_apply_to_identical(
                 project=project,
-                user=_user(request),
+                user=signed_in_user(request),
                 output_id=output.pk,
                 expected_count=int(expected) if expected.isdigit() else -1,
             )
@@ -325,7 +323,7 @@ def review_identical(request: HttpRequest, project_id: int, output_id: int) -> H
 @require_http_methods(["GET", "POST"])
 def review_automation(request: HttpRequest, project_id: int) -> HttpResponse:
     project, membership = project_for(
-        user=_user(request),
+        user=signed_in_user(request),
         project_id=project_id,
         permission="write" if request.method == "POST" else "read",
     )
@@ -349,7 +347,7 @@ def review_automation(request: HttpRequest, project_id: int) -> HttpResponse:
             try:
                 services.judge_settings_update(
                     project=project,
-                    user=_user(request),
+                    user=signed_in_user(request),
                     rubric=data["rubric"],
                     scale=data["scale"],
                     pass_score=data["pass_score"],
@@ -364,7 +362,7 @@ def review_automation(request: HttpRequest, project_id: int) -> HttpResponse:
             try:
                 job = services.checks_start(
                     project=project,
-                    user=_user(request),
+                    user=signed_in_user(request),
                     judge=checks_form.cleaned_data["judge"],
                     apply_rules=checks_form.cleaned_data["apply_rules"],
                 )
@@ -402,7 +400,7 @@ def review_rule_create(request: HttpRequest, project_id: int) -> HttpResponse:
         try:
             rule = services.rule_create(
                 project=project,
-                user=_user(request),
+                user=signed_in_user(request),
                 name=form.cleaned_data["name"],
                 definition=form.definition(),
             )
@@ -425,7 +423,7 @@ def review_rule_delete(request: HttpRequest, project_id: int, rule_id: int) -> H
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
     rule = scoped_get(ReviewRule.objects.filter(project=project), pk=rule_id)
-    services.rule_delete(project=project, user=_user(request), rule=rule)
+    services.rule_delete(project=project, user=signed_in_user(request), rule=rule)
     messages.success(request, f"Rule {rule.name!r} deleted.")
     return redirect("review:review_automation", project_id=project.pk)
 
@@ -435,7 +433,7 @@ def review_rules_apply(request: HttpRequest, project_id: int) -> HttpResponse:
     project, _ = project_for(user=request.user, project_id=project_id, permission="manage")
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
-    applied = services.rules_apply(project=project, user=_user(request))
+    applied = services.rules_apply(project=project, user=signed_in_user(request))
     if applied:
         messages.success(
             request,
@@ -462,7 +460,7 @@ def review_assign(request: HttpRequest, project_id: int) -> HttpResponse:
         try:
             result = services.assignments_create(
                 project=project,
-                user=_user(request),
+                user=signed_in_user(request),
                 reviewers=chosen,
                 overlap_percent=form.cleaned_data["overlap_percent"],
                 seed=form.cleaned_data["seed"] or 0,
@@ -508,7 +506,7 @@ def review_resolve(request: HttpRequest, project_id: int, output_id: int) -> Htt
     try:
         services.conflict_resolve(
             project=project,
-            user=_user(request),
+            user=signed_in_user(request),
             output_id=output_id,
             action=request.POST.get("action", ""),
             value=request.POST.get("value", ""),
