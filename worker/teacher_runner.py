@@ -67,7 +67,6 @@ OnResult = Callable[[TeacherRequest, str, TeacherResponse, Decimal], MaybeAwaita
 ShouldStop = Callable[[], MaybeAwaitable]
 
 
-
 class StopReason(StrEnum):
     """Why a run stopped before handling every request."""
 
@@ -320,7 +319,7 @@ class _Run:
                     StopReason.BUDGET,
                     f"budget: the cap of ${self.budget} would be exceeded "
                     f"(spent ${spent}; the next call could cost up to "
-                    f"${reservation.quantize(Decimal('0.000001'))})"
+                    f"${reservation.quantize(Decimal('0.000001'))})",
                 )
             raise _Stop
 
