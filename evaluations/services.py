@@ -14,14 +14,12 @@ The public entry point of the app's writes; the work is in modules named by what
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db import connections
 
 from evaluations.answers import Progress, run_references, store_answers
 from evaluations.choices import (
@@ -137,24 +135,17 @@ def _run_endpoint(
 ) -> None:
     from asgiref.sync import sync_to_async
 
+    from teachers.calls import teacher_calls_run
     from teachers.services import price_for_model
-    from teams.crypto import decrypt_secret_dangerously
     from worker.inference import latency_percentiles
     from worker.pricing import FREE
-    from worker.teacher_runner import run as run_requests
-    from worker.teachers import make_provider
-    from worker.teachers.base import ProviderConfig, TeacherRequest, TeacherResponse
+    from worker.teacher_runner import StopReason
+    from worker.teachers.base import TeacherRequest, TeacherResponse
 
     credential = candidate.credential
     if credential is None:
         raise ValueError("the endpoint's credential was deleted")
-    config = ProviderConfig(
-        kind=credential.provider,  # type: ignore[arg-type]
-        credential_name=credential.name,
-        api_key=decrypt_secret_dangerously(credential.encrypted_key),
-        base_url=credential.base_url,
-        allow_private_network=credential.allow_private_network,
-    )
+    config = credential.provider_config_dangerously()
     max_new = options.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(spec.output_kind, 64)
     requests = [
         TeacherRequest(
@@ -176,34 +167,24 @@ def _run_endpoint(
     def on_result(request: Any, key: str, response: TeacherResponse, cost: Any) -> None:
         responses[request.custom_id] = response
 
-    def check_stop() -> str | None:
+    def check_stop() -> StopReason | None:
         try:
             progress.add(0, phase=f"{candidate.name}: {len(responses)} answered")
         except job_services.JobCancelled:
-            return "cancelled"
+            return StopReason.CANCELLED
         return None
 
-    should_stop = sync_to_async(check_stop, thread_sensitive=True)
-
-    async def main() -> Any:
-        provider = make_provider(config)
-        try:
-            return await run_requests(
-                requests,
-                provider,
-                concurrency=options.concurrency,
-                price=price,
-                on_result=on_result,
-                should_stop=should_stop,
-            )
-        finally:
-            await provider.aclose()
-            await sync_to_async(connections.close_all, thread_sensitive=True)()
-
-    summary = asyncio.run(main())
-    if summary.stopped_reason == "cancelled":
+    summary = teacher_calls_run(
+        requests,
+        config,
+        price=price,
+        concurrency=options.concurrency,
+        on_result=on_result,
+        should_stop=sync_to_async(check_stop, thread_sensitive=True),
+    )
+    if summary.stopped is StopReason.CANCELLED:
         raise job_services.JobCancelled
-    if summary.stopped_reason:
+    if summary.stopped is not None:
         raise RuntimeError(summary.stopped_reason)
     answers: list[str | None] = []
     latencies: list[float | None] = []

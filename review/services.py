@@ -144,12 +144,9 @@ def judge_run(
     """Ask the LLM judge about each unreviewed output (or `scope`) through the teacher engine
     (worker.teacher_runner), with the team's response cache, and record a score, a reason and
     judge flags. `progress(done, total, figures)` may raise to stop (cancel)."""
-    from teachers.models import CachedResponse
-    from teams.crypto import decrypt_secret_dangerously
+    from teachers.calls import TeamResponseCache, teacher_calls_run
     from teams.models import ProviderCredential
-    from worker.teacher_cache import cache_key
-    from worker.teacher_runner import run_sync
-    from worker.teachers import ProviderConfig, TeacherRequest, TeacherResponse, make_provider
+    from worker.teachers import TeacherRequest, TeacherResponse
 
     setup = _judge_setup(project)
     spec = project.task_spec()
@@ -166,13 +163,7 @@ def judge_run(
     cost = Decimal(0)
     calls = cache_hits = failed = low = 0
     progress(0, total, {})
-    config = ProviderConfig(
-        kind=credential.provider,  # type: ignore[arg-type]
-        credential_name=credential.name,
-        api_key=decrypt_secret_dangerously(credential.encrypted_key),
-        base_url=credential.base_url,
-        allow_private_network=credential.allow_private_network,
-    )
+    config = credential.provider_config_dangerously()
     batch: list[TeacherOutput] = []
 
     def flush() -> None:
@@ -192,39 +183,17 @@ def judge_run(
                     output_kind="text",
                 )
             )
-        keys = {r.custom_id: cache_key(config, r) for r in requests}
-        cached = {
-            c.key: TeacherResponse.from_json(c.response)
-            for c in CachedResponse.objects.filter(team=project.team, key__in=keys.values())
-        }
+        cache = TeamResponseCache.load(team_id=project.team_id, config=config, requests=requests)
         answers: dict[str, TeacherResponse] = {}
-        new_cache: dict[str, dict[str, Any]] = {}
-
-        def lookup(key: str) -> TeacherResponse | None:
-            return cached.get(key)
-
-        def store(key: str, response: TeacherResponse) -> None:
-            new_cache[key] = response.to_json()
 
         def on_result(request: Any, key: str, response: TeacherResponse, usd: Decimal) -> None:
             answers[request.custom_id] = response
 
-        summary = run_sync(
-            requests,
-            lambda: make_provider(config),
-            concurrency=8,
-            price=price,
-            cache_lookup=lookup,
-            cache_store=store,
-            on_result=on_result,
-            key_for=lambda r: keys[r.custom_id],
+        summary = teacher_calls_run(
+            requests, config, price=price, concurrency=8, cache=cache, on_result=on_result
         )
-        if summary.stopped_reason and not answers:
+        if summary.stopped is not None and not answers:
             raise RuntimeError(f"the judge could not be reached: {summary.stopped_reason}")
-        CachedResponse.objects.bulk_create(
-            [CachedResponse(team=project.team, key=k, response=v) for k, v in new_cache.items()],
-            ignore_conflicts=True,
-        )
         cost += summary.cost_usd
         calls += summary.calls
         cache_hits += summary.cache_hits

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 
@@ -72,7 +72,7 @@ class TeacherRunForm(forms.Form):
         self.credentials = {str(c.pk): c for c in credentials}
         choices = [(str(c.pk), f"{c.name} ({c.get_provider_display()})") for c in credentials]
         choices.append((LOCAL, "Local Hugging Face model"))
-        self.fields["teacher"].choices = choices
+        cast(forms.ChoiceField, self.fields["teacher"]).choices = choices
 
     TEACHER_FIELDS = ("teacher", "model", "local_model_path", "mode")
 

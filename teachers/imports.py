@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from jobs import services as job_services
@@ -89,10 +90,9 @@ class _Reader:
 
     def log_line(self, record: ingest.Record) -> ImportedOutput:
         line, value = record.line, record.values
-        request = value.get("request") if isinstance(value.get("request"), dict) else value
-        response = value.get("response") if isinstance(value.get("response"), dict) else value
-        if isinstance(response.get("body"), dict):
-            response = response["body"]  # an OpenAI Batch output record
+        request = _object(value, "request", value)
+        response = _object(value, "response", value)
+        response = _object(response, "body", response)  # an OpenAI Batch output record
         messages = request.get("messages")
         if not isinstance(messages, list) or not messages:
             raise self.error("no request messages (expected request.messages)", line)
@@ -100,8 +100,8 @@ class _Reader:
         finish = ""
         choices = response.get("choices")
         if isinstance(choices, list) and choices:
-            choice = choices[0] if isinstance(choices[0], dict) else {}
-            message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+            choice: dict[str, Any] = choices[0] if isinstance(choices[0], dict) else {}
+            message = _object(choice, "message", {})
             raw = _content_text(message.get("content"))
             finish = str(choice.get("finish_reason") or "")
         elif isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
@@ -114,7 +114,7 @@ class _Reader:
                 "or a last assistant message)",
                 line,
             )
-        usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+        usage = _object(response, "usage", {})
         return ImportedOutput(
             line=line,
             data=self._input_of(value, request, messages, line),
@@ -170,6 +170,12 @@ class _Reader:
         return ImportedOutput(line=record.line, data=data, raw_text=raw, finish_reason="")
 
 
+def _object(parent: dict[str, Any], key: str, default: dict[str, Any]) -> dict[str, Any]:
+    """``parent[key]`` when it is a JSON object, else ``default``."""
+    value = parent.get(key)
+    return value if isinstance(value, dict) else default
+
+
 def _int(value: Any) -> int:
     try:
         return max(0, int(value or 0))
@@ -203,7 +209,7 @@ def read_imported_outputs(
 def teacher_run_import(
     *,
     project: Project,
-    user: Any,
+    user: User,
     file_name: str,
     path: Path,
     output_column: str = "output",
@@ -214,74 +220,11 @@ def teacher_run_import(
     items = read_imported_outputs(
         project=project, path=path, file_name=file_name, output_column=output_column
     )
-    spec = project.task_spec()
     models = sorted({i.model for i in items if i.model})
     model_name = model.strip() or (models[0] if len(models) == 1 else ", ".join(models)[:200])
-    try:
-        from worker.checks import OutputToCheck, check_output
-    except ImportError:  # pragma: no cover - checks are optional for storing outputs
-        check_output = None  # type: ignore[assignment]
     with transaction.atomic():
-        hashes = {content_hash(i.data): i.data for i in items}
-        existing: dict[str, InputRow] = {}
-        keys = list(hashes)
-        for start in range(0, len(keys), 2000):
-            chunk = keys[start : start + 2000]
-            for row in InputRow.objects.filter(project=project, content_hash__in=chunk):
-                existing[row.content_hash] = row
-        new_rows = [
-            InputRow(
-                project=project,
-                data=data,
-                content_hash=digest,
-                search_text=" ".join(data.values()).lower(),
-            )
-            for digest, data in hashes.items()
-            if digest not in existing
-        ]
-        InputRow.objects.bulk_create(new_rows, batch_size=2000)
-        for start in range(0, len(keys), 2000):
-            chunk = keys[start : start + 2000]
-            for row in InputRow.objects.filter(project=project, content_hash__in=chunk):
-                existing[row.content_hash] = row
-
-        samples: dict[int, int] = {}
-        outputs: list[TeacherOutput] = []
-        flags_for: list[list[Any]] = []
-        for item in items:
-            row = existing[content_hash(item.data)]
-            sample = samples.get(row.pk, 0)
-            samples[row.pk] = sample + 1
-            parsed = parse_output(spec, item.raw_text)
-            flags = (
-                check_output(
-                    spec,
-                    OutputToCheck(
-                        output_id=item.line,
-                        raw=item.raw_text,
-                        input_id=row.pk,
-                        reference=row.reference_output,
-                    ),
-                )
-                if check_output is not None
-                else []
-            )
-            flags_for.append(flags)
-            outputs.append(
-                TeacherOutput(
-                    project=project,
-                    input=row,
-                    sample_index=sample,
-                    raw_text=item.raw_text,
-                    parsed=parsed.value,
-                    parse_error=parsed.error,
-                    finish_reason=item.finish_reason,
-                    input_tokens=item.input_tokens,
-                    output_tokens=item.output_tokens,
-                    flag_codes=[f.code for f in flags],
-                )
-            )
-        input_ids = sorted(samples)
+        rows, new_inputs = _input_rows(project, items)
+        outputs, flags_for = _outputs_of(project, items, rows)
         job = job_services.job_record_finished(
             team=project.team,
             project=project,
@@ -289,11 +232,7 @@ def teacher_run_import(
             user=user,
             params={"imported": file_name},
             done=len(outputs),
-            result={
-                "outputs": len(outputs),
-                "new_inputs": len(new_rows),
-                "source": file_name,
-            },
+            result={"outputs": len(outputs), "new_inputs": new_inputs, "source": file_name},
         )
         run = TeacherRun.objects.create(
             job=job,
@@ -301,31 +240,115 @@ def teacher_run_import(
             provider="imported",
             model=model_name or "unknown",
             mode=TeacherRunMode.IMPORTED,
-            samples_per_input=max(samples.values()),
+            samples_per_input=max(o.sample_index for o in outputs) + 1,
             concurrency=1,
             selection={"kind": "imported"},
-            input_ids=input_ids,
+            input_ids=sorted({o.input_id for o in outputs}),
             source=file_name,
         )  # no calls were made: the run's totals (the ledger's sums) stay at zero
         job.params = {"teacher_run_id": run.pk, "imported": file_name}
         job.save(update_fields=["params"])
-        for output in outputs:
-            output.run = run
-        TeacherOutput.objects.bulk_create(outputs, batch_size=2000)
-        created = {
-            (o.input_id, o.sample_index): o
-            for o in TeacherOutput.objects.filter(run=run).only("id", "input_id", "sample_index")
-        }
-        flag_rows = [
-            OutputFlag(
-                output=created[(output.input_id, output.sample_index)],
-                project=project,
-                code=f.code,
-                message=f.message,
-                score=f.score,
-            )
-            for output, flags in zip(outputs, flags_for, strict=True)
-            for f in flags
-        ]
-        OutputFlag.objects.bulk_create(flag_rows, batch_size=2000, ignore_conflicts=True)
+        _store_outputs(project, run, outputs, flags_for)
     return run
+
+
+def _input_rows(project: Project, items: list[ImportedOutput]) -> tuple[dict[str, InputRow], int]:
+    """The project's input rows for the items, by content hash (new inputs are created), and
+    how many were new."""
+    hashes = {content_hash(i.data): i.data for i in items}
+    keys = list(hashes)
+
+    def existing() -> dict[str, InputRow]:
+        found: dict[str, InputRow] = {}
+        for start in range(0, len(keys), 2000):
+            chunk = keys[start : start + 2000]
+            for row in InputRow.objects.filter(project=project, content_hash__in=chunk):
+                found[row.content_hash] = row
+        return found
+
+    before = existing()
+    new_rows = [
+        InputRow(
+            project=project,
+            data=data,
+            content_hash=digest,
+            search_text=" ".join(data.values()).lower(),
+        )
+        for digest, data in hashes.items()
+        if digest not in before
+    ]
+    InputRow.objects.bulk_create(new_rows, batch_size=2000)
+    return existing(), len(new_rows)
+
+
+def _outputs_of(
+    project: Project, items: list[ImportedOutput], rows: dict[str, InputRow]
+) -> tuple[list[TeacherOutput], list[list[Any]]]:
+    """The outputs (not saved; a repeated input becomes its next sample), parsed and checked,
+    with each one's flags."""
+    spec = project.task_spec()
+    try:
+        from worker.checks import OutputToCheck, check_output
+    except ImportError:  # pragma: no cover - checks are optional for storing outputs
+        check_output = None  # type: ignore[assignment]
+    samples: dict[int, int] = {}
+    outputs: list[TeacherOutput] = []
+    flags_for: list[list[Any]] = []
+    for item in items:
+        row = rows[content_hash(item.data)]
+        sample = samples.get(row.pk, 0)
+        samples[row.pk] = sample + 1
+        parsed = parse_output(spec, item.raw_text)
+        flags = (
+            check_output(
+                spec,
+                OutputToCheck(
+                    output_id=item.line,
+                    raw=item.raw_text,
+                    input_id=row.pk,
+                    reference=row.reference_output,
+                ),
+            )
+            if check_output is not None
+            else []
+        )
+        flags_for.append(flags)
+        outputs.append(
+            TeacherOutput(
+                project=project,
+                input=row,
+                sample_index=sample,
+                raw_text=item.raw_text,
+                parsed=parsed.value,
+                parse_error=parsed.error,
+                finish_reason=item.finish_reason,
+                input_tokens=item.input_tokens,
+                output_tokens=item.output_tokens,
+                flag_codes=[f.code for f in flags],
+            )
+        )
+    return outputs, flags_for
+
+
+def _store_outputs(
+    project: Project, run: TeacherRun, outputs: list[TeacherOutput], flags_for: list[list[Any]]
+) -> None:
+    for output in outputs:
+        output.run = run
+    TeacherOutput.objects.bulk_create(outputs, batch_size=2000)
+    created = {
+        (o.input_id, o.sample_index): o
+        for o in TeacherOutput.objects.filter(run=run).only("id", "input_id", "sample_index")
+    }
+    flag_rows = [
+        OutputFlag(
+            output=created[(output.input_id, output.sample_index)],
+            project=project,
+            code=f.code,
+            message=f.message,
+            score=f.score,
+        )
+        for output, flags in zip(outputs, flags_for, strict=True)
+        for f in flags
+    ]
+    OutputFlag.objects.bulk_create(flag_rows, batch_size=2000, ignore_conflicts=True)

@@ -14,6 +14,7 @@ from jobs import services as job_services
 from jobs.models import JobStatus
 from projects.models import Project
 from teachers.models import LedgerEntry, LedgerStatus, PriceEntry, TeacherOutput, TeacherRun
+from teams.models import Team
 from worker import pricing
 
 OUTPUTS_PER_PAGE = 25
@@ -140,7 +141,7 @@ class PriceRow:
     default: pricing.ModelPrice | None
 
 
-def price_rows(*, team: Any) -> list[PriceRow]:
+def price_rows(*, team: Team) -> list[PriceRow]:
     """The shipped defaults with the team's overrides in their place, plus the team's own models."""
     overrides = {e.model.strip().lower(): e for e in PriceEntry.objects.filter(team=team)}
     rows: list[PriceRow] = []

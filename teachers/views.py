@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
@@ -25,11 +25,20 @@ from teachers.imports import teacher_run_import
 from teachers.models import PriceEntry, TeacherRun
 from teams.access import membership_for, require, scoped_get, team_for
 from teams.forms import apply_errors
+from teams.models import Membership
 from worker.ingest import IngestError, check_size
 from worker.pricing import PRICES_AS_OF
 
 
-def teacher_run_for(*, user: Any, run_id: int, permission: str = "read") -> tuple[TeacherRun, Any]:
+class AuthenticatedRequest(HttpRequest):
+    """What a view behind ``login_required`` receives: ``user`` is a signed-in User."""
+
+    user: User
+
+
+def teacher_run_for(
+    *, user: User, run_id: int, permission: str = "read"
+) -> tuple[TeacherRun, Membership]:
     run = (
         TeacherRun.objects.filter(pk=run_id, project__team__memberships__user=user)
         .select_related("project__team", "job", "credential", "job__created_by")
@@ -42,7 +51,7 @@ def teacher_run_for(*, user: Any, run_id: int, permission: str = "read") -> tupl
 
 
 @login_required
-def run_list(request: HttpRequest, project_id: int) -> HttpResponse:
+def run_list(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
     project, membership = project_for(user=request.user, project_id=project_id)
     return render(
         request,
@@ -58,7 +67,7 @@ def run_list(request: HttpRequest, project_id: int) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def run_new(request: HttpRequest, project_id: int) -> HttpResponse:
+def run_new(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
     """GET: the form. POST action=estimate: the estimate, with a "Start" button. POST
     action=start: create the run (the estimate is computed again and stored on it)."""
     project, membership = project_for(user=request.user, project_id=project_id, permission="write")
@@ -93,7 +102,7 @@ def run_new(request: HttpRequest, project_id: int) -> HttpResponse:
 
 
 @login_required
-def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_detail(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
     run, membership = teacher_run_for(user=request.user, run_id=run_id)
     problems_only = request.GET.get("problems") == "1"
     return render(
@@ -116,7 +125,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 
 
 @login_required
-def run_progress(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_progress(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
     """The fragment the run page polls (htmx) while the run is queued or running."""
     run, membership = teacher_run_for(user=request.user, run_id=run_id)
     return render(
@@ -130,7 +139,7 @@ def run_progress(request: HttpRequest, run_id: int) -> HttpResponse:
     )
 
 
-def _control(request: HttpRequest, run_id: int, action: str) -> HttpResponse:
+def _control(request: AuthenticatedRequest, run_id: int, action: str) -> HttpResponse:
     run, _ = teacher_run_for(user=request.user, run_id=run_id, permission="write")
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
@@ -150,23 +159,23 @@ def _control(request: HttpRequest, run_id: int, action: str) -> HttpResponse:
 
 
 @login_required
-def run_pause(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_pause(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
     return _control(request, run_id, "pause")
 
 
 @login_required
-def run_resume(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_resume(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
     return _control(request, run_id, "resume")
 
 
 @login_required
-def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_cancel(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
     return _control(request, run_id, "cancel")
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def run_import(request: HttpRequest, project_id: int) -> HttpResponse:
+def run_import(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
     project, membership = project_for(user=request.user, project_id=project_id, permission="write")
     form = TeacherImportForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
@@ -209,7 +218,7 @@ def run_import(request: HttpRequest, project_id: int) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def prices(request: HttpRequest, team_id: int) -> HttpResponse:
+def prices(request: AuthenticatedRequest, team_id: int) -> HttpResponse:
     team, membership = team_for(user=request.user, team_id=team_id)
     form = PriceForm(request.POST or None)
     if request.method == "POST":
@@ -237,7 +246,7 @@ def prices(request: HttpRequest, team_id: int) -> HttpResponse:
 
 
 @login_required
-def price_delete(request: HttpRequest, team_id: int, price_id: int) -> HttpResponse:
+def price_delete(request: AuthenticatedRequest, team_id: int, price_id: int) -> HttpResponse:
     team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])

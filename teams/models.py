@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from worker.teachers.base import ProviderConfig
 
 
 class Role(models.TextChoices):
@@ -26,7 +30,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 class Team(models.Model):
     name = models.CharField(max_length=120)
     created_at = models.DateTimeField(auto_now_add=True)
-    members = models.ManyToManyField(
+    members: models.ManyToManyField[Any, Any] = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="teams"
     )
 
@@ -119,3 +123,22 @@ class ProviderCredential(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_provider_display()}, …{self.key_last4})"
+
+    def provider_config_dangerously(self, **options: Any) -> ProviderConfig:
+        """The teacher engine's configuration for this credential, WITH the decrypted key: build
+        it in the worker, right before the calls, and never log, store or pickle it. ``options``
+        are other ProviderConfig fields (timeouts)."""
+        from teams.crypto import decrypt_secret_dangerously
+        from worker.teachers.base import PROVIDER_KINDS, ProviderConfig
+
+        kind = next((k for k in PROVIDER_KINDS if k == self.provider), None)
+        if kind is None:
+            raise ValueError(f"credential {self.name!r}: unknown provider {self.provider!r}")
+        return ProviderConfig(
+            kind=kind,
+            credential_name=self.name,
+            api_key=decrypt_secret_dangerously(bytes(self.encrypted_key)),
+            base_url=self.base_url,
+            allow_private_network=self.allow_private_network,
+            **options,
+        )

@@ -9,8 +9,11 @@ The Django side stays thin: it builds the requests and the provider, and supplie
         cache_store=store,            # (key, response) after a successful call
         on_sent=ledger_sent,          # (request, key) BEFORE the call: the ledger's "sent" row
         on_result=save_output,        # (request, key, response, cost_usd) after it, every time
-        should_stop=check_job,        # () -> "paused" | "cancelled" | None
+        should_stop=check_job,        # () -> StopReason.PAUSED | StopReason.CANCELLED | None
     )
+
+A stopped run says why twice: ``summary.stopped`` is a ``StopReason`` for code to branch on, and
+``summary.stopped_reason`` is the human message (for PAUSED and CANCELLED, the enum's value).
 
 Callbacks may be plain functions or coroutine functions. Plain ones run on the event loop (keep
 them quick); Django ORM code must be wrapped with ``asgiref.sync.sync_to_async`` (which also
@@ -22,13 +25,14 @@ Rules:
   Two requests with the same key in one run make one call.
 - Before a call starts, its worst case (prompt tokens + ``max_tokens`` at the model's price) is
   reserved against the budget. A call that does not fit waits for in-flight calls to settle; if it
-  still does not fit, the run stops with ``stopped_reason`` "budget", before exceeding the cap.
+  still does not fit, the run stops with ``StopReason.BUDGET``, before exceeding the cap.
   An attempt whose response was lost (timeout, unreadable body) may have been billed, so its
   worst case stays counted against the budget.
 - Retries: 429 waits for Retry-After (and pauses every worker until then); 5xx, timeouts,
   connection errors and unreadable bodies back off exponentially with jitter, up to
   ``RetryPolicy.max_attempts`` attempts. 400/401/403/404 are never retried; 401/403/404 stop the
-  whole run (no other request can succeed) with the error's message as ``stopped_reason``.
+  whole run (no other request can succeed): ``StopReason.FATAL``, with the error's message as
+  ``stopped_reason``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from worker.pricing import FREE, ModelPrice, count_message_tokens, price_for
@@ -60,6 +65,16 @@ CacheStore = Callable[[str, TeacherResponse], MaybeAwaitable]
 OnSent = Callable[[TeacherRequest, str], MaybeAwaitable]
 OnResult = Callable[[TeacherRequest, str, TeacherResponse, Decimal], MaybeAwaitable]
 ShouldStop = Callable[[], MaybeAwaitable]
+
+
+class StopReason(StrEnum):
+    """Why a run stopped before handling every request."""
+
+    PAUSED = "paused"  # should_stop asked for a pause
+    CANCELLED = "cancelled"  # should_stop asked for a cancel
+    BUDGET = "budget"  # the next call could have exceeded the budget cap
+    FATAL = "fatal"  # a provider error no other request can get past (bad key, unknown model)
+
 
 # An approximate prompt count (non-OpenAI models) is inflated by this much for the worst case.
 APPROX_TOKEN_MARGIN = 1.5
@@ -94,13 +109,14 @@ class RunSummary:
     cost_usd: Decimal = Decimal(0)
     # Worst case of attempts whose response was lost (may or may not have been billed).
     possibly_billed_usd: Decimal = Decimal(0)
-    stopped_reason: str | None = None
+    stopped: StopReason | None = None
+    stopped_reason: str | None = None  # the human message for ``stopped``
     failures: list[tuple[str, str]] = field(default_factory=list)  # (custom_id, error), first 100
     wall_s: float = 0.0
 
     @property
     def completed(self) -> bool:
-        return self.stopped_reason is None
+        return self.stopped is None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +131,7 @@ class RunSummary:
             "output_tokens": self.output_tokens,
             "cost_usd": str(self.cost_usd),
             "possibly_billed_usd": str(self.possibly_billed_usd),
+            "stopped": None if self.stopped is None else self.stopped.value,
             "stopped_reason": self.stopped_reason,
             "failures": [list(f) for f in self.failures],
             "wall_s": round(self.wall_s, 3),
@@ -168,7 +185,8 @@ class _Run:
         self.stop_check_interval_s = stop_check_interval_s
         self.key_for = key_for
         self.summary = RunSummary()
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
+        self.stop_message = ""
         self.spent = Decimal(0)  # actual cost + possibly-billed worst cases
         self.reserved = Decimal(0)
         self.in_flight_reservations = 0
@@ -209,12 +227,13 @@ class _Run:
         self.last_stop_check = now
         reason = await _call(self.should_stop_fn)
         if reason:
-            self._stop(str(reason))
+            self._stop(StopReason(reason))
             raise _Stop
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: StopReason, message: str = "") -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.stop_message = message or reason.value
 
     async def _reserve(self, amount: Decimal) -> bool:
         if self.budget is None:
@@ -297,9 +316,10 @@ class _Run:
             if self.stop_reason is None:
                 spent = self.spent.quantize(Decimal("0.000001"))
                 self._stop(
+                    StopReason.BUDGET,
                     f"budget: the cap of ${self.budget} would be exceeded "
                     f"(spent ${spent}; the next call could cost up to "
-                    f"${reservation.quantize(Decimal('0.000001'))})"
+                    f"${reservation.quantize(Decimal('0.000001'))})",
                 )
             raise _Stop
 
@@ -366,7 +386,7 @@ class _Run:
             if isinstance(error, TeacherTimeoutError | TeacherMalformedResponseError):
                 lost += 1
             if error.fatal:
-                self._stop(error.message)
+                self._stop(StopReason.FATAL, error.message)
             give_up = (
                 not error.retryable
                 or attempt >= self.retry.max_attempts
@@ -417,7 +437,8 @@ class _Run:
                 raise
         except _Stop:
             pass
-        self.summary.stopped_reason = self.stop_reason
+        self.summary.stopped = self.stop_reason
+        self.summary.stopped_reason = self.stop_message if self.stop_reason is not None else None
         self.summary.wall_s = time.perf_counter() - started
         return self.summary
 
@@ -490,4 +511,4 @@ def run_sync(
     return asyncio.run(main())
 
 
-__all__ = ["RetryPolicy", "RunSummary", "run", "run_sync"]
+__all__ = ["RetryPolicy", "RunSummary", "StopReason", "run", "run_sync"]
