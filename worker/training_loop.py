@@ -262,7 +262,7 @@ def make_trainer_class() -> type:
 
     base: Any = SFTTrainer
 
-    class DistilleryTrainer(base):  # type: ignore[valid-type,misc]
+    class DistilleryTrainer(base):  # type: ignore[misc]
         def __init__(
             self,
             *args: Any,
@@ -423,7 +423,7 @@ def make_progress_callback(
 ) -> Any:
     from transformers import TrainerCallback
 
-    class Progress(TrainerCallback):  # type: ignore[misc]
+    class Progress(TrainerCallback):
         def __init__(self) -> None:
             self.trainer: Any = None
             self.stop_reason: str | None = None
