@@ -92,6 +92,23 @@ def _reference_value(ref: Any) -> Any:
     return ref
 
 
+def _row_field_scores(
+    ref_fields: dict[str, Any], pred_fields: dict[str, Any]
+) -> list[tuple[str, float, float]]:
+    """(field, exact match, token F1) for each of one row's reference fields; a field the
+    prediction lacks scores 0 on both."""
+    scores: list[tuple[str, float, float]] = []
+    for name, ref_leaf in ref_fields.items():
+        pred_leaf = pred_fields.get(name, _MISSING)
+        if pred_leaf is _MISSING:
+            exact, f1 = 0.0, 0.0
+        else:
+            exact = 1.0 if _leaf_key(pred_leaf) == _leaf_key(ref_leaf) else 0.0
+            f1 = 1.0 if exact else token_f1(_leaf_text(pred_leaf), _leaf_text(ref_leaf))
+        scores.append((name, exact, f1))
+    return scores
+
+
 def json_metrics(
     spec: TaskSpec,
     outputs: Sequence[str],
@@ -127,13 +144,7 @@ def json_metrics(
         ref_fields = flatten_json(ref_value)
         pred_fields = flatten_json(pred_value) if pred_value is not None else {}
         row_f1: list[float] = []
-        for name, ref_leaf in ref_fields.items():
-            pred_leaf = pred_fields.get(name, _MISSING)
-            if pred_leaf is _MISSING:
-                exact, f1 = 0.0, 0.0
-            else:
-                exact = 1.0 if _leaf_key(pred_leaf) == _leaf_key(ref_leaf) else 0.0
-                f1 = 1.0 if exact else token_f1(_leaf_text(pred_leaf), _leaf_text(ref_leaf))
+        for name, exact, f1 in _row_field_scores(ref_fields, pred_fields):
             acc = totals.setdefault(name, [0.0, 0.0, 0.0])
             acc[0] += 1
             acc[1] += exact
