@@ -219,6 +219,10 @@ CELERY_BEAT_SCHEDULE = {
 }
 JOB_HEARTBEAT_STALE_AFTER_S = env_int("DISTILLERY_JOB_STALE_AFTER_S", 300)
 JOB_MAX_ATTEMPTS = env_int("DISTILLERY_JOB_MAX_ATTEMPTS", 3)
+# A running job's own process beats this often, whatever its work is doing.
+JOB_HEARTBEAT_EVERY_S = env_int("DISTILLERY_JOB_HEARTBEAT_EVERY_S", 30)
+# Where a machine's compute locks live (one heavy job per GPU or per CPU machine); machine-local.
+COMPUTE_LOCK_DIR = env_str("DISTILLERY_COMPUTE_LOCK_DIR", "")
 # Rows an import commits between progress reports.
 IMPORT_BATCH_SIZE = env_int("DISTILLERY_IMPORT_BATCH_SIZE", 2000)
 # CPU threads of a fine-tuning subprocess; 0: every core the worker may use.

@@ -18,6 +18,11 @@ os.environ.setdefault("DISTILLERY_ENV", "test")
 # Each test session gets its own cache namespace so parallel runs never read each other's keys.
 os.environ.setdefault("CACHE_KEY_PREFIX", f"distillery-test-{uuid.uuid4().hex[:8]}")
 os.environ.setdefault("DISTILLERY_DATA_DIR", tempfile.mkdtemp(prefix="distillery-test-data-"))
+# One heavy job per machine is enforced with lock files: a test run keeps its own, so two runs
+# on one machine (or a developer's `make run`) don't queue behind each other.
+os.environ.setdefault(
+    "DISTILLERY_COMPUTE_LOCK_DIR", tempfile.mkdtemp(prefix="distillery-test-compute-")
+)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -10,7 +10,7 @@ class JobKind(models.TextChoices):
     FINE_TUNE = "fine_tune", "Fine-tuning"
     EVALUATION = "evaluation", "Evaluation"
     EXPERIMENT = "experiment", "Weekend experiment"
-    # Review and datasets (projects.review_services / projects.dataset_services)
+    # Review and dataset versions
     REVIEW_CHECKS = "review_checks", "Review checks"
     DATASET_FREEZE = "dataset_freeze", "Dataset freeze"
 
@@ -58,6 +58,15 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When the job's message was handed to the broker (null: not sent yet, e.g. the broker was
+    # down; the reaper sends it when the broker is back).
+    sent_at = models.DateTimeField(null=True, blank=True)
+    send_error = models.CharField(max_length=300, blank=True)
+    # progress_done when the current attempt claimed the job: an attempt that moved it on does
+    # not count toward the reaper's limit.
+    progress_at_claim = models.PositiveIntegerField(default=0)
+    # Set while a heavy job waits for the worker machine's compute (one heavy job at a time).
+    waiting = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -48,21 +48,35 @@ class JobStateError(Exception):
     """A transition was asked for from a status that does not allow it."""
 
 
-def _worker_name() -> str:
+def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def job_enqueue(*, job: Job) -> None:
+def _send(job_id: int, kind: str, *, countdown: float | None = None) -> bool:
+    """Hand the job's message to the broker. A broker that can't be reached leaves the job
+    queued with the reason on it (pages show it); the reaper sends it when the broker is back."""
+    from distillery.celery import app
+    from distillery.outages import broker_errors
+
+    task_name, queue = TASK_FOR_KIND[kind]
+    try:
+        app.send_task(task_name, args=[job_id], queue=queue, countdown=countdown)
+    except broker_errors() as exc:
+        logger.warning("job %s: could not send to the broker: %s", job_id, exc)
+        Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+            sent_at=None,
+            send_error=f"not sent to a worker yet: the job queue (broker) is unreachable "
+            f"({exc.__class__.__name__}); it is sent when the broker is back",
+        )
+        return False
+    Job.objects.filter(pk=job_id).update(sent_at=timezone.now(), send_error="")
+    return True
+
+
+def job_enqueue(*, job: Job, countdown: float | None = None) -> None:
     """Send the job's task after the surrounding transaction commits (never before)."""
-    task_name, queue = TASK_FOR_KIND[job.kind]
-    job_id = job.pk
-
-    def send() -> None:
-        from distillery.celery import app
-
-        app.send_task(task_name, args=[job_id], queue=queue)
-
-    transaction.on_commit(send)
+    job_id, kind = job.pk, job.kind
+    transaction.on_commit(lambda: _send(job_id, kind, countdown=countdown))
 
 
 def job_create(
@@ -164,7 +178,9 @@ def job_claim(*, job_id: int) -> Job | None:
         started_at=now,
         heartbeat_at=now,
         attempts=F("attempts") + 1,
-        worker=_worker_name(),
+        worker=worker_name(),
+        progress_at_claim=F("progress_done"),
+        waiting={},
     )
     if not claimed:
         return None
@@ -205,6 +221,15 @@ def job_progress(
     )
     if Job.objects.filter(pk=job.pk, cancel_requested=True).exists():
         raise JobCancelled
+
+
+def job_heartbeat(*, job_id: int) -> None:
+    """The job's process is alive (its heartbeat thread calls this on a timer)."""
+    now = timezone.now()
+    Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(heartbeat_at=now)
+    live = cache.get(live_progress_key(job_id))
+    if live:
+        cache.set(live_progress_key(job_id), {**live, "heartbeat": now.timestamp()}, 24 * 3600)
 
 
 def live_progress_key(job_id: int) -> str:
@@ -261,43 +286,93 @@ def job_request_cancel(*, job: Job) -> Job:
     return job
 
 
+def _made_progress(job: Job) -> bool:
+    # Committed progress only: work done inside a transaction that died with the worker (an
+    # all-or-nothing import) was not progress.
+    return job.progress_done > job.progress_at_claim
+
+
+def _reap_one(job: Job, *, stale_after_s: int, max_attempts: int) -> str:
+    """What the reaper did with one running job whose heartbeat is stale."""
+    if job.cancel_requested:
+        moved = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+            status=JobStatus.CANCELLED, finished_at=timezone.now()
+        )
+        return "failed" if moved else ""
+    # An attempt that moved the job on does not count: a job killed again and again while it
+    # works still finishes; only attempts that die without progress use up the limit.
+    attempts = 0 if _made_progress(job) else job.attempts
+    if attempts >= max_attempts:
+        moved = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+            status=JobStatus.FAILED,
+            finished_at=timezone.now(),
+            error=(
+                f"the worker stopped responding (no heartbeat for {stale_after_s} s) "
+                f"{job.attempts} times in a row without the job making progress"
+            ),
+        )
+        return "failed" if moved else ""
+    with transaction.atomic():
+        moved = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+            status=JobStatus.QUEUED, worker="", attempts=attempts
+        )
+        if moved:
+            logger.warning("job %s: no heartbeat since %s, re-queued", job.pk, job.heartbeat_at)
+            job_enqueue(job=job)
+    return "requeued" if moved else ""
+
+
 def jobs_reap_stale(
     *, stale_after_s: int | None = None, max_attempts: int | None = None
 ) -> dict[str, int]:
-    """Re-queue (or fail, after too many attempts) running jobs whose worker stopped heartbeating."""
+    """Re-queue (or fail, after too many attempts without progress) running jobs whose worker
+    stopped heartbeating, and send queued jobs whose message never reached the broker."""
     stale_after_s = stale_after_s or settings.JOB_HEARTBEAT_STALE_AFTER_S
     max_attempts = max_attempts or settings.JOB_MAX_ATTEMPTS
     cutoff = timezone.now() - timedelta(seconds=stale_after_s)
-    requeued = failed = 0
+    counts = {"requeued": 0, "failed": 0, "sent": 0}
     for job in Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
         live = cache.get(live_progress_key(job.pk)) or {}
         if live.get("heartbeat", 0) >= cutoff.timestamp():
             continue  # alive, working inside a transaction whose row updates are not visible yet
-        if job.cancel_requested:
-            if Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
-                status=JobStatus.CANCELLED, finished_at=timezone.now()
-            ):
-                failed += 1
-            continue
-        if job.attempts >= max_attempts:
-            if Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
-                status=JobStatus.FAILED,
-                finished_at=timezone.now(),
-                error=(
-                    f"the worker stopped responding (no heartbeat for {stale_after_s} s) "
-                    f"and the job already ran {job.attempts} times"
-                ),
-            ):
-                failed += 1
-            continue
-        with transaction.atomic():
-            if Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
-                status=JobStatus.QUEUED, worker=""
-            ):
-                logger.warning("job %s: no heartbeat since %s, re-queued", job.pk, job.heartbeat_at)
-                job_enqueue(job=job)
-                requeued += 1
-    return {"requeued": requeued, "failed": failed}
+        outcome = _reap_one(job, stale_after_s=stale_after_s, max_attempts=max_attempts)
+        if outcome:
+            counts[outcome] += 1
+    unsent = Job.objects.filter(status=JobStatus.QUEUED, sent_at__isnull=True).exclude(
+        send_error=""
+    )
+    for job_id, kind in unsent.values_list("pk", "kind"):
+        counts["sent"] += _send(job_id, kind)
+    return counts
+
+
+# One heavy job per machine -----------------------------------------------------------------------
+
+#: Jobs that use the whole machine (every core, or a GPU): a worker runs one at a time.
+HEAVY_KINDS = frozenset({JobKind.FINE_TUNE, JobKind.EVALUATION, JobKind.EXPERIMENT})
+#: How often a heavy job that found the machine busy asks again.
+COMPUTE_RETRY_S = 5.0
+
+
+def job_wait_for_compute(*, job_id: int, kind: str, holder: str) -> int:
+    """The machine's compute is taken (`holder` names the job that has it): the job stays
+    queued, records its place, and its message comes back in a few seconds. Returns how many
+    heavy jobs are ahead of it."""
+    host = holder.split(":", 1)[0]
+    running = Job.objects.filter(
+        status=JobStatus.RUNNING, kind__in=HEAVY_KINDS, worker__startswith=f"{host}:"
+    ).count()
+    waiting_before = (
+        Job.objects.filter(status=JobStatus.QUEUED, kind__in=HEAVY_KINDS, pk__lt=job_id)
+        .exclude(waiting={})
+        .count()
+    )
+    ahead = max(1, running) + waiting_before
+    Job.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+        waiting={"for": "the worker's compute", "ahead": ahead, "host": host}
+    )
+    transaction.on_commit(lambda: _send(job_id, kind, countdown=COMPUTE_RETRY_S))
+    return ahead
 
 
 # Pause and resume (teacher runs) --------------------------------------------------------------

@@ -3,26 +3,81 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+from django.db import connection
 
-from jobs import services
+from jobs import compute, services
 from jobs.models import Job
 
 logger = logging.getLogger(__name__)
 
 
+class Heartbeat(threading.Thread):
+    """Beats for a running job from its own process on a timer, whatever the work is doing
+    (a long generate, a transaction, a child process): a job whose worker is alive is never
+    taken for dead by the reaper."""
+
+    def __init__(self, job_id: int, every_s: float) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.job_id, self.every_s = job_id, every_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(self.every_s):
+                services.job_heartbeat(job_id=self.job_id)
+        except Exception:
+            logger.exception("job %s: heartbeat thread stopped", self.job_id)
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
 def run_claimed(job_id: int, work: Callable[[Job], dict[str, Any]]) -> None:
-    """Claim the job (a redelivered message finds it claimed and does nothing), run, finish."""
+    """Claim the job (a redelivered message finds it claimed and does nothing), run, finish.
+
+    A heavy job (training, evaluation) first takes this machine's compute; when another heavy
+    job has it, the job stays queued with its place shown and comes back shortly."""
+    kind = Job.objects.filter(pk=job_id).values_list("kind", flat=True).first()
+    if kind in services.HEAVY_KINDS:
+        holder = f"{services.worker_name()} job {job_id}"
+        with compute.compute_lease(holder) as slot:
+            if slot is None:
+                ahead = services.job_wait_for_compute(
+                    job_id=job_id, kind=kind, holder=compute.current_holder() or holder
+                )
+                logger.info("job %s: waiting for this machine's compute (%s ahead)", job_id, ahead)
+                return
+            _run(job_id, work)
+        return
+    _run(job_id, work)
+
+
+def _run(job_id: int, work: Callable[[Job], dict[str, Any]]) -> None:
     job = services.job_claim(job_id=job_id)
     if job is None:
         logger.info("job %s: not queued any more, nothing to do", job_id)
         return
     started = time.monotonic()
+    heartbeat = Heartbeat(job_id, settings.JOB_HEARTBEAT_EVERY_S)
+    heartbeat.start()
+    try:
+        _finish(job, work, started)
+    finally:
+        heartbeat.stop()
+
+
+def _finish(job: Job, work: Callable[[Job], dict[str, Any]], started: float) -> None:
+    job_id = job.pk
     try:
         result = work(job)
     except services.JobCancelled:

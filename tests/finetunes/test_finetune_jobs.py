@@ -211,6 +211,7 @@ def test_a_worker_killed_mid_training_is_reaped_and_the_next_attempt_resumes_fro
     assert services.jobs_reap_stale(stale_after_s=60, max_attempts=3) == {
         "requeued": 1,
         "failed": 0,
+        "sent": 0,
     }
     job = finished(fine_tune, second)
     assert job.status == JobStatus.SUCCEEDED, job.error + "".join(second.log[-30:])

@@ -117,6 +117,7 @@ def test_a_job_whose_worker_was_killed_is_requeued_and_finished_by_another(
     assert services.jobs_reap_stale(stale_after_s=60, max_attempts=3) == {
         "requeued": 0,
         "failed": 0,
+        "sent": 0,
     }
     # Time passes with no heartbeat (the dead worker sends none): the reaper re-queues the job.
     from django.core.cache import cache
@@ -127,6 +128,7 @@ def test_a_job_whose_worker_was_killed_is_requeued_and_finished_by_another(
     assert services.jobs_reap_stale(stale_after_s=60, max_attempts=3) == {
         "requeued": 1,
         "failed": 0,
+        "sent": 0,
     }
     wait_until(
         lambda: job_status(job) in {"succeeded", "failed"}, timeout=120, message="second attempt"
@@ -148,6 +150,7 @@ def test_the_reaper_fails_a_job_after_too_many_attempts(project, owner, transact
     assert services.jobs_reap_stale(stale_after_s=60, max_attempts=3) == {
         "requeued": 0,
         "failed": 1,
+        "sent": 0,
     }
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED

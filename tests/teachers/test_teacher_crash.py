@@ -63,6 +63,7 @@ def test_a_run_killed_mid_flight_is_finished_by_a_new_worker_without_repeat_call
     assert job_services.jobs_reap_stale(stale_after_s=60, max_attempts=3) == {
         "requeued": 1,
         "failed": 0,
+        "sent": 0,
     }
     wait_until(
         lambda: Job.objects.get(pk=run.job_id).status in {JobStatus.SUCCEEDED, JobStatus.FAILED},
