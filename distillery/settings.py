@@ -210,10 +210,12 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # A stopping worker gives running tasks this long, then hands them back to the queue (acks
 # late; teacher runs resume from their ledger) instead of waiting for them without end.
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env_int("DISTILLERY_WORKER_SHUTDOWN_S", 10)
+# Every worker also runs the reaper on a timer of its main process (jobs.tasks.Reaper).
+REAPER_EVERY_S = env_int("DISTILLERY_REAPER_EVERY_S", 60)
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-jobs": {
         "task": "jobs.reap_stale_jobs",
-        "schedule": env_int("DISTILLERY_REAPER_EVERY_S", 60),
+        "schedule": REAPER_EVERY_S,
         "options": {"queue": "default"},
     }
 }

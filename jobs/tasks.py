@@ -107,6 +107,35 @@ def reap_stale_jobs() -> dict[str, int]:
 # Worker lifecycle: the fine-tune form reads which workers (and GPUs) are there. -----------------
 
 
+class Reaper(threading.Thread):
+    """The reaper, in the worker's main process on a timer: busy pool slots (two long jobs on
+    a two-slot worker) can't starve it the way they starve a reaper task in the queue."""
+
+    def __init__(self, every_s: float) -> None:
+        super().__init__(name="job-reaper", daemon=True)
+        self.every_s = every_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            try:
+                services.jobs_reap_stale()
+            except Exception:
+                logger.exception("the reaper failed; it tries again in %s s", self.every_s)
+            finally:
+                connection.close()
+
+
+_reaper: Reaper | None = None
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]  # celery ships no types
+def start_reaper(sender: Any = None, **kwargs: Any) -> None:
+    global _reaper
+    _reaper = Reaper(settings.REAPER_EVERY_S)
+    _reaper.start()
+
+
 @worker_ready.connect  # type: ignore[untyped-decorator]  # celery ships no types
 def report_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     """Record this worker's queues and hardware (the fine-tune form reads whether any GPU
@@ -122,6 +151,8 @@ def report_worker_ready(sender: Any = None, **kwargs: Any) -> None:
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]  # celery ships no types
 def report_worker_stopped(sender: Any = None, **kwargs: Any) -> None:
+    if _reaper is not None:
+        _reaper.stopped.set()
     from jobs.workers import worker_report_stopped
 
     try:
