@@ -6,8 +6,8 @@ The public entry point of the app's writes; the work is in modules named by what
 - ``choices``: what is compared (teacher, students, endpoints) and the run's options;
 - ``examples`` and ``candidates``: the rows every evaluation starts from; ``start`` creates them
   with the job, ``experiment`` does so for the weekend experiment;
-- ``answers``, ``run_teacher``, ``run_local`` and ``_run_endpoint`` below: each candidate answers
-  every example and the answers are stored;
+- ``answers``, ``run_teacher``, ``run_local`` and ``run_endpoint``: each candidate answers every
+  example and the answers are stored;
 - ``scoring``: ``evaluation_score`` recomputes every metric from the stored outputs; the job calls
   it at the end, and anyone can call it again and get the same numbers.
 """
@@ -21,9 +21,8 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 
-from evaluations.answers import Progress, run_references, store_answers
+from evaluations.answers import Progress, run_references
 from evaluations.choices import (
-    DEFAULT_MAX_NEW_TOKENS,
     EndpointChoice,
     EvalOptions,
     StudentChoice,
@@ -39,13 +38,13 @@ from evaluations.models import (
     EvalVote,
     VoteChoice,
 )
+from evaluations.run_endpoint import run_endpoint
 from evaluations.run_local import run_local
 from evaluations.run_teacher import run_stored_teacher
 from evaluations.scoring import evaluation_score, primary_student, reference_sentence
 from evaluations.start import evaluation_start
 from jobs import services as job_services
 from jobs.models import Job, JobStatus
-from worker.taskspec import TaskSpec
 
 __all__ = [
     "EXPERIMENT_SAMPLE",
@@ -64,10 +63,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# The names _run_endpoint uses for the progress counter and for storing answers.
-_Progress = Progress
-_store = store_answers
 
 
 def evaluation_job_run(*, job: Job) -> dict[str, Any]:
@@ -93,7 +88,7 @@ def evaluation_job_run(*, job: Job) -> dict[str, Any]:
             if candidate.source == CandidateSource.LOCAL:
                 run_local(candidate, examples, spec, options, progress)
             elif candidate.source == CandidateSource.API:
-                _run_endpoint(candidate, examples, spec, options, progress)
+                run_endpoint(candidate, examples, spec, options, progress)
             elif candidate.source == CandidateSource.REFERENCES:
                 run_references(candidate, examples, spec, progress)
             else:
@@ -124,100 +119,6 @@ def evaluation_job_run(*, job: Job) -> dict[str, Any]:
         if summary.get(key):
             result[key] = summary[key]
     return result
-
-
-def _run_endpoint(
-    candidate: EvalCandidate,
-    examples: list[EvalExample],
-    spec: TaskSpec,
-    options: EvalOptions,
-    progress: _Progress,
-) -> None:
-    from asgiref.sync import sync_to_async
-
-    from teachers.calls import teacher_calls_run
-    from teachers.services import price_for_model
-    from worker.inference import latency_percentiles
-    from worker.pricing import FREE
-    from worker.teacher_runner import StopReason
-    from worker.teachers.base import TeacherRequest, TeacherResponse
-
-    credential = candidate.credential
-    if credential is None:
-        raise ValueError("the endpoint's credential was deleted")
-    config = credential.provider_config_dangerously()
-    max_new = options.max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(spec.output_kind, 64)
-    requests = [
-        TeacherRequest(
-            custom_id=str(e.pk),
-            messages=list(e.messages),
-            model=candidate.model,
-            temperature=0.0,
-            max_tokens=max_new,
-            output_kind=spec.output_kind,
-            json_schema=spec.json_schema,
-            label_set=tuple(spec.label_set),
-        )
-        for e in examples
-    ]
-    team = candidate.evaluation.project.team
-    price = price_for_model(team=team, model=candidate.model, provider=credential.provider) or FREE
-    responses: dict[str, TeacherResponse] = {}
-
-    def on_result(request: Any, key: str, response: TeacherResponse, cost: Any) -> None:
-        responses[request.custom_id] = response
-
-    def check_stop() -> StopReason | None:
-        try:
-            progress.add(0, phase=f"{candidate.name}: {len(responses)} answered")
-        except job_services.JobCancelled:
-            return StopReason.CANCELLED
-        return None
-
-    summary = teacher_calls_run(
-        requests,
-        config,
-        price=price,
-        concurrency=options.concurrency,
-        on_result=on_result,
-        should_stop=sync_to_async(check_stop, thread_sensitive=True),
-    )
-    if summary.stopped is StopReason.CANCELLED:
-        raise job_services.JobCancelled
-    if summary.stopped is not None:
-        raise RuntimeError(summary.stopped_reason)
-    answers: list[str | None] = []
-    latencies: list[float | None] = []
-    tokens: list[tuple[int, int]] = []
-    for e in examples:
-        r = responses.get(str(e.pk))
-        ok = r is not None and r.ok
-        answers.append(r.raw_text if ok and r is not None else None)
-        latencies.append(float(r.latency_ms) if ok and r and r.latency_ms is not None else None)
-        tokens.append((r.input_tokens, r.output_tokens) if ok and r else (0, 0))
-    _store(candidate, examples, spec, answers, latencies_ms=latencies, tokens=tokens)
-    measured = [x / 1000 for x in latencies if x is not None]
-    performance = {
-        "latency": {
-            **latency_percentiles(measured),
-            "n": len(measured),
-            "how": "per request, as measured by the API client",
-        },
-        "throughput": {
-            "examples_per_s": len(examples) / summary.wall_s if summary.wall_s > 0 else 0.0,
-            "n": len(examples),
-            "seconds": summary.wall_s,
-            "how": f"{options.concurrency} requests in flight",
-        },
-        "calls": summary.calls,
-        "failed": summary.failed,
-        "input_tokens": summary.input_tokens,
-        "output_tokens": summary.output_tokens,
-        "cost_usd": str(summary.cost_usd),
-        "hardware": {"description": f"remote endpoint ({credential.get_provider_display()})"},
-    }
-    EvalCandidate.objects.filter(pk=candidate.pk).update(performance=performance)
-    progress.add(len(examples))
 
 
 # Votes ------------------------------------------------------------------------------------------

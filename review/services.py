@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 
 from jobs.models import Job
 from projects.models import Project
@@ -34,6 +35,12 @@ from teachers.checks import JUDGE_CODES, flags_replace, population_checks_run
 from teachers.models import ReviewStatus, TeacherOutput
 from teams.models import ProviderCredential
 from worker import checks
+
+if TYPE_CHECKING:
+    from worker.pricing import ModelPrice
+    from worker.taskspec import TaskSpec
+    from worker.teacher_runner import RunSummary
+    from worker.teachers import ProviderConfig, TeacherRequest, TeacherResponse
 
 __all__ = [
     "ACTIONS",
@@ -134,20 +141,52 @@ def _judge_price(project: Project, model: str, provider: str) -> Any:
     return price
 
 
+@dataclass
+class _JudgeTally:
+    """What a judge run has done so far: the progress figures and the job's result."""
+
+    done: int = 0
+    cost: Decimal = Decimal(0)
+    calls: int = 0
+    cache_hits: int = 0
+    failed: int = 0
+    low: int = 0
+
+    def figures(self) -> dict[str, Any]:
+        return {"judge cost": f"${self.cost:.4f}", "judged": self.done}
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "judged": self.done,
+            "judge_calls": self.calls,
+            "judge_cache_hits": self.cache_hits,
+            "judge_low_scores": self.low,
+            "judge_errors": self.failed,
+            "judge_cost_usd": f"{self.cost:.6f}",
+        }
+
+
+@dataclass(frozen=True)
+class _Judge:
+    """What every batch of a judge run needs."""
+
+    project: Project
+    setup: JudgeSetup
+    spec: TaskSpec
+    config: ProviderConfig
+    price: ModelPrice
+
+
 def judge_run(
     *,
     project: Project,
     progress: Callable[[int, int, dict[str, Any]], None],
-    scope: Any = None,
+    scope: QuerySet[TeacherOutput] | None = None,
     chunk_size: int = 64,
 ) -> dict[str, Any]:
     """Ask the LLM judge about each unreviewed output (or `scope`) through the teacher engine
     (worker.teacher_runner), with the team's response cache, and record a score, a reason and
     judge flags. `progress(done, total, figures)` may raise to stop (cancel)."""
-    from teachers.calls import TeamResponseCache, teacher_calls_run
-    from teams.models import ProviderCredential
-    from worker.teachers import TeacherRequest, TeacherResponse
-
     setup = _judge_setup(project)
     spec = project.task_spec()
     credential = ProviderCredential.objects.get(pk=setup.credential_id, team=project.team)
@@ -159,91 +198,110 @@ def judge_run(
     )
     rows = rows.filter(project=project).order_by("pk")
     total = rows.count()
-    done = 0
-    cost = Decimal(0)
-    calls = cache_hits = failed = low = 0
+    tally = _JudgeTally()
     progress(0, total, {})
-    config = credential.provider_config_dangerously()
+    judge = _Judge(project, setup, spec, credential.provider_config_dangerously(), price)
     batch: list[TeacherOutput] = []
-
-    def flush() -> None:
-        nonlocal done, cost, calls, cache_hits, failed, low
-        requests = []
-        for output in batch:
-            messages = checks.build_judge_messages(
-                setup.rubric, spec, output.input.data, output.raw_text
-            )
-            requests.append(
-                TeacherRequest(
-                    custom_id=f"judge-{output.pk}",
-                    messages=messages,
-                    model=setup.model,
-                    temperature=0.0,
-                    max_tokens=400,
-                    output_kind="text",
-                )
-            )
-        cache = TeamResponseCache.load(team_id=project.team_id, config=config, requests=requests)
-        answers: dict[str, TeacherResponse] = {}
-
-        def on_result(request: Any, key: str, response: TeacherResponse, usd: Decimal) -> None:
-            answers[request.custom_id] = response
-
-        summary = teacher_calls_run(
-            requests, config, price=price, concurrency=8, cache=cache, on_result=on_result
-        )
-        if summary.stopped is not None and not answers:
-            raise RuntimeError(f"the judge could not be reached: {summary.stopped_reason}")
-        cost += summary.cost_usd
-        calls += summary.calls
-        cache_hits += summary.cache_hits
-        flags: dict[int, list[checks.Flag]] = {}
-        updated = []
-        for output in batch:
-            response = answers.get(f"judge-{output.pk}")
-
-            def call(_messages: list[dict[str, str]], response: Any = response) -> str:
-                if response is None:
-                    raise RuntimeError(summary.stopped_reason or "no answer")
-                if not response.ok:
-                    raise RuntimeError(response.error)
-                return str(response.raw_text)
-
-            verdict, found = checks.judge_output(
-                call, setup.rubric, spec, output.input.data, output.raw_text
-            )
-            failed += int(verdict.score is None)
-            low += int(any(f.code == checks.JUDGE_LOW_SCORE for f in found))
-            output.judge_score = verdict.normalised
-            output.judge_reason = (verdict.reason or verdict.error)[:5000]
-            updated.append(output)
-            flags[output.pk] = found
-        with transaction.atomic():
-            TeacherOutput.objects.bulk_update(updated, ["judge_score", "judge_reason"])
-            flags_replace(
-                project=project,
-                codes=JUDGE_CODES,
-                flags=flags,
-                scope=TeacherOutput.objects.filter(pk__in=[o.pk for o in batch]),
-            )
-        done += len(batch)
-        batch.clear()
-        progress(done, total, {"judge cost": f"${cost:.4f}", "judged": done})
-
     for output in rows.select_related("input").iterator(chunk_size=chunk_size):
         batch.append(output)
         if len(batch) >= chunk_size:
-            flush()
+            _judge_batch(judge, batch, tally)
+            batch.clear()
+            progress(tally.done, total, tally.figures())
     if batch:
-        flush()
-    return {
-        "judged": done,
-        "judge_calls": calls,
-        "judge_cache_hits": cache_hits,
-        "judge_low_scores": low,
-        "judge_errors": failed,
-        "judge_cost_usd": f"{cost:.6f}",
-    }
+        _judge_batch(judge, batch, tally)
+        progress(tally.done, total, tally.figures())
+    return tally.result()
+
+
+def _judge_batch(judge: _Judge, batch: list[TeacherOutput], tally: _JudgeTally) -> None:
+    """Judge one batch of outputs: ask, then record the verdicts; count it in ``tally``."""
+    answers, summary = _judge_ask(judge, _judge_requests(judge, batch))
+    tally.cost += summary.cost_usd
+    tally.calls += summary.calls
+    tally.cache_hits += summary.cache_hits
+    _judge_record(judge, batch, answers, summary.stopped_reason, tally)
+    tally.done += len(batch)
+
+
+def _judge_requests(judge: _Judge, batch: list[TeacherOutput]) -> list[TeacherRequest]:
+    """One request to the judge per output, named ``judge-<pk>``."""
+    from worker.teachers import TeacherRequest
+
+    return [
+        TeacherRequest(
+            custom_id=f"judge-{output.pk}",
+            messages=checks.build_judge_messages(
+                judge.setup.rubric, judge.spec, output.input.data, output.raw_text
+            ),
+            model=judge.setup.model,
+            temperature=0.0,
+            max_tokens=400,
+            output_kind="text",
+        )
+        for output in batch
+    ]
+
+
+def _judge_ask(
+    judge: _Judge, requests: list[TeacherRequest]
+) -> tuple[dict[str, TeacherResponse], RunSummary]:
+    """The judge's answers by custom_id (through the team's response cache) and the run's
+    summary. Raises when the judge could not be reached at all."""
+    from teachers.calls import TeamResponseCache, teacher_calls_run
+
+    cache = TeamResponseCache.load(
+        team_id=judge.project.team_id, config=judge.config, requests=requests
+    )
+    answers: dict[str, TeacherResponse] = {}
+
+    def on_result(request: Any, key: str, response: TeacherResponse, usd: Decimal) -> None:
+        answers[request.custom_id] = response
+
+    summary = teacher_calls_run(
+        requests, judge.config, price=judge.price, concurrency=8, cache=cache, on_result=on_result
+    )
+    if summary.stopped is not None and not answers:
+        raise RuntimeError(f"the judge could not be reached: {summary.stopped_reason}")
+    return answers, summary
+
+
+def _judge_record(
+    judge: _Judge,
+    batch: list[TeacherOutput],
+    answers: dict[str, TeacherResponse],
+    stopped_reason: str | None,
+    tally: _JudgeTally,
+) -> None:
+    """Turn each answer into a verdict, and store the scores, reasons and judge flags of the
+    batch in one transaction; count failures and low scores in ``tally``."""
+    flags: dict[int, list[checks.Flag]] = {}
+    for output in batch:
+        response = answers.get(f"judge-{output.pk}")
+
+        def call(_messages: list[dict[str, str]], response: Any = response) -> str:
+            if response is None:
+                raise RuntimeError(stopped_reason or "no answer")
+            if not response.ok:
+                raise RuntimeError(response.error)
+            return str(response.raw_text)
+
+        verdict, found = checks.judge_output(
+            call, judge.setup.rubric, judge.spec, output.input.data, output.raw_text
+        )
+        tally.failed += int(verdict.score is None)
+        tally.low += int(any(f.code == checks.JUDGE_LOW_SCORE for f in found))
+        output.judge_score = verdict.normalised
+        output.judge_reason = (verdict.reason or verdict.error)[:5000]
+        flags[output.pk] = found
+    with transaction.atomic():
+        TeacherOutput.objects.bulk_update(batch, ["judge_score", "judge_reason"])
+        flags_replace(
+            project=judge.project,
+            codes=JUDGE_CODES,
+            flags=flags,
+            scope=TeacherOutput.objects.filter(pk__in=[o.pk for o in batch]),
+        )
 
 
 # The checks job -------------------------------------------------------------------------------

@@ -203,6 +203,21 @@ def _check_length(file_name: str, line: int, key: str, value: str) -> None:
 
 
 def iter_csv(path: Path, file_name: str) -> Iterator[Record]:
+    header: list[str] | None = None
+    for record_start, row in _csv_rows(path, file_name):
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # blank line (also before the header)
+        if header is None:
+            header = _csv_header(file_name, row, record_start)
+            continue
+        yield _csv_record(file_name, header, row, record_start)
+    if header is None:
+        raise IngestError(file_name, "the file is empty")
+
+
+def _csv_rows(path: Path, file_name: str) -> Iterator[tuple[int, list[str]]]:
+    """Each CSV record with the physical line it starts on; a malformed record raises an
+    :class:`IngestError` saying what is wrong in words."""
     lines = _decoded_lines(path, file_name)
     # Track the physical line where each record starts, for messages.
     position = {"line": 0}
@@ -213,76 +228,79 @@ def iter_csv(path: Path, file_name: str) -> Iterator[Record]:
             yield text
 
     reader = csv.reader(feed(), strict=True)
-    header: list[str] | None = None
-    record_start = 1
     while True:
         record_start = position["line"] + 1
         try:
             row = next(reader)
         except StopIteration:
-            break
+            return
         except csv.Error as exc:
-            message = str(exc)
-            line = position["line"]
-            if "field larger than field limit" in message:
-                if line > record_start:
-                    # A quoted field ran on over many lines: almost always a missing closing quote.
-                    message = (
-                        f"a quoted field starting on this line runs on past line {line} and over "
-                        f"the limit of {MAX_FIELD_CHARS:,} characters; is a closing quote missing?"
-                    )
-                    line = record_start
-                else:
-                    message = f"a field is longer than the limit of {MAX_FIELD_CHARS:,} characters"
-            elif "unexpected end of data" in message or "EOF" in message:
-                message = f"unterminated quoted field (the quote opens on line {record_start})"
-            elif "new-line character seen in unquoted field" in message:
-                message = (
-                    "line breaks are bare carriage returns (old Mac format); "
-                    "save the file with LF or CRLF line endings"
-                )
-            elif "expected after" in message:
-                message = (
-                    "unexpected character after a closing quote "
-                    '(a quote inside a quoted field must be doubled: "")'
-                )
-            raise IngestError(file_name, message, line) from None
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue  # blank line (also before the header)
-        if header is None:
-            header = [name.strip() for name in row]
-            if not any(header):
-                raise IngestError(file_name, "the header row is empty", record_start)
-            if len(header) > MAX_COLUMNS:
-                raise IngestError(
-                    file_name,
-                    f"the header has {len(header):,} columns; the limit is {MAX_COLUMNS:,}",
-                    record_start,
-                )
-            blank = [i + 1 for i, name in enumerate(header) if not name]
-            if blank:
-                raise IngestError(file_name, f"header column {blank[0]} has no name", record_start)
-            counts = Counter(header)
-            dupes = sorted(name for name, count in counts.items() if count > 1)
-            if dupes:
-                raise IngestError(
-                    file_name,
-                    f"the header repeats column {dupes[0]!r}",
-                    record_start,
-                    field=dupes[0],
-                )
-            continue
-        if len(row) != len(header):
-            raise IngestError(
-                file_name,
-                f"expected {len(header)} fields (as in the header), found {len(row)}",
-                record_start,
+            raise _csv_error(file_name, str(exc), position["line"], record_start) from None
+        yield record_start, row
+
+
+def _csv_error(file_name: str, message: str, line: int, record_start: int) -> IngestError:
+    """The csv module's error ``message``, raised on ``line`` in a record that starts on
+    ``record_start``, as a message a person can act on."""
+    if "field larger than field limit" in message:
+        if line > record_start:
+            # A quoted field ran on over many lines: almost always a missing closing quote.
+            message = (
+                f"a quoted field starting on this line runs on past line {line} and over "
+                f"the limit of {MAX_FIELD_CHARS:,} characters; is a closing quote missing?"
             )
-        for key, value in zip(header, row, strict=True):
-            _check_length(file_name, record_start, key, value)
-        yield Record(record_start, dict(zip(header, row, strict=True)))
-    if header is None:
-        raise IngestError(file_name, "the file is empty")
+            line = record_start
+        else:
+            message = f"a field is longer than the limit of {MAX_FIELD_CHARS:,} characters"
+    elif "unexpected end of data" in message or "EOF" in message:
+        message = f"unterminated quoted field (the quote opens on line {record_start})"
+    elif "new-line character seen in unquoted field" in message:
+        message = (
+            "line breaks are bare carriage returns (old Mac format); "
+            "save the file with LF or CRLF line endings"
+        )
+    elif "expected after" in message:
+        message = (
+            "unexpected character after a closing quote "
+            '(a quote inside a quoted field must be doubled: "")'
+        )
+    return IngestError(file_name, message, line)
+
+
+def _csv_header(file_name: str, row: list[str], line: int) -> list[str]:
+    """The column names of the header ``row``: named, unique and not too many."""
+    header = [name.strip() for name in row]
+    if not any(header):
+        raise IngestError(file_name, "the header row is empty", line)
+    if len(header) > MAX_COLUMNS:
+        raise IngestError(
+            file_name,
+            f"the header has {len(header):,} columns; the limit is {MAX_COLUMNS:,}",
+            line,
+        )
+    blank = [i + 1 for i, name in enumerate(header) if not name]
+    if blank:
+        raise IngestError(file_name, f"header column {blank[0]} has no name", line)
+    counts = Counter(header)
+    dupes = sorted(name for name, count in counts.items() if count > 1)
+    if dupes:
+        raise IngestError(
+            file_name, f"the header repeats column {dupes[0]!r}", line, field=dupes[0]
+        )
+    return header
+
+
+def _csv_record(file_name: str, header: list[str], row: list[str], line: int) -> Record:
+    """A data ``row`` as a record keyed by ``header``, checked for its field count and lengths."""
+    if len(row) != len(header):
+        raise IngestError(
+            file_name,
+            f"expected {len(header)} fields (as in the header), found {len(row)}",
+            line,
+        )
+    for key, value in zip(header, row, strict=True):
+        _check_length(file_name, line, key, value)
+    return Record(line, dict(zip(header, row, strict=True)))
 
 
 # A JSON string token (escapes included), for skipping strings while counting brackets. An
