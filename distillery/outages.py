@@ -19,7 +19,7 @@ def broker_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the Celery broker (Redis) cannot be reached."""
     from kombu.exceptions import OperationalError as KombuOperationalError
 
-    errors: list[type[BaseException]] = [KombuOperationalError, ConnectionError]
+    errors: list[type[BaseException]] = [KombuOperationalError]
     try:
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
