@@ -24,7 +24,7 @@ of steps, on the same rows; each runs in its own subprocess (so its peak RSS is 
 
 Held-out accuracy: greedy generation on the test rows, each model prompted as it was trained,
 parsed against the 77 labels with worker.taskspec.parse_output. The prompt is the instruction
-and the message (answer = the label), as in issue 5's probe and as the product trains a label
+and the message (answer = the label), as in the first CPU probe and as the product trains a label
 task's student by default (without the label list); ``--task-kind label`` keeps all 77 labels in
 every prompt, ~6x more prompt tokens per example.
 

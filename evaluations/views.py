@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.http import (
-    Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseNotAllowed,
@@ -24,7 +22,7 @@ from evaluations.forms import EvaluationForm, ExperimentForm, VoteForm
 from evaluations.models import EvalCandidate, EvalExample, Evaluation, EvaluationKind, VoteChoice
 from jobs.services import job_live_view
 from projects.access import project_for
-from teams.access import AnyUser, membership_for, require, scoped_get, signed_in_user
+from teams.access import AnyUser, object_for, require, scoped_get, signed_in_user
 from teams.forms import apply_errors
 from teams.models import Membership
 
@@ -32,16 +30,13 @@ from teams.models import Membership
 def evaluation_for(
     *, user: AnyUser, evaluation_id: int, permission: str = "read"
 ) -> tuple[Evaluation, Membership]:
-    if not isinstance(user, User):
-        raise Http404
-    evaluation = (
-        Evaluation.objects.filter(pk=evaluation_id, project__team__memberships__user=user)
-        .select_related("project__team", "job", "dataset_version", "created_by")
-        .first()
+    evaluation, membership = object_for(
+        Evaluation.objects.select_related("project__team", "job", "dataset_version", "created_by"),
+        user=user,
+        team_path="project__team",
+        permission=permission,
+        pk=evaluation_id,
     )
-    if evaluation is None:
-        raise Http404
-    membership = require(membership_for(user=user, team=evaluation.project.team_id), permission)
     job_live_view(evaluation.job)
     return evaluation, membership
 

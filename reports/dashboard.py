@@ -25,7 +25,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "team": team,
             "membership": membership,
             "projects": project_selectors.projects_for_team(team=team),
-            # Stage, latest verdict and projected savings per project (issue 6).
+            # Stage, latest verdict and projected savings per project.
             "rows": report_selectors.dashboard_rows(team=team),
         },
     )

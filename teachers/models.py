@@ -34,7 +34,7 @@ class TeacherOutput(models.Model):
     top_logprobs = models.JSONField(null=True, blank=True)
     cache_key = models.CharField(max_length=64, blank=True)
     from_cache = models.BooleanField(default=False)
-    # Review state (issue: review and datasets). The edited value replaces `parsed` when frozen.
+    # Review state. The edited value replaces `parsed` when the output is frozen into a version.
     review_status = models.CharField(
         max_length=12, choices=ReviewStatus.choices, default=ReviewStatus.UNREVIEWED
     )

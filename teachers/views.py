@@ -14,7 +14,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
@@ -23,7 +23,7 @@ from teachers import selectors, services
 from teachers.forms import PriceForm, TeacherImportForm, TeacherRunForm
 from teachers.imports import teacher_run_import
 from teachers.models import PriceEntry, TeacherRun
-from teams.access import membership_for, require, scoped_get, team_for
+from teams.access import object_for, scoped_get, team_for
 from teams.forms import apply_errors
 from teams.models import Membership
 from worker.ingest import IngestError, check_size
@@ -39,15 +39,13 @@ class AuthenticatedRequest(HttpRequest):
 def teacher_run_for(
     *, user: User, run_id: int, permission: str = "read"
 ) -> tuple[TeacherRun, Membership]:
-    run = (
-        TeacherRun.objects.filter(pk=run_id, project__team__memberships__user=user)
-        .select_related("project__team", "job", "credential", "job__created_by")
-        .first()
+    return object_for(
+        TeacherRun.objects.select_related("project__team", "job", "credential", "job__created_by"),
+        user=user,
+        team_path="project__team",
+        permission=permission,
+        pk=run_id,
     )
-    if run is None:
-        raise Http404
-    membership = require(membership_for(user=user, team=run.project.team_id), permission)
-    return run, membership
 
 
 @login_required
