@@ -74,7 +74,7 @@ def run_new(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
     action=start: create the run (the estimate is computed again and stored on it)."""
     project, membership = project_for(user=request.user, project_id=project_id, permission="write")
     credentials = list(project.team.credentials.all())
-    form = TeacherRunForm(request.POST or None, credentials=credentials)
+    form = TeacherRunForm(request.POST or None, team=project.team, credentials=credentials)
     estimate = None
     if request.method == "POST" and form.is_valid():
         run_settings = form.run_settings()
