@@ -393,4 +393,6 @@ def test_a_viewer_can_neither_preview_nor_save(client_for, member_with_role, pro
     client = client_for(member_with_role("viewer"))
     response = client.post(reverse("projects:task_preview", args=[project.pk]), task_form())
     assert response.status_code == 403
+    page = client.get(reverse("projects:task_edit", args=[project.pk])).content.decode()
+    assert "task_preview" not in page and "/task/preview/" not in page  # no request to refuse
     assert save_task(client, project, system_prompt="changed").status_code == 403
