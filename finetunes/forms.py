@@ -4,9 +4,12 @@ import re
 from typing import Any, cast
 
 from django import forms
+from django.core.exceptions import ValidationError
 
 from finetunes.models import FineTuneMethod, StudentModel
+from finetunes.registry import resolve_local_model
 from finetunes.services import QLORA_NEEDS_GPU, FineTuneSettings
+from teams.models import Team
 from worker.training import PRESETS
 
 #: How the start form names each of the engine's presets (which presets there are is its own).
@@ -114,6 +117,7 @@ class FineTuneForm(forms.Form):
     def __init__(
         self,
         *args: Any,
+        team: Team,
         students: list[StudentModel],
         has_gpu: bool,
         suggested_preset: str = "balanced",
@@ -121,6 +125,7 @@ class FineTuneForm(forms.Form):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.team = team
         self.label_task = label_task
         if not label_task:
             del self.fields["label_list_in_prompt"]
@@ -164,6 +169,12 @@ class FineTuneForm(forms.Form):
         choice = data.get("student")
         if choice == LOCAL and not data.get("local_path", "").strip():
             self.add_error("local_path", "give the model's folder")
+        elif choice == LOCAL:
+            try:
+                # Only a folder of this team's own area (or the shared models/ folder).
+                resolve_local_model(data["local_path"], team=self.team)
+            except ValidationError as exc:
+                self.add_error(None, exc)
         if choice == HF and not data.get("hf_model_id", "").strip():
             self.add_error("hf_model_id", "give the model id")
         if data.get("method") == FineTuneMethod.QLORA and not self.has_gpu:

@@ -16,6 +16,7 @@ from django.core.exceptions import ValidationError
 from finetunes.models import StudentKind, StudentModel, StudentSource
 from jobs.storage import data_dir, data_path, stored_path
 from teams.models import Team
+from teams.paths import resolve_team_model_folder, team_folder_allowed
 
 SMOLLM2_DIR = "models/SmolLM2-135M-Instruct"  # relative to DATA_DIR (the Makefile's folder)
 TOKENIZER_FILES = frozenset(
@@ -46,7 +47,18 @@ def student_model_roots() -> list[Path]:
     return [Path(root).resolve() for root in roots]
 
 
-def resolve_local_model(text: str, *, field_name: str = "local_path") -> Path:
+def resolve_local_model(
+    text: str, *, team: Team | None = None, field_name: str = "local_path"
+) -> Path:
+    """The model folder a user typed. With ``team``: only inside that team's area (the shared
+    ``models/`` folder, its own ``…/team-<id>/…`` folders, or a STUDENT_MODEL_ROOTS folder
+    outside the data directory), with a refusal that reads the same whether the folder is
+    missing or another team's. Without (callers that do not pass the team yet): anywhere under
+    the roots."""
+    if team is not None:
+        return resolve_team_model_folder(
+            text, team_id=team.pk, roots=student_model_roots(), field=field_name
+        )
     text = text.strip()
     if not text:
         raise ValidationError({field_name: "give the model's folder"})
@@ -68,6 +80,26 @@ def resolve_local_model(text: str, *, field_name: str = "local_path") -> Path:
             {field_name: f"{text}: no Hugging Face model here (config.json is missing)"}
         )
     return resolved
+
+
+def _hf_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).resolve()
+
+
+def student_folder_allowed(*, student: StudentModel, folder: Path) -> bool:
+    """Whether ``folder`` (one of the student's stored folders) is inside its team's area, as a
+    folder typed by a user would have to be now: a row stored before that check, or edited by
+    hand, must not serve another team's files. A base model from this server's Hugging Face
+    cache lives in that cache."""
+    resolved = folder.resolve()
+    if team_folder_allowed(resolved, team_id=student.team_id, roots=student_model_roots()):
+        return True
+    if student.source == StudentSource.HF_CACHE:
+        cache = _hf_cache_dir()
+        return cache in resolved.parents
+    return False
 
 
 def resolve_hf_cached(model_id: str) -> Path:
@@ -133,7 +165,7 @@ def student_register_local(
     *, team: Team, user: User | None, name: str, path_text: str
 ) -> StudentModel:
     """The registry page's form: a model folder inside the shared data directory."""
-    folder = resolve_local_model(path_text, field_name="path")
+    folder = resolve_local_model(path_text, team=team, field_name="path")
     return student_register_base(team=team, user=user, path=folder, name=name)
 
 
@@ -182,6 +214,8 @@ def student_artifact_files(*, student: StudentModel, artifact: str) -> dict[str,
         return {}
     if folder is None or not folder.is_dir():
         return {}
+    if not student_folder_allowed(student=student, folder=folder):
+        return {}  # the views answer 404, as for a student with no files
     files = {}
     for entry in sorted(folder.iterdir()):
         if entry.is_symlink() or not entry.is_file():

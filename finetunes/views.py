@@ -74,6 +74,7 @@ def finetune_new(request: HttpRequest, project_id: int, version_id: int) -> Http
     suggested = services.suggested_preset(n_train=counts.get("train", 0), gpu=hardware["has_gpu"])
     form = FineTuneForm(
         request.POST or None,
+        team=project.team,
         students=selectors.students_to_train(team=project.team),
         has_gpu=hardware["has_gpu"],
         suggested_preset=suggested,

@@ -4,8 +4,10 @@ import json
 from typing import Any
 
 from django import forms
+from django.conf import settings
 
 from projects.models import OutputKind
+from worker.ingest import human_size
 
 
 class ProjectForm(forms.Form):
@@ -53,6 +55,15 @@ class UploadForm(forms.Form):
         # An empty file is refused by worker.ingest, with a message that names the file.
         allow_empty_file=True,
         help_text="CSV with a header row, or JSONL (one JSON object per line), UTF-8",
+    )
+
+
+def refuse_oversized_upload(form: forms.Form, *, field: str = "file") -> None:
+    """Show on ``form`` (bound to what arrived of the request) that its upload was stopped for
+    being over MAX_UPLOAD_BYTES (distillery.uploads), naming the limit."""
+    form.is_valid()
+    form.errors[field] = form.error_class(
+        [f"the file is too large: uploads are limited to {human_size(settings.MAX_UPLOAD_BYTES)}"]
     )
 
 

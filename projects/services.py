@@ -6,7 +6,7 @@ import hashlib
 import json
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,14 +15,12 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.text import get_valid_filename
-from jinja2.exceptions import SecurityError
 
 from jobs.models import Job
 from projects.models import InputRow, InputUpload, Project
-from teams.errors import field_and_message
 from teams.models import Team
 from worker import ingest
-from worker.taskspec import SpecError, TaskSpec, TemplateError, render_prompt
+from worker.taskspec import TaskSpec, TaskSpecError, check_template_on_rows
 
 # Projects and task specs -----------------------------------------------------------------------
 
@@ -60,28 +58,33 @@ TASK_FORM_FIELDS = frozenset(
     {"instruction_template", "input_fields", "label_set", "json_schema", "output_kind"}
 )
 
+#: How many of the project's own input rows a template is rendered on when the task is saved.
+TEMPLATE_SAMPLE_ROWS = 20
 
-def _task_error(exc: SpecError | TemplateError) -> ValidationError:
+
+def _task_error(exc: TaskSpecError) -> ValidationError:
     """The engine's error keyed by the task field it names in ``field`` (its ``message`` says
     what is wrong, without the field); one naming no form field is for the whole form."""
-    field, message = field_and_message(exc)
-    if field in TASK_FORM_FIELDS:
-        return ValidationError({field: message})
+    if exc.field in TASK_FORM_FIELDS:
+        return ValidationError({exc.field: exc.message})
     return ValidationError(str(exc))
 
 
-def task_spec_validate(spec: TaskSpec) -> None:
-    """Raise ValidationError keyed by form field."""
+def task_spec_validate(spec: TaskSpec, *, sample_rows: Iterable[Mapping[str, Any]] = ()) -> None:
+    """Raise ValidationError keyed by form field. Besides the spec itself (its JSON Schema
+    included: no remote or recursive references), the template is rendered on ``sample_rows``
+    and on a long synthetic row, so one that blows up (a huge number, a padded string, a
+    sandbox escape) is refused when saved instead of failing on every row of a run."""
     try:
         spec.validate()
-    except (SpecError, TemplateError) as exc:
+        check_template_on_rows(spec, sample_rows)
+    except TaskSpecError as exc:
         raise _task_error(exc) from None
-    # A template that reaches outside the sandbox fails on every row: refuse it when saved.
-    try:
-        render_prompt(spec, dict.fromkeys(spec.input_fields, "example"))
-    except TemplateError as exc:
-        if isinstance(exc.__cause__, SecurityError):
-            raise ValidationError({"instruction_template": field_and_message(exc)[1]}) from None
+
+
+def _sample_rows(project: Project) -> list[dict[str, Any]]:
+    rows = InputRow.objects.filter(project=project).order_by("id")[:TEMPLATE_SAMPLE_ROWS]
+    return [dict(row.data) for row in rows]
 
 
 def project_update_task(
@@ -102,7 +105,7 @@ def project_update_task(
         label_set=tuple(label_set) if output_kind == "label" else (),
         json_schema=json_schema if output_kind == "json" else None,
     )
-    task_spec_validate(spec)
+    task_spec_validate(spec, sample_rows=_sample_rows(project))
     project.input_fields = list(spec.input_fields)
     project.instruction_template = spec.instruction_template
     project.system_prompt = spec.system_prompt
@@ -125,7 +128,8 @@ def input_upload_create(
 ) -> InputUpload:
     """Store an uploaded file (a Django UploadedFile or a path) and read its columns.
 
-    Raises ingest.IngestError with the file (and line) named when the file cannot be used.
+    Raises ingest.IngestError with the file (and line) named when any row cannot be used;
+    nothing is kept then.
     """
     file_name = Path(file_name).name
     fmt = ingest.detect_format(file_name)
@@ -142,6 +146,9 @@ def input_upload_create(
                 for chunk in source.chunks():
                     out.write(chunk)
         ingest.check_file(destination, file_name, max_bytes=settings.MAX_UPLOAD_BYTES)
+        # Every row, not just the ones the column sniff reads: a bad line anywhere is shown on
+        # the upload form (file and line named) instead of failing the import job later.
+        ingest.validate_file(destination, file_name, fmt)
         columns = ingest.sniff_columns(destination, file_name, fmt)
     except Exception:
         shutil.rmtree(destination.parent, ignore_errors=True)
@@ -254,7 +261,9 @@ def _mapped_inputs(
     data = {}
     for field, column in field_map.items():
         if column not in record.values:
-            raise ingest.IngestError(file_name, f"the row has no {column!r} field", record.line)
+            raise ingest.IngestError(
+                file_name, f"the row has no {column!r} field", record.line, field=column
+            )
         data[field] = ingest.as_text(record.values[column])
     if not any(v.strip() for v in data.values()):
         raise ingest.IngestError(file_name, "every mapped input field is empty", record.line)

@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
+from distillery.uploads import upload_refused
 from projects import forms, selectors, services
 from projects.access import project_for
 from teams.access import scoped_get, signed_in_user, team_for
@@ -112,8 +113,9 @@ def task_edit(request: HttpRequest, project_id: int) -> HttpResponse:
 
 @login_required
 def task_preview(request: HttpRequest, project_id: int) -> HttpResponse:
-    """htmx: render the prompt the form would produce, on a real input row. Writes nothing."""
-    project, _ = project_for(user=request.user, project_id=project_id)
+    """htmx: render the prompt the form would produce, on a real input row. Writes nothing, but
+    renders a template the user typed: an engineer's action, like saving it."""
+    project, _ = project_for(user=request.user, project_id=project_id, permission="write")
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
     data = request.POST
@@ -183,6 +185,12 @@ def input_detail(request: HttpRequest, project_id: int, input_id: int) -> HttpRe
 def inputs_upload(request: HttpRequest, project_id: int) -> HttpResponse:
     project, _membership = project_for(user=request.user, project_id=project_id, permission="write")
     form = forms.UploadForm(request.POST or None, request.FILES or None)
+    if upload_refused(request) is not None:
+        # The upload handler stopped reading the body: nothing of the file was kept.
+        forms.refuse_oversized_upload(form)
+        return render(
+            request, "projects/inputs_upload.html", {"project": project, "form": form}, status=413
+        )
     if request.method == "POST" and form.is_valid():
         uploaded = form.cleaned_data["file"]
         try:

@@ -4,10 +4,11 @@ from decimal import Decimal
 from typing import Any, cast
 
 from django import forms
+from django.core.exceptions import ValidationError
 
 from teachers.models import TeacherRunMode
-from teachers.services import RunSettings
-from teams.models import ProviderCredential
+from teachers.services import RunSettings, resolve_local_model_path
+from teams.models import ProviderCredential, Team
 
 LOCAL = "local"
 
@@ -67,8 +68,11 @@ class TeacherRunForm(forms.Form):
         initial=TeacherRunMode.LIVE,
     )
 
-    def __init__(self, *args: Any, credentials: list[ProviderCredential], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, team: Team, credentials: list[ProviderCredential], **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.team = team
         self.credentials = {str(c.pk): c for c in credentials}
         choices = [(str(c.pk), f"{c.name} ({c.get_provider_display()})") for c in credentials]
         choices.append((LOCAL, "Local Hugging Face model"))
@@ -89,6 +93,12 @@ class TeacherRunForm(forms.Form):
         if data.get("teacher") == LOCAL:
             if not (data.get("local_model_path") or "").strip():
                 self.add_error("local_model_path", "give the local model's directory")
+            else:
+                try:
+                    # Only a folder of this team's own area (or the shared models/ folder).
+                    resolve_local_model_path(data["local_model_path"], team=self.team)
+                except ValidationError as exc:
+                    self.add_error(None, exc)
         elif not (data.get("model") or "").strip():
             self.add_error("model", "name the model, e.g. gpt-4o-mini")
         if data.get("selection") == "sample" and not data.get("sample_size"):

@@ -20,7 +20,7 @@ from jobs.models import JobKind, JobStatus
 from projects.models import InputRow, Project
 from teachers.models import TeacherRun, TeacherRunMode
 from teachers.prices import LOCAL_PROVIDER, price_for_model, price_to_json, usd
-from teams.models import ProviderCredential
+from teams.models import ProviderCredential, Team
 from worker import pricing
 from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages
 
@@ -85,7 +85,18 @@ def local_model_roots() -> list[Path]:
     return [Path(root).resolve() for root in roots]
 
 
-def resolve_local_model_path(path: str) -> Path:
+def resolve_local_model_path(path: str, *, team: Team | None = None) -> Path:
+    """The local teacher's folder a user typed. With ``team``: only inside that team's area (the
+    shared ``models/`` folder, its own ``…/team-<id>/…`` folders, or a TEACHER_LOCAL_MODEL_ROOTS
+    folder outside the data directory), with a refusal that reads the same whether the folder is
+    missing or another team's. Without (callers that do not pass the team yet): anywhere under
+    the roots."""
+    if team is not None:
+        from teams.paths import resolve_team_model_folder
+
+        return resolve_team_model_folder(
+            path, team_id=team.pk, roots=local_model_roots(), field="local_model_path"
+        )
     text = path.strip()
     if not text:
         raise ValidationError({"local_model_path": "give the model's directory"})

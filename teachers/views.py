@@ -18,7 +18,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
+from distillery.uploads import upload_refused
 from projects.access import project_for
+from projects.forms import refuse_oversized_upload
 from teachers import selectors, services
 from teachers.forms import PriceForm, TeacherImportForm, TeacherRunForm
 from teachers.imports import teacher_run_import
@@ -70,7 +72,7 @@ def run_new(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
     action=start: create the run (the estimate is computed again and stored on it)."""
     project, membership = project_for(user=request.user, project_id=project_id, permission="write")
     credentials = list(project.team.credentials.all())
-    form = TeacherRunForm(request.POST or None, credentials=credentials)
+    form = TeacherRunForm(request.POST or None, team=project.team, credentials=credentials)
     estimate = None
     if request.method == "POST" and form.is_valid():
         run_settings = form.run_settings()
@@ -176,6 +178,15 @@ def run_cancel(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
 def run_import(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
     project, membership = project_for(user=request.user, project_id=project_id, permission="write")
     form = TeacherImportForm(request.POST or None, request.FILES or None)
+    if upload_refused(request) is not None:
+        # The upload handler stopped reading the body: nothing of the file was kept.
+        refuse_oversized_upload(form)
+        return render(
+            request,
+            "teachers/teacher_run_import.html",
+            {"project": project, "membership": membership, "form": form},
+            status=413,
+        )
     if request.method == "POST" and form.is_valid():
         uploaded = form.cleaned_data["file"]
         try:

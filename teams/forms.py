@@ -7,19 +7,34 @@ from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 
 from teams.errors import field_and_message
-from teams.models import ProviderKind, Role
+from teams.models import BASE_URL_MAX_LENGTH, ProviderKind, Role
 
 
 class TeamForm(forms.Form):
     name = forms.CharField(max_length=120)
 
 
+class BaseURLField(forms.CharField):
+    """A provider's base URL, as typed. Not a URLField: that refuses single-label hosts such as
+    a docker-compose service (http://vllm:8000/v1). The credential services check it with
+    worker.ssrf.check_base_url, which allows those only with "allow private network"."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", BASE_URL_MAX_LENGTH)
+        super().__init__(required=False, **kwargs)
+
+    def to_python(self, value: Any) -> str:
+        text = str(super().to_python(value))
+        # As URLField's assume_scheme did: a URL typed without its scheme is https.
+        if text and "://" not in text:
+            text = f"https://{text}"
+        return text
+
+
 class CredentialForm(forms.Form):
     name = forms.CharField(max_length=80, help_text="e.g. prod-openai")
     provider = forms.ChoiceField(choices=ProviderKind.choices)
-    base_url = forms.URLField(
-        required=False,
-        assume_scheme="https",
+    base_url = BaseURLField(
         help_text="Only for OpenAI-compatible endpoints (vLLM, Ollama, Together…)",
     )
     api_key = forms.CharField(widget=forms.PasswordInput(render_value=False), strip=True)
@@ -30,7 +45,7 @@ class CredentialForm(forms.Form):
 
 class CredentialEditForm(forms.Form):
     name = forms.CharField(max_length=80)
-    base_url = forms.URLField(required=False, assume_scheme="https")
+    base_url = BaseURLField()
     api_key = forms.CharField(
         widget=forms.PasswordInput(render_value=False),
         required=False,

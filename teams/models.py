@@ -92,6 +92,10 @@ class Invite(models.Model):
         return self.accepted_at is None and self.expires_at > timezone.now()
 
 
+#: The longest base URL a credential stores (URLField's length, kept when it became a CharField).
+BASE_URL_MAX_LENGTH = 200
+
+
 class ProviderKind(models.TextChoices):
     OPENAI = "openai", "OpenAI"
     ANTHROPIC = "anthropic", "Anthropic"
@@ -102,7 +106,9 @@ class ProviderCredential(models.Model):
     team = models.ForeignKey("teams.Team", on_delete=models.CASCADE, related_name="credentials")
     name = models.CharField(max_length=80)
     provider = models.CharField(max_length=24, choices=ProviderKind.choices)
-    base_url = models.URLField(blank=True)
+    # Checked by worker.ssrf.check_base_url when saved (teams.services), not by URLField's
+    # validator, which refuses single-label hosts such as a docker-compose service name.
+    base_url = models.CharField(max_length=BASE_URL_MAX_LENGTH, blank=True)
     # Self-hosted endpoints (vLLM on the LAN) live on private addresses; allowing them is an
     # owner's explicit decision because it lets the worker reach internal hosts.
     allow_private_network = models.BooleanField(default=False)

@@ -84,8 +84,16 @@ def test_the_form_shows_the_presets_for_this_dataset_and_says_there_is_no_gpu(
         ({"method": "qlora"}, "method", "QLoRA needs a CUDA GPU"),
         ({"method": "dpo"}, "method", "Select a valid choice"),
         ({"student": "local", "local_path": ""}, "local_path", "give the model's folder"),
-        ({"student": "local", "local_path": "/etc"}, "local_path", "must be inside"),
-        ({"student": "local", "local_path": "datasets"}, "local_path", "config.json is missing"),
+        (
+            {"student": "local", "local_path": "/etc"},
+            "local_path",
+            "/etc: no model folder of this team there",
+        ),
+        (
+            {"student": "local", "local_path": "datasets"},
+            "local_path",
+            "datasets: no model folder of this team there",
+        ),
         ({"student": "hf", "hf_model_id": "acme/not-cached"}, "hf_model_id", "never downloads"),
         ({"student": "hf", "hf_model_id": "../../etc"}, "hf_model_id", "give a model id"),
     ],
@@ -294,7 +302,7 @@ def test_the_registry_lists_base_and_distilled_students_and_registers_a_folder(
     client.post(url, {"name": "again", "path": str(folder)})
     assert StudentModel.objects.filter(path="models/registered-by-form").count() == 1
     bad = client.post(url, {"name": "x", "path": "/etc"})
-    assert bad.status_code == 400 and "must be inside" in bad.content.decode()
+    assert bad.status_code == 400 and "no model folder of this team there" in bad.content.decode()
     files = client.get(reverse("finetunes:student_detail", args=[student.pk])).content.decode()
     assert "model.safetensors" in files and "tokenizer.json" in files
 

@@ -1,8 +1,11 @@
 """Bad files through the real upload view and the real import job.
 
 On the upload form: status 400, the message (file and line) shown on the form, and nothing kept:
-no InputUpload, no InputRow, no file under DATA_DIR/uploads. Past the sniffed sample, the import
-job fails with the message and the transaction leaves the project's inputs as they were.
+no InputUpload, no InputRow, no file under DATA_DIR/uploads; the whole file is read at upload, so
+this holds for a bad line far past the rows the column sniff reads. A row that does not fit the
+mapping chosen afterwards fails the import job, naming file, line and field, and the transaction
+leaves the project's inputs as they were. An upload over MAX_UPLOAD_BYTES is stopped while it
+arrives (413, the limit named).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from django.urls import reverse
 
 from jobs.models import Job, JobStatus
 from projects.models import InputRow, InputUpload
+from projects.services import inputs_import_run
 from projects.tasks import import_inputs
 from tests.factories import InputRowFactory
+from worker.ingest import IngestError
 
 LIMIT = 131_072
 
@@ -134,31 +139,31 @@ def test_bad_file_is_refused_on_the_form_and_nothing_is_stored(client_for, owner
     assert stored_files(project) == []
 
 
-def test_over_the_size_limit_is_refused_before_anything_is_stored(
-    client_for, owner, project, settings
-):  # type: ignore[no-untyped-def]
+def test_an_upload_over_the_limit_is_stopped_while_it_arrives(client_for, owner, project, settings):  # type: ignore[no-untyped-def]
+    # The upload handler stops reading once the file passes the limit; the view answers 413,
+    # naming the limit.
     settings.MAX_UPLOAD_BYTES = 1024
     content = b"text\n" + b"Where is my card?\n" * 200  # 3,605 bytes
     response = upload(client_for(owner), project, "tickets.csv", content)
 
-    assert response.status_code == 400
-    message = "tickets.csv: the file is 3.5 KB; the limit is 1.0 KB"
+    assert response.status_code == 413
+    message = "the file is too large: uploads are limited to 1.0 KB"
     assert response.context["form"].errors["file"] == [message]
     assert message.encode() in response.content
     assert not InputUpload.objects.exists()
     assert stored_files(project) == []
 
 
-# Past the sniffed sample: the job fails --------------------------------------------------------
+# Past the sniffed sample -----------------------------------------------------------------------
 
 GOOD_CSV = b"".join(f"Ticket number {i},card_arrival\n".encode() for i in range(300))
 GOOD_JSONL = b"".join(f'{{"text": "Ticket number {i}"}}\n'.encode() for i in range(300))
 TAIL_CSV = b"Where is my card?,card_arrival\n" * 5
 TAIL_JSONL = b'{"text": "Where is my card?"}\n' * 5
 
-# (file name, the bad line(s) after 300 good rows, the exact job error). CSV: the header is line
+# (file name, the bad line(s) after 300 good rows, the exact message). CSV: the header is line
 # 1, so the first bad line is 302; JSONL: line 301.
-FAILED_IN_THE_JOB = {
+REFUSED_PAST_THE_SAMPLE = {
     "ragged": (
         "tickets.csv",
         b"I lost my card\n",
@@ -214,12 +219,30 @@ FAILED_IN_THE_JOB = {
         b'{"text": "hello"\n',
         "inputs.jsonl, line 301: not valid JSON: Expecting ',' delimiter (column 17)",
     ),
-    "jsonl-missing-mapped-field": (
-        "inputs.jsonl",
-        b'{"body": "hello"}\n',
-        "inputs.jsonl, line 301: the row has no 'text' field",
-    ),
 }
+
+
+def with_good_rows(name: str, bad: bytes) -> bytes:
+    if name.endswith(".csv"):
+        return b"text,label\n" + GOOD_CSV + bad + TAIL_CSV
+    return GOOD_JSONL + bad + TAIL_JSONL
+
+
+@pytest.mark.parametrize("case", list(REFUSED_PAST_THE_SAMPLE))
+def test_bad_line_after_the_sample_is_refused_at_upload(client_for, owner, project, case):  # type: ignore[no-untyped-def]
+    name, bad, message = REFUSED_PAST_THE_SAMPLE[case]
+    existing = InputRowFactory(project=project)
+    response = upload(client_for(owner), project, name, with_good_rows(name, bad))
+
+    assert response.status_code == 400
+    assert response.context["form"].errors["file"] == [message]
+    assert html.escape(message).encode() in response.content
+    assert not InputUpload.objects.filter(project=project).exists()
+    assert list(InputRow.objects.filter(project=project)) == [existing]
+    assert stored_files(project) == []
+
+
+# A row that does not fit the mapping: the job fails --------------------------------------------
 
 
 def start_import(client, project, name: str, content: bytes, django_capture_on_commit_callbacks):  # type: ignore[no-untyped-def]
@@ -233,20 +256,16 @@ def start_import(client, project, name: str, content: bytes, django_capture_on_c
     return job
 
 
-@pytest.mark.parametrize("case", list(FAILED_IN_THE_JOB))
-def test_bad_line_after_the_sample_fails_the_job_and_imports_nothing(
-    client_for, owner, project, settings, django_capture_on_commit_callbacks, case
+def test_a_row_without_the_mapped_field_fails_the_job_and_imports_nothing(
+    client_for, owner, project, settings, django_capture_on_commit_callbacks
 ):  # type: ignore[no-untyped-def]
     # Small batches, so that rows before the bad line were really written before the failure.
     settings.IMPORT_BATCH_SIZE = 50
-    name, bad, message = FAILED_IN_THE_JOB[case]
-    if name.endswith(".csv"):
-        content = b"text,label\n" + GOOD_CSV + bad + TAIL_CSV
-    else:
-        content = GOOD_JSONL + bad + TAIL_JSONL
+    content = with_good_rows("inputs.jsonl", b'{"body": "hello"}\n')
+    message = "inputs.jsonl, line 301: the row has no 'text' field"
     existing = InputRowFactory(project=project)
     client = client_for(owner)
-    job = start_import(client, project, name, content, django_capture_on_commit_callbacks)
+    job = start_import(client, project, "inputs.jsonl", content, django_capture_on_commit_callbacks)
 
     import_inputs(job.pk)
 
@@ -256,6 +275,11 @@ def test_bad_line_after_the_sample_fails_the_job_and_imports_nothing(
     assert list(InputRow.objects.filter(project=project)) == [existing]
     page = client.get(reverse("jobs:job_detail", args=[job.pk]))
     assert html.escape(message).encode() in page.content
+
+    with pytest.raises(IngestError) as raised:
+        inputs_import_run(job=job, progress=lambda done, total: None)
+    error = raised.value
+    assert (error.file_name, error.line, error.field) == ("inputs.jsonl", 301, "text")
 
 
 def test_good_file_with_bom_crlf_multiline_fields_and_blank_lines_imports_every_row(

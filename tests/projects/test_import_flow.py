@@ -76,7 +76,7 @@ def test_csv_upload_maps_columns_and_imports_with_dedup(
 
 
 def test_jsonl_upload_with_a_bad_line_imports_nothing_and_names_the_line(
-    client_for, owner, project, django_capture_on_commit_callbacks
+    client_for, owner, project
 ):  # type: ignore[no-untyped-def]
     client = client_for(owner)
     good = b'{"text": "hello"}\n' * 3
@@ -86,15 +86,11 @@ def test_jsonl_upload_with_a_bad_line_imports_nothing_and_names_the_line(
         + good
     )
     response = upload(client, project, "inputs.jsonl", content)
-    # The first rows sniff fine; the bad line is found by the import, which must import nothing.
-    assert response.status_code == 302
-    with django_capture_on_commit_callbacks(execute=False):
-        client.post(response["Location"], {"map_text": "text"})
-    job = Job.objects.get(project=project)
-    import_inputs(job.pk)
-    job.refresh_from_db()
-    assert job.status == JobStatus.FAILED
-    assert job.error == "inputs.jsonl, line 301: expected a JSON object, found an array"
+    # The first rows sniff fine; the whole file is read at upload, so the bad line is shown on
+    # the form and nothing is kept.
+    assert response.status_code == 400
+    assert response.context["form"].errors["file"] == [
+        "inputs.jsonl, line 301: expected a JSON object, found an array"
+    ]
+    assert not Job.objects.filter(project=project).exists()
     assert InputRow.objects.filter(project=project).count() == 0
-    page = client.get(reverse("jobs:job_detail", args=[job.pk]))
-    assert b"line 301" in page.content

@@ -117,6 +117,52 @@ def test_a_template_escaping_the_sandbox_is_refused_when_saved(
     client_for, owner, project, template, message
 ):  # type: ignore[no-untyped-def]
     before = task_fields(project)
+    InputRowFactory(project=project, data={"text": "Where is my card?"})
+    response = save_task(client_for(owner), project, instruction_template=template)
+    assert response.status_code == 200
+    # The template is tried on the project's own rows; the message names the one it failed on.
+    assert response.context["form"].errors["instruction_template"] == [
+        f"{message} (on sample input 1)"
+    ]
+    assert task_fields(project) == before
+
+
+@pytest.mark.parametrize(
+    ("template", "row_text", "message"),
+    [
+        # Harmless on a made-up value, refused on what the project's inputs really hold.
+        (
+            "{{ 10 ** (text|int) }}",
+            "4400",
+            "not allowed in the sandbox: 10 ** 4400 is too large (on sample input 2)",
+        ),
+        (
+            "{{ text|center((text|length) * 1000000) }}",
+            "Where is my card?",
+            "not allowed in the sandbox: a width of 17,000,000 is too large (the limit is "
+            "1,000,000) (on sample input 2)",
+        ),
+        (
+            "{{ text|center(20000000) }}",
+            "Where is my card?",
+            "not allowed in the sandbox: a width of 20,000,000 is too large (the limit is "
+            "1,000,000) (on sample input 1)",
+        ),
+        # Not a sandbox matter, but it fails on every row all the same.
+        (
+            "{{ text + 1 }}",
+            "Where is my card?",
+            'rendering failed: can only concatenate str (not "int") to str (on sample input 1)',
+        ),
+    ],
+    ids=["huge-number-from-a-row", "width-from-a-row", "huge-width", "type-error"],
+)
+def test_a_template_failing_on_the_projects_rows_is_refused_when_saved(
+    client_for, owner, project, template, row_text, message
+):  # type: ignore[no-untyped-def]
+    InputRowFactory(project=project, data={"text": "1"})
+    InputRowFactory(project=project, data={"text": row_text})
+    before = task_fields(project)
     response = save_task(client_for(owner), project, instruction_template=template)
     assert response.status_code == 200
     assert response.context["form"].errors["instruction_template"] == [message]
@@ -178,6 +224,21 @@ def test_a_template_escaping_the_sandbox_is_refused_when_saved(
             "not a valid JSON Schema: 'amount' is not of type 'array'",
         ),
         (
+            {"output_kind": "json", "json_schema": '{"$ref": "https://example.com/s.json"}'},
+            "json_schema",
+            "the reference 'https://example.com/s.json' points outside the schema; only "
+            "references inside it (such as #/$defs/name) are allowed",
+        ),
+        (
+            {
+                "output_kind": "json",
+                "json_schema": '{"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}',
+            },
+            "json_schema",
+            "the reference '#/$defs/a' makes a cycle: it leads back to a schema for the same "
+            "part of the output, so checking an output would never end",
+        ),
+        (
             {"output_kind": "json", "json_schema": '{"type": "object",}'},
             "json_schema",
             "not valid JSON: Expecting property name enclosed in double quotes (line 1, column 19)",
@@ -199,6 +260,8 @@ def test_a_template_escaping_the_sandbox_is_refused_when_saved(
         "json-without-schema",
         "schema-bad-type",
         "schema-bad-required",
+        "schema-remote-ref",
+        "schema-recursive-ref",
         "schema-not-json",
         "schema-not-object",
     ],
@@ -324,8 +387,12 @@ def test_preview_never_uses_another_teams_row(client_for, owner, project):  # ty
     assert "Their secret ticket" not in response.content.decode()
 
 
-def test_a_viewer_can_preview_but_not_save(client_for, member_with_role, project):  # type: ignore[no-untyped-def]
+def test_a_viewer_can_neither_preview_nor_save(client_for, member_with_role, project):  # type: ignore[no-untyped-def]
+    # The preview renders a template the user typed: an engineer's action, like saving it.
     InputRowFactory(project=project, data={"text": "Where is my card?"})
     client = client_for(member_with_role("viewer"))
-    assert "Classify this ticket: Where is my card?" in preview(client, project).content.decode()
+    response = client.post(reverse("projects:task_preview", args=[project.pk]), task_form())
+    assert response.status_code == 403
+    page = client.get(reverse("projects:task_edit", args=[project.pk])).content.decode()
+    assert "task_preview" not in page and "/task/preview/" not in page  # no request to refuse
     assert save_task(client, project, system_prompt="changed").status_code == 403

@@ -218,3 +218,73 @@ def test_an_openai_compatible_credential_needs_a_base_url(team, owner, client_fo
         "an OpenAI-compatible endpoint needs its base URL"
     ]
     assert not ProviderCredential.objects.exists()
+
+
+SERVICE_URL = "http://vllm:8000/v1"  # a docker-compose service: a single-label host
+SINGLE_LABEL_REFUSAL = (
+    "base URL 'http://vllm:8000/v1': vllm is a single-label host name (such as a docker-compose "
+    "service), which only exists inside a private network; an owner must allow private network "
+    "addresses for this credential to use a self-hosted endpoint"
+)
+
+
+def test_a_compose_service_url_is_saved_when_private_network_is_allowed(team, owner, client_for):  # type: ignore[no-untyped-def]
+    client = client_for(owner)
+    response = create_through_the_page(
+        client,
+        team,
+        name="vllm",
+        provider="openai_compatible",
+        base_url=SERVICE_URL,
+        allow_private_network="on",
+    )
+    assert response.status_code == 302
+    credential = ProviderCredential.objects.get(team=team, name="vllm")
+    assert credential.base_url == SERVICE_URL
+    credential.full_clean()  # the model field accepts it too
+
+    edit = reverse("teams:credential_edit", args=[team.pk, credential.pk])
+    response = client.post(
+        edit,
+        {
+            "name": "vllm",
+            "base_url": "http://ollama:11434/v1",
+            "api_key": "sk-new-1234",
+            "allow_private_network": "on",
+        },
+    )
+    assert response.status_code == 302
+    credential.refresh_from_db()
+    assert credential.base_url == "http://ollama:11434/v1"
+
+
+def test_a_compose_service_url_is_refused_without_private_network(team, owner, client_for):  # type: ignore[no-untyped-def]
+    client = client_for(owner)
+    response = create_through_the_page(
+        client, team, name="vllm", provider="openai_compatible", base_url=SERVICE_URL
+    )
+    assert response.status_code == 200
+    assert response.context["form"].errors["base_url"] == [SINGLE_LABEL_REFUSAL]
+    assert not ProviderCredential.objects.exists()
+
+    credential = compatible(team, owner)
+    response = client.post(
+        reverse("teams:credential_edit", args=[team.pk, credential.pk]),
+        {"name": credential.name, "base_url": SERVICE_URL, "api_key": "sk-new-1234"},
+    )
+    assert response.status_code == 200
+    assert response.context["form"].errors["base_url"] == [SINGLE_LABEL_REFUSAL]
+    credential.refresh_from_db()
+    assert credential.base_url == "https://llm.example.com/v1"
+
+
+def test_a_base_url_without_its_scheme_is_https(team, owner, client_for):  # type: ignore[no-untyped-def]
+    response = create_through_the_page(
+        client_for(owner),
+        team,
+        name="together",
+        provider="openai_compatible",
+        base_url="api.together.example/v1",
+    )
+    assert response.status_code == 302
+    assert ProviderCredential.objects.get().base_url == "https://api.together.example/v1"
