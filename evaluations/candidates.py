@@ -63,7 +63,7 @@ def student_candidate(project: Project, student: StudentChoice) -> EvalCandidate
         if not (path / "config.json").is_file():
             raise ValidationError({field: f"{registered.name}: its model folder is missing"})
     else:
-        path = resolve_local_model(student.path, field_name=field)
+        path = resolve_local_model(student.path, field_name=field, team=project.team)
     default = "Untuned student" if student.role == CandidateRole.BASE else "Distilled student"
     name = student.name.strip() or (
         f"{default} ({registered.name})" if registered else f"{default} ({path.name})"

@@ -214,7 +214,7 @@ def _resolve_base(*, project: Project, user: User, settings: FineTuneSettings) -
             )
         return settings.student
     if settings.local_path.strip():
-        folder = resolve_local_model(settings.local_path)
+        folder = resolve_local_model(settings.local_path, team=project.team)
         return student_register_base(team=project.team, user=user, path=folder)
     folder = resolve_hf_cached(settings.hf_model_id)
     return student_register_base(
