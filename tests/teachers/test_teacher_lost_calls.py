@@ -121,3 +121,36 @@ def test_a_batch_attempt_that_died_while_submitting_is_charged_and_submitted_aga
     assert resent.count() == 4
     assert {e.provider_request_id for e in resent} == {f"batch:{run.batch_state['batch_id']}"}
     assert run.cost_usd == ledger_sum(run) == sum(worst.values(), Decimal(0))
+
+
+def test_a_lost_call_answered_after_all_is_counted_once_at_its_real_price(
+    team, owner, fake_provider
+):  # type: ignore[no-untyped-def]
+    """An attempt taken for dead that was only slow records its answer after the new attempt
+    settled the call as lost: the real figures replace the estimate, the totals stay the ledger's."""
+    from teachers.recording import CallResult, settle_lost_calls
+    from worker.teachers.base import TeacherResponse
+
+    project = label_project(team, owner, n=2)
+    run = reload(start(project, owner, openai_credential(team, owner, fake_provider)))
+    spec = run.project.task_spec()
+    requests, _ = build_requests(run, spec, missing_pairs(run))
+    config = provider_config_for_run(run)
+    keys = [cache_key(config, r) for r in requests]
+    recorder = Recorder(run, spec, batch=False)
+    ids = recorder.sent_many(requests, keys)
+    settled = settle_lost_calls(run)
+    assert settled.count == 2 and settled.cost_usd > 0
+    assert reload(run).cost_usd == ledger_sum(run) == settled.cost_usd
+
+    answer = TeacherResponse(
+        custom_id=requests[0].custom_id, raw_text="card_arrival", input_tokens=10, output_tokens=2
+    )
+    real = MINI.cost(10, 2).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+    recorder.results_many([CallResult(requests[0], keys[0], answer, real, ids[0])])
+
+    run = reload(run)
+    assert LedgerEntry.objects.get(pk=ids[0]).status == LedgerStatus.COMPLETED
+    assert run.cost_usd == ledger_sum(run) == real + LedgerEntry.objects.get(pk=ids[1]).cost_usd
+    assert run.calls_made == LedgerEntry.objects.filter(run=run).count() == 2
+    assert settle_lost_calls(run).count == 0  # nothing left to settle
