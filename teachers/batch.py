@@ -22,6 +22,7 @@ from teachers.recording import (
     begin_segment,
     ledger_totals,
     population_checks_summary,
+    settle_lost_calls,
 )
 from teachers.run_requests import (
     build_requests,
@@ -30,11 +31,10 @@ from teachers.run_requests import (
     missing_pairs,
     provider_config_for_run,
 )
-from worker import pricing
 from worker.pricing import ModelPrice
 from worker.taskspec import TaskSpec
 from worker.teacher_cache import cache_key
-from worker.teacher_runner import APPROX_TOKEN_MARGIN
+from worker.teacher_runner import worst_case_cost
 from worker.teachers.base import ProviderConfig, TeacherRequest, TeacherResponse
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ def _new_chain(run: TeacherRun) -> str:
 
 def batch_begin(job: Job, run: TeacherRun, spec: TaskSpec) -> dict[str, Any]:
     """Store cached answers, submit the rest as one provider batch (ledger rows first), and hand
-    the job to the poll task. A re-claimed job with a batch in flight only resumes polling."""
+    the job to the poll task. A re-claimed job with a batch in flight only resumes polling; one
+    whose previous attempt died while submitting settles that attempt's rows as lost (possibly
+    paid: the provider may have received the batch) and submits again."""
     done_before, total = begin_segment(job, run)
     state = run.batch_state or {}
     if state.get("batch_id") and not state.get("collected"):
@@ -77,6 +79,9 @@ def batch_begin(job: Job, run: TeacherRun, spec: TaskSpec) -> dict[str, Any]:
         _schedule_poll(job, run, chain=chain, delay_s=0)
         raise job_services.JobHandedOff
 
+    # "sent" rows with no batch to collect them: an attempt died while submitting (before the
+    # batch's id was stored). The provider may have the batch, so they are charged as lost.
+    settle_lost_calls(run)
     requests, render_errors = build_requests(run, spec, missing_pairs(run))
     config = provider_config_for_run(run)
     recorder = Recorder(run, spec, batch=True)
@@ -131,11 +136,7 @@ def _pause_if_over_budget(
     """A batch is paid as a whole: if its worst case could exceed the cap, pause before sending."""
     if run.budget_usd is None:
         return
-    worst = Decimal(0)
-    for request in to_send:
-        counted = pricing.count_message_tokens(request.messages, request.model)
-        tokens = counted.tokens if counted.exact else int(counted.tokens * APPROX_TOKEN_MARGIN) + 1
-        worst += price.cost(tokens, request.max_tokens, batch=True)
+    worst = sum((worst_case_cost(r, price, batch=True) for r in to_send), Decimal(0))
     spent = ledger_totals(run)["cost_usd"]
     if spent + worst > run.budget_usd:
         message = (

@@ -4,9 +4,11 @@
 - ``on_sent``/``on_result`` → teachers.recording (ledger first, then answer + totals at once);
 - ``should_stop`` → heartbeat + progress, and the user's pause / cancel.
 
-A resumed run (after a pause, a failure, or a worker crash re-queued by the reaper) builds only
-the (input, sample) pairs that have no stored output yet; answers that were paid for but not
-stored before a crash are found in the cache.
+A resumed run (after a pause, a failure, or a worker crash re-queued by the reaper) first settles
+the calls a dead attempt left in flight (ledger "sent" → "lost", charged at their worst case), then
+builds only the (input, sample) pairs that have no stored output yet; answers that were paid for
+and cached before a crash are reused. A kill therefore costs at most the calls in flight, and
+each of them is in the ledger and the run's cost.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from teachers.prices import run_price, usd
 from teachers.recording import (
     CallResult,
     DbPipe,
+    LostCalls,
     Recorder,
     begin_segment,
     ledger_totals,
+    lost_calls,
     population_checks_summary,
+    settle_lost_calls,
 )
 from teachers.run_requests import (
     build_requests,
@@ -47,6 +52,7 @@ def execute_live(job: Job, run: TeacherRun, spec: TaskSpec) -> dict[str, Any]:
     missing or the provider refused the run)."""
     if run.pause_requested:
         raise job_services.JobPaused(PAUSED_MESSAGE)
+    settle_lost_calls(run)  # before the budget reads the ledger and before anything is sent
     done_before, total = begin_segment(job, run)
     pairs = missing_pairs(run)
     requests, render_errors = build_requests(run, spec, pairs)
@@ -57,7 +63,7 @@ def execute_live(job: Job, run: TeacherRun, spec: TaskSpec) -> dict[str, Any]:
     spent = ledger_totals(run)["cost_usd"]
     recorder = Recorder(run, spec, batch=False)
     recorder.preload_references(input_id for input_id, _ in pairs)
-    callbacks = _LiveCallbacks(job, run, recorder, cached_keys, done_before, total)
+    callbacks = _LiveCallbacks(job, run, recorder, cached_keys, done_before, total, lost_calls(run))
     summary = teacher_calls_run(
         requests,
         config,
@@ -87,10 +93,12 @@ class _LiveCallbacks:
         cached_keys: set[str],
         done_before: int,
         total: int,
+        lost: LostCalls,
     ) -> None:
         from asgiref.sync import sync_to_async
 
         self.job, self.run, self.recorder = job, run, recorder
+        self.lost = lost
         self.cached_keys = cached_keys
         self.done_before, self.total = done_before, total
         self.pipe = DbPipe(recorder)
@@ -120,7 +128,7 @@ class _LiveCallbacks:
                 job=self.job,
                 done=self.done_before + self.recorder.stored,
                 total=self.total,
-                figures=_live_figures(run_id),
+                figures=_live_figures(run_id, self.lost),
             )
         except job_services.JobCancelled:
             return StopReason.CANCELLED
@@ -153,6 +161,7 @@ def _outcome(
 ) -> dict[str, Any]:
     """The job's result once every request was handled; RuntimeError if answers are missing."""
     missing = len(missing_pairs(run))
+    lost = lost_calls(run)
     result_summary = {
         **population_checks_summary(run),
         "outputs": total - missing,
@@ -160,8 +169,11 @@ def _outcome(
         "cache_hits": summary.cache_hits,
         "retries": summary.retries,
         "failed": summary.failed,
-        "cost_usd": str(usd(summary.cost_usd)),
+        # The run's cost: the ledger's sum over every attempt, lost calls included.
+        "cost_usd": str(usd(ledger_totals(run)["cost_usd"])),
     }
+    if lost:
+        result_summary["possibly_paid_twice"] = lost.text
     if missing:
         first = summary.failures[0][1] if summary.failures else (render_errors or [""])[0]
         message = (
@@ -174,7 +186,7 @@ def _outcome(
     return result_summary
 
 
-def _live_figures(run_id: int) -> dict[str, Any]:
+def _live_figures(run_id: int, lost: LostCalls) -> dict[str, Any]:
     row: dict[str, Any] = dict(
         TeacherRun.objects.filter(pk=run_id)
         .values("cost_usd", "failures", "calls_made", "cache_hits")
@@ -186,4 +198,4 @@ def _live_figures(run_id: int) -> dict[str, Any]:
         "calls": row.get("calls_made", 0),
         "cache hits": row.get("cache_hits", 0),
         "failures": row.get("failures", 0),
-    }
+    } | ({"possibly paid twice": lost.text} if lost else {})

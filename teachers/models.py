@@ -192,6 +192,9 @@ class LedgerStatus(models.TextChoices):
     SENT = "sent", "Sent, no answer recorded"
     COMPLETED = "completed", "Completed"
     FAILED = "failed", "Failed"
+    # A "sent" row left by an attempt that died (a killed worker) before its answer was recorded:
+    # the provider may have answered and billed it, and the resumed run sends the input again.
+    LOST = "lost", "Sent, the worker died before the answer: possibly paid"
 
 
 class LedgerEntry(models.Model):
@@ -210,6 +213,9 @@ class LedgerEntry(models.Model):
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    # The call's worst case when it was sent (prompt tokens + max_tokens at the run's price): what
+    # a lost call is charged. Null on rows written before it was recorded.
+    estimated_cost_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
     provider_request_id = models.CharField(max_length=200, blank=True)

@@ -1,9 +1,13 @@
 """Writing the engine's answers to the database.
 
-- ``on_sent`` → a LedgerEntry (status "sent") committed BEFORE the call, so a crash leaves a trace;
+- ``on_sent`` → a LedgerEntry (status "sent", with the call's worst-case price) committed BEFORE
+  the call, so a crash leaves a trace;
 - ``on_result`` → in ONE transaction: the ledger row completed, the cache row, the TeacherOutput
   (parsed by the task spec, with per-output check flags) and the run's totals. The run's totals
   therefore always equal the ledger's sums.
+- ``settle_lost_calls`` → when a run (re)starts, the "sent" rows an earlier attempt left (its
+  worker died with those calls in flight) become "lost", charged at their worst-case price and
+  added to the run's totals: the provider may have billed them, and the input is sent again.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Sum
+from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from jobs import services as job_services
@@ -29,9 +33,11 @@ from teachers.models import (
     TeacherOutput,
     TeacherRun,
 )
-from teachers.prices import usd
+from teachers.prices import run_price, usd
 from teachers.run_requests import pair_of
+from worker.pricing import ModelPrice
 from worker.taskspec import TaskSpec, parse_output
+from worker.teacher_runner import worst_case_cost
 from worker.teachers.base import TeacherRequest, TeacherResponse
 
 # Storing results -------------------------------------------------------------------------------
@@ -57,6 +63,7 @@ class Recorder:
         self.batch = batch
         self.stored = 0
         self.references: dict[int, str | None] = {}
+        self._price: ModelPrice | None = None
         self._check_output: Any = None
         try:
             from worker.checks import OutputToCheck, check_output
@@ -86,12 +93,21 @@ class Recorder:
     # -- ledger
 
     def sent_many(self, requests: list[TeacherRequest], keys: list[str]) -> list[int]:
-        """Ledger rows (status "sent") for calls about to be made; commit before calling."""
+        """Ledger rows (status "sent") for calls about to be made; commit before calling. Each
+        carries the call's worst case, what it is charged if its answer is lost in a crash."""
+        if self._price is None:
+            self._price = run_price(self.run)
         entries = []
         for request, key in zip(requests, keys, strict=True):
             input_id, sample = pair_of(request.custom_id)
             entries.append(
-                LedgerEntry(run=self.run, input_id=input_id, sample_index=sample, cache_key=key)
+                LedgerEntry(
+                    run=self.run,
+                    input_id=input_id,
+                    sample_index=sample,
+                    cache_key=key,
+                    estimated_cost_usd=usd(worst_case_cost(request, self._price, batch=self.batch)),
+                )
             )
         created = LedgerEntry.objects.bulk_create(entries, batch_size=2000)
         return [entry.pk for entry in created]
@@ -155,6 +171,11 @@ class Recorder:
                 totals["cost"] += cost
         with transaction.atomic(savepoint=False):  # inside DbPipe's transaction: no savepoint
             if ledger_rows:
+                # A row already settled as lost (a newer attempt took this one for dead) is in
+                # the totals at its estimate: its real figures replace it, not add to it.
+                lost_calls, lost_cost = _lost_among([row.pk for row in ledger_rows])
+                totals["calls"] -= lost_calls
+                totals["cost"] -= lost_cost
                 _complete_ledger_rows(ledger_rows)
             if cache_rows:
                 CachedResponse.objects.bulk_create(cache_rows, ignore_conflicts=True)
@@ -324,6 +345,83 @@ def _complete_ledger_rows(rows: list[LedgerEntry]) -> None:
     ]
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
+
+
+def _lost_among(ledger_ids: list[int]) -> tuple[int, Decimal]:
+    found = LedgerEntry.objects.filter(pk__in=ledger_ids, status=LedgerStatus.LOST).aggregate(
+        n=Count("id"), cost=Sum("cost_usd")
+    )
+    return found["n"] or 0, found["cost"] or Decimal(0)
+
+
+# Calls lost in a crash -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LostCalls:
+    """Calls whose worker died before their answer was recorded: possibly paid, and sent again."""
+
+    count: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    @property
+    def text(self) -> str:
+        return f"{self.count} calls, ~${self.cost_usd:.4f}"
+
+
+def settle_lost_calls(run: TeacherRun) -> LostCalls:
+    """Settle the "sent" rows an earlier attempt of ``run`` left: status "lost", charged at the
+    worst case recorded when the call was sent (prompt tokens counted at send time at the input
+    price + ``max_tokens`` at the output price: the most the provider can have billed), and added
+    to the run's calls and cost, so the run's cost stays the ledger's sum. The resumed run sends
+    those inputs again, each under a new ledger row. Call it before the attempt sends anything.
+    Returns what this call settled."""
+    fallback = _fallback_estimate(run)
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            LedgerEntry.objects.select_for_update()
+            .filter(run=run, status=LedgerStatus.SENT)
+            .only("pk", "estimated_cost_usd")
+        )
+        if not rows:
+            return LostCalls()
+        for row in rows:
+            row.status = LedgerStatus.LOST
+            row.cost_usd = usd(
+                fallback if row.estimated_cost_usd is None else row.estimated_cost_usd
+            )
+            row.error = "the worker died before the answer was recorded: possibly paid"
+            row.completed_at = now
+        LedgerEntry.objects.bulk_update(
+            rows, ["status", "cost_usd", "error", "completed_at"], batch_size=500
+        )
+        settled = LostCalls(len(rows), sum((row.cost_usd for row in rows), Decimal(0)))
+        TeacherRun.objects.filter(pk=run.pk).update(
+            calls_made=F("calls_made") + settled.count,
+            cost_usd=F("cost_usd") + settled.cost_usd,
+        )
+    return settled
+
+
+def _fallback_estimate(run: TeacherRun) -> Decimal:
+    """A call's worst case from the run's estimate, for rows sent before the ledger kept one."""
+    estimate = run.estimate or {}
+    worst = estimate.get("worst_case_usd")
+    if worst is None:
+        return Decimal(0)
+    return Decimal(str(worst)) / max(1, int(estimate.get("calls") or 1))
+
+
+def lost_calls(run: TeacherRun) -> LostCalls:
+    """The run's calls lost in crashes so far (all attempts): possibly paid twice."""
+    found = LedgerEntry.objects.filter(run=run, status=LedgerStatus.LOST).aggregate(
+        n=Count("id"), cost=Sum("cost_usd")
+    )
+    return LostCalls(found["n"] or 0, found["cost"] or Decimal(0))
 
 
 class DbPipe:

@@ -14,6 +14,7 @@ from jobs import services as job_services
 from jobs.models import JobStatus
 from projects.models import Project
 from teachers.models import LedgerEntry, LedgerStatus, PriceEntry, TeacherOutput, TeacherRun
+from teachers.recording import LostCalls, lost_calls
 from teams.models import Team
 from worker import pricing
 
@@ -42,7 +43,8 @@ class RunProgress:
     output_tokens: int
     cost_usd: Decimal
     eta_s: float | None
-    in_flight: int  # ledger rows sent with no answer recorded (a crash leaves them here)
+    in_flight: int  # ledger rows sent with no answer recorded yet
+    lost: LostCalls  # calls a dead worker left unanswered: charged, possibly paid twice
     stopped_reason: str
     error: str
     cancel_requested: bool
@@ -90,6 +92,7 @@ def run_progress(*, run: TeacherRun) -> RunProgress:
         if rate > 0:
             eta = (total - done) / rate
     in_flight = LedgerEntry.objects.filter(run=run, status=LedgerStatus.SENT).count()
+    lost = lost_calls(run)
     return RunProgress(
         status=job.status,
         status_label=job.get_status_display(),
@@ -104,6 +107,7 @@ def run_progress(*, run: TeacherRun) -> RunProgress:
         cost_usd=run.cost_usd,
         eta_s=eta,
         in_flight=in_flight,
+        lost=lost,
         stopped_reason=run.stopped_reason,
         error=job.error,
         cancel_requested=job.cancel_requested,

@@ -80,6 +80,15 @@ class StopReason(StrEnum):
 APPROX_TOKEN_MARGIN = 1.5
 
 
+def worst_case_cost(request: TeacherRequest, price: ModelPrice, *, batch: bool = False) -> Decimal:
+    """The most one call can cost: its prompt tokens (counted; an approximate count inflated by
+    ``APPROX_TOKEN_MARGIN``) plus ``max_tokens`` of output, at ``price``. The budget reserves it
+    before a call, and the ledger charges it for a call whose answer was lost in a crash."""
+    counted = count_message_tokens(request.messages, request.model)
+    tokens = counted.tokens if counted.exact else int(counted.tokens * APPROX_TOKEN_MARGIN) + 1
+    return price.cost(tokens, request.max_tokens, batch=batch)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 5
@@ -212,9 +221,7 @@ class _Run:
         return price
 
     def _worst_case(self, request: TeacherRequest, price: ModelPrice) -> Decimal:
-        counted = count_message_tokens(request.messages, request.model)
-        tokens = counted.tokens if counted.exact else int(counted.tokens * APPROX_TOKEN_MARGIN) + 1
-        return price.cost(tokens, request.max_tokens, batch=self.batch_pricing)
+        return worst_case_cost(request, price, batch=self.batch_pricing)
 
     async def _check_should_stop(self, *, force: bool = False) -> None:
         if self.stop_reason is not None:
@@ -511,4 +518,4 @@ def run_sync(
     return asyncio.run(main())
 
 
-__all__ = ["RetryPolicy", "RunSummary", "StopReason", "run", "run_sync"]
+__all__ = ["RetryPolicy", "RunSummary", "StopReason", "run", "run_sync", "worst_case_cost"]

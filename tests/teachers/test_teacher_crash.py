@@ -1,6 +1,6 @@
 """Crash safety with real Celery worker processes: a worker killed (SIGKILL) in the middle of a
 300-input teacher run, the reaper, and a second worker that finishes the run without paying for
-anything twice except the calls that were in flight at the kill, which the ledger shows."""
+anything twice except the calls that were in flight at the kill, which the ledger charges."""
 
 from __future__ import annotations
 
@@ -79,16 +79,17 @@ def test_a_run_killed_mid_flight_is_finished_by_a_new_worker_without_repeat_call
     assert len(per_input) == 300 and set(per_input.values()) == {1}
 
     # Upstream, no input was called twice except those in flight at the kill, and every one of
-    # those is in the ledger as "sent" (a call that may have been paid for, with no answer).
+    # those is in the ledger as "lost" (a call that may have been paid for, with no answer),
+    # charged at its worst case; none is left "sent".
     counts = calls_per_ticket(fake_provider)
     assert set(counts) == set(range(300))
     twice = {ticket for ticket, n in counts.items() if n > 1}
     assert max(counts.values()) <= 2
     assert twice <= sent_at_kill
-    still_sent = {
-        tickets[e.input_id] for e in LedgerEntry.objects.filter(run=run, status=LedgerStatus.SENT)
-    }
-    assert still_sent == sent_at_kill  # the crash's trace stays in the ledger
+    lost = list(LedgerEntry.objects.filter(run=run, status=LedgerStatus.LOST))
+    assert {tickets[e.input_id] for e in lost} == sent_at_kill  # the crash's trace stays
+    assert all(e.cost_usd > 0 for e in lost)
+    assert not LedgerEntry.objects.filter(run=run, status=LedgerStatus.SENT).exists()
     # Every call that reached the provider has a ledger row (rows ≥ calls, per input).
     rows = Counter(
         tickets[input_id]
