@@ -65,6 +65,8 @@ class Job(models.Model):
     # progress_done when the current attempt claimed the job: an attempt that moved it on does
     # not count toward the reaper's limit.
     progress_at_claim = models.PositiveIntegerField(default=0)
+    # Attempts in a row whose worker died without moving the job on (the reaper's limit).
+    stalled_attempts = models.PositiveSmallIntegerField(default=0)
     # Set while a heavy job waits for the worker machine's compute (one heavy job at a time).
     waiting = models.JSONField(default=dict, blank=True)
 

@@ -300,21 +300,21 @@ def _reap_one(job: Job, *, stale_after_s: int, max_attempts: int) -> str:
         )
         return "failed" if moved else ""
     # An attempt that moved the job on does not count: a job killed again and again while it
-    # works still finishes; only attempts that die without progress use up the limit.
-    attempts = 0 if _made_progress(job) else job.attempts
-    if attempts >= max_attempts:
+    # works still finishes; only attempts that die without progress, in a row, use up the limit.
+    stalled = 0 if _made_progress(job) else job.stalled_attempts + 1
+    if stalled >= max_attempts:
         moved = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
             status=JobStatus.FAILED,
             finished_at=timezone.now(),
             error=(
                 f"the worker stopped responding (no heartbeat for {stale_after_s} s) "
-                f"{job.attempts} times in a row without the job making progress"
+                f"{stalled} times in a row without the job making progress"
             ),
         )
         return "failed" if moved else ""
     with transaction.atomic():
         moved = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
-            status=JobStatus.QUEUED, worker="", attempts=attempts
+            status=JobStatus.QUEUED, worker="", stalled_attempts=stalled
         )
         if moved:
             logger.warning("job %s: no heartbeat since %s, re-queued", job.pk, job.heartbeat_at)
@@ -420,6 +420,7 @@ def job_resume(*, job: Job, from_statuses: tuple[str, ...] = (JobStatus.PAUSED,)
             finished_at=None,
             error="",
             attempts=0,
+            stalled_attempts=0,
             worker="",
         )
         if moved:

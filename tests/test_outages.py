@@ -8,8 +8,8 @@ import sqlite3
 import pytest
 from django.db.utils import OperationalError
 
-from distillery.celery import app
 from distillery.outages import outage_message
+from tests.helpers.broker import broker_at
 
 
 @pytest.mark.django_db
@@ -20,10 +20,9 @@ def test_healthz_checks_the_database_with_a_query_and_the_broker(client):
 
 
 @pytest.mark.django_db
-def test_healthz_names_the_broker_when_it_is_unreachable(client, monkeypatch):
-    monkeypatch.setattr(app.conf, "broker_url", "redis://127.0.0.1:9/0")
-    monkeypatch.setattr(app.conf, "broker_write_url", None)
-    response = client.get("/healthz")
+def test_healthz_names_the_broker_when_it_is_unreachable(client):
+    with broker_at("redis://127.0.0.1:9/0"):
+        response = client.get("/healthz")
     assert response.status_code == 503
     body = response.json()
     assert body["ok"] is False and body["database"] == "ok"

@@ -142,9 +142,11 @@ def test_the_reaper_fails_a_job_after_too_many_attempts(project, owner, transact
     job = services.job_create(
         team=project.team, project=project, kind=JobKind.IMPORT_INPUTS, user=owner, params={}
     )
+    # Two earlier attempts died without progress; this third one too.
     Job.objects.filter(pk=job.pk).update(
         status=JobStatus.RUNNING,
         attempts=3,
+        stalled_attempts=2,
         heartbeat_at=timezone.now() - timezone.timedelta(hours=1),
     )
     assert services.jobs_reap_stale(stale_after_s=60, max_attempts=3) == {

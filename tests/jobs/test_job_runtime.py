@@ -17,11 +17,11 @@ from django.core.cache import cache
 from django.urls import reverse
 from django.utils import timezone
 
-from distillery.celery import app
 from jobs import services
 from jobs.models import Job, JobKind, JobStatus
 from jobs.tasks import run_claimed
 from tests.conftest import wait_until
+from tests.helpers.broker import broker_at
 
 
 def new_job(project: Any, owner: Any, kind: str = JobKind.IMPORT_INPUTS) -> Job:
@@ -44,21 +44,22 @@ def make_stale(job: Job, *, attempts: int) -> None:
 @pytest.mark.django_db(transaction=True)
 def test_an_attempt_that_made_progress_does_not_count_toward_the_limit(project, owner):
     job = new_job(project, owner)
+    Job.objects.filter(pk=job.pk).update(stalled_attempts=2)  # two earlier deaths, no progress
     assert services.job_claim(job_id=job.pk) is not None
     services.job_progress(job=job, done=40, total=100)
     make_stale(job, attempts=3)  # the third worker died, but only after moving the job on
 
     assert services.jobs_reap_stale(stale_after_s=60, max_attempts=3)["requeued"] == 1
     job.refresh_from_db()
-    assert job.status == JobStatus.QUEUED and job.attempts == 0
+    assert job.status == JobStatus.QUEUED and job.stalled_attempts == 0 and job.attempts == 3
 
-    # The next attempt dies without progress three times: now the limit applies.
-    for attempt in range(1, 4):
+    # The next attempts die without progress three times in a row: now the limit applies.
+    for attempt in range(4, 7):
         assert services.job_claim(job_id=job.pk) is not None
         make_stale(job, attempts=attempt)
         services.jobs_reap_stale(stale_after_s=60, max_attempts=3)
         job.refresh_from_db()
-    assert job.status == JobStatus.FAILED
+    assert job.status == JobStatus.FAILED and job.attempts == 6
     assert "3 times in a row without the job making progress" in job.error
 
 
@@ -140,25 +141,15 @@ class Broker:
             return int(s.recv(64).decode().strip().lstrip(":"))
 
 
-def use_broker(url: str) -> None:
-    app.conf.broker_url = url
-    app.conf.broker_write_url = None
-    app.pool.force_close_all()
-    app._pool = None
-    app.amqp._producer_pool = None
-
-
 @pytest.fixture
 def own_broker():  # type: ignore[no-untyped-def]
     broker = Broker(free_port())
     broker.start()
-    original = app.conf.broker_url
-    use_broker(f"redis://127.0.0.1:{broker.port}/0")
     try:
-        yield broker
+        with broker_at(f"redis://127.0.0.1:{broker.port}/0"):
+            yield broker
     finally:
         broker.stop()
-        use_broker(original)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -41,9 +41,12 @@ def test_a_run_killed_mid_flight_is_finished_by_a_new_worker_without_repeat_call
     first = worker_factory()
     run = start(project, owner, openai_credential(team, owner, fake_provider), concurrency=8)
     wait_until(
-        lambda: TeacherOutput.objects.filter(run=run).count() >= 60,
+        lambda: (
+            TeacherOutput.objects.filter(run=run).count() >= 60
+            and LedgerEntry.objects.filter(run=run, status=LedgerStatus.SENT).exists()
+        ),
         timeout=90,
-        message="the first worker to store 60 answers",
+        message="the first worker to store 60 answers with calls in flight",
     )
     first.kill()
     stored_at_kill = TeacherOutput.objects.filter(run=run).count()
