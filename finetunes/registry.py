@@ -47,39 +47,14 @@ def student_model_roots() -> list[Path]:
     return [Path(root).resolve() for root in roots]
 
 
-def resolve_local_model(
-    text: str, *, team: Team | None = None, field_name: str = "local_path"
-) -> Path:
-    """The model folder a user typed. With ``team``: only inside that team's area (the shared
-    ``models/`` folder, its own ``…/team-<id>/…`` folders, or a STUDENT_MODEL_ROOTS folder
-    outside the data directory), with a refusal that reads the same whether the folder is
-    missing or another team's. Without (callers that do not pass the team yet): anywhere under
-    the roots."""
-    if team is not None:
-        return resolve_team_model_folder(
-            text, team_id=team.pk, roots=student_model_roots(), field=field_name
-        )
-    text = text.strip()
-    if not text:
-        raise ValidationError({field_name: "give the model's folder"})
-    candidate = Path(text)
-    if not candidate.is_absolute():
-        candidate = data_dir() / candidate
-    resolved = candidate.resolve()
-    roots = student_model_roots()
-    if not any(resolved == root or root in resolved.parents for root in roots):
-        raise ValidationError(
-            {
-                field_name: "the model must be inside "
-                + " or ".join(str(r) for r in roots)
-                + " (the data directory the web server and the workers share)"
-            }
-        )
-    if not (resolved / "config.json").is_file():
-        raise ValidationError(
-            {field_name: f"{text}: no Hugging Face model here (config.json is missing)"}
-        )
-    return resolved
+def resolve_local_model(text: str, *, team: Team, field_name: str = "local_path") -> Path:
+    """The model folder a user typed, only inside that team's area (the shared ``models/``
+    folder, its own ``…/team-<id>/…`` folders, or a STUDENT_MODEL_ROOTS folder outside the data
+    directory), with a refusal that reads the same whether the folder is missing or another
+    team's."""
+    return resolve_team_model_folder(
+        text, team_id=team.pk, roots=student_model_roots(), field=field_name
+    )
 
 
 def _hf_cache_dir() -> Path:

@@ -20,7 +20,10 @@ def provider_config_for_run(run: TeacherRun) -> ProviderConfig:
     """The engine's configuration, with the decrypted key. Worker-side only; never log it."""
     if run.provider == LOCAL_PROVIDER:
         return ProviderConfig(
-            kind="local_hf", local_model_path=str(resolve_local_model_path(run.local_model_path))
+            kind="local_hf",
+            local_model_path=str(
+                resolve_local_model_path(run.local_model_path, team=run.project.team)
+            ),
         )
     credential = run.credential
     if credential is None:

@@ -21,6 +21,7 @@ from projects.models import InputRow, Project
 from teachers.models import TeacherRun, TeacherRunMode
 from teachers.prices import LOCAL_PROVIDER, price_for_model, price_to_json, usd
 from teams.models import ProviderCredential, Team
+from teams.paths import resolve_team_model_folder
 from worker import pricing
 from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages
 
@@ -85,39 +86,14 @@ def local_model_roots() -> list[Path]:
     return [Path(root).resolve() for root in roots]
 
 
-def resolve_local_model_path(path: str, *, team: Team | None = None) -> Path:
-    """The local teacher's folder a user typed. With ``team``: only inside that team's area (the
-    shared ``models/`` folder, its own ``…/team-<id>/…`` folders, or a TEACHER_LOCAL_MODEL_ROOTS
-    folder outside the data directory), with a refusal that reads the same whether the folder is
-    missing or another team's. Without (callers that do not pass the team yet): anywhere under
-    the roots."""
-    if team is not None:
-        from teams.paths import resolve_team_model_folder
-
-        return resolve_team_model_folder(
-            path, team_id=team.pk, roots=local_model_roots(), field="local_model_path"
-        )
-    text = path.strip()
-    if not text:
-        raise ValidationError({"local_model_path": "give the model's directory"})
-    candidate = Path(text)
-    if not candidate.is_absolute():
-        candidate = Path(settings.DATA_DIR) / candidate
-    resolved = candidate.resolve()
-    roots = local_model_roots()
-    if not any(resolved == root or root in resolved.parents for root in roots):
-        raise ValidationError(
-            {
-                "local_model_path": "the model must be inside "
-                + " or ".join(str(r) for r in roots)
-                + " (the data directory the workers share)"
-            }
-        )
-    if not (resolved / "config.json").exists():
-        raise ValidationError(
-            {"local_model_path": f"{text}: no Hugging Face model here (config.json is missing)"}
-        )
-    return resolved
+def resolve_local_model_path(path: str, *, team: Team) -> Path:
+    """The local teacher's folder a user typed, only inside that team's area (the shared
+    ``models/`` folder, its own ``…/team-<id>/…`` folders, or a TEACHER_LOCAL_MODEL_ROOTS folder
+    outside the data directory), with a refusal that reads the same whether the folder is
+    missing or another team's."""
+    return resolve_team_model_folder(
+        path, team_id=team.pk, roots=local_model_roots(), field="local_model_path"
+    )
 
 
 def _validate_settings(*, project: Project, run_settings: RunSettings) -> TaskSpec:
@@ -134,7 +110,7 @@ def _validate_settings(*, project: Project, run_settings: RunSettings) -> TaskSp
     if s.credential is not None and s.credential.team_id != project.team_id:
         raise ValidationError({"credential": "choose one of this team's credentials"})
     if s.credential is None:
-        resolve_local_model_path(s.local_model_path)
+        resolve_local_model_path(s.local_model_path, team=project.team)
     if not s.model.strip() and s.credential is not None:
         raise ValidationError({"model": "name the model, e.g. gpt-4o-mini"})
     if not 0 <= s.temperature <= 2:
