@@ -41,70 +41,45 @@ Heavy libraries (torch, transformers) are imported inside functions.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.inference_hardware import (
+    CUDA_EVAL_BATCH_SIZE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_TIE_TOLERANCE,
+    Hardware,
+    available_cores,
+    cpu_name,
+    eval_batch_size,
+    eval_dtype,
+)
+from worker.inference_results import (
+    Classification,
+    Generation,
+    LabelScores,
+    latency_percentiles,
+)
+from worker.label_trie import (
+    LabelTrie,
+    Walk,
+    choose,
+    length_sorted_batches,
+    margin_recorder,
+    scores_at,
+    trie_processor,
+)
 from worker.model_loading import (
     DeviceFacts,
-    cuda_dtype,
     cuda_facts,
     load_causal_lm,
     load_tokenizer,
 )
 
 Messages = Sequence[Mapping[str, str]]
-
-DEFAULT_BATCH_SIZE = 16
-# Margins (logits) below which a greedy choice is treated as a near-tie and recomputed one
-# prompt at a time. Measured on SmolLM2-135M, 620-token BANKING77 prompts, CPU: a batch of 8
-# vs one prompt at a time differs by at most 3e-5 (float32) and 0.44 (bfloat16) in any logit.
-# float32 gets a 30x safety factor; bfloat16 is only just above its noise (rows of a model that
-# answers with confident margins still take the fast path); float16 (3 more mantissa bits than
-# bfloat16) is scaled from it, not measured.
-DEFAULT_TIE_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.5, "float16": 0.1}
-
-
-# ---------------------------------------------------------------------------------------------
-# Hardware and loading
-
-
-@dataclass(frozen=True)
-class Hardware:
-    device: str  # "cpu" or "cuda"
-    name: str  # CPU model or GPU name
-    cores: int  # CPU cores available to this process
-    threads: int  # torch intra-op threads
-    dtype: str
-    torch_version: str
-
-    def describe(self) -> str:
-        if self.device == "cuda":
-            return f"{self.name} (GPU, {self.dtype})"
-        return f"{self.name}, {self.cores} cores, {self.threads} threads ({self.dtype})"
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (respects taskset/cgroup affinity)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 @dataclass
@@ -125,7 +100,7 @@ class EvalModel:
     label_list_in_prompt: bool = True
     # Prompts per batch when a call does not say (``eval_batch_size``).
     batch_size: int = DEFAULT_BATCH_SIZE
-    _label_tries: dict[tuple[str, ...], _Trie] = field(default_factory=dict, repr=False)
+    _label_tries: dict[tuple[str, ...], LabelTrie] = field(default_factory=dict, repr=False)
 
     # -- encoding ------------------------------------------------------------------------------
 
@@ -212,7 +187,7 @@ class EvalModel:
         )
 
     def _sequential_ids(
-        self, prompt_ids: list[list[int]], config: Any, trie: _Trie | None
+        self, prompt_ids: list[list[int]], config: Any, trie: LabelTrie | None
     ) -> list[list[int]]:
         import torch
         from transformers import LogitsProcessorList
@@ -222,7 +197,7 @@ class EvalModel:
             x = torch.tensor([ids], device=self.device)
             processors = LogitsProcessorList()
             if trie is not None:
-                processors.append(_trie_processor(trie, len(ids), self.eos_token_ids))
+                processors.append(trie_processor(trie, len(ids), self.eos_token_ids))
             out = self.model.generate(
                 input_ids=x,
                 attention_mask=torch.ones_like(x),
@@ -266,9 +241,9 @@ class EvalModel:
         config = self._generation_config(max_new_tokens)
         results: list[list[int]] = [[] for _ in encoded]
         reruns = 0
-        for batch in _length_sorted_batches(encoded, batch_size):
+        for batch in length_sorted_batches(encoded, batch_size):
             input_ids, attention = self._left_pad([encoded[i] for i in batch])
-            recorder = _margin_recorder()
+            recorder = margin_recorder()
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
@@ -303,7 +278,7 @@ class EvalModel:
 
     # -- label tasks ---------------------------------------------------------------------------
 
-    def _trie(self, labels: Sequence[str]) -> _Trie:
+    def _trie(self, labels: Sequence[str]) -> LabelTrie:
         key = tuple(labels)
         if key not in self._label_tries:
             if len(set(key)) != len(key) or not key:
@@ -312,7 +287,7 @@ class EvalModel:
                 [int(t) for t in self.tokenizer(label, add_special_tokens=False)["input_ids"]]
                 for label in key
             ]
-            self._label_tries[key] = _Trie.build(key, sequences)
+            self._label_tries[key] = LabelTrie.build(key, sequences)
         return self._label_tries[key]
 
     def classify(
@@ -344,7 +319,7 @@ class EvalModel:
         need_generation: list[int] = []
         reruns = 0
         with torch.inference_mode():
-            for batch in _length_sorted_batches(encoded, batch_size or self.batch_size):
+            for batch in length_sorted_batches(encoded, batch_size or self.batch_size):
                 walks = self._walk_batch([encoded[i] for i in batch], trie)
                 for walk, index in zip(walks, batch, strict=True):
                     if constrained:
@@ -404,7 +379,7 @@ class EvalModel:
                 src_tokens.append(trie.tokens[node])
                 src_labels.append(label_index)
         with torch.inference_mode():
-            for batch in _length_sorted_batches(encoded, batch_size or self.batch_size):
+            for batch in length_sorted_batches(encoded, batch_size or self.batch_size):
                 rows = [encoded[i] for i in batch]
                 first, cache, attention, lengths = self._prefill(rows)
                 nodes = [list(range(1, len(trie.tokens))) for _ in rows]
@@ -447,7 +422,7 @@ class EvalModel:
 
     def _tree_pass(
         self,
-        trie: _Trie,
+        trie: LabelTrie,
         nodes_per_row: list[list[int]],
         cache: Any,
         attention: Any,
@@ -491,28 +466,28 @@ class EvalModel:
         )
         return out.logits.to(torch.float32)
 
-    def _walk_batch(self, rows: list[list[int]], trie: _Trie) -> list[_Walk]:
+    def _walk_batch(self, rows: list[list[int]], trie: LabelTrie) -> list[Walk]:
         """Constrained greedy for a batch: prefill, then the subtree under each row's first
         choice in one tree pass, then read the path off the logits."""
         first, cache, attention, lengths = self._prefill(rows)
         # Only the label tokens' and end-of-turn logits and each position's top two matter:
         # those are gathered on the device and read back once per pass, not row by row.
         wanted = sorted(set(trie.tokens[1:]) | set(self.eos_token_ids))
-        first_scores = _scores(first, wanted)
+        first_scores = scores_at(first, wanted)
         first_choices = [
-            _choose(first_scores[r], list(trie.children[0].items()), (), self.tie_tolerance)
+            choose(first_scores[r], list(trie.children[0].items()), (), self.tie_tolerance)
             for r in range(len(rows))
         ]
         subtrees = [trie.subtree(choice.node) for choice in first_choices]
-        logits = _scores(self._tree_pass(trie, subtrees, cache, attention, lengths), wanted)
+        logits = scores_at(self._tree_pass(trie, subtrees, cache, attention, lengths), wanted)
         walks = []
         for r, choice in enumerate(first_choices):
             slot = {node: j for j, node in enumerate(subtrees[r])}
-            walk = _Walk(tokens=[], constrained_ok=choice.clear, free_path_ok=choice.is_free)
+            walk = Walk(tokens=[], constrained_ok=choice.clear, free_path_ok=choice.is_free)
             node = choice.node
             while True:
                 walk.tokens.append(trie.tokens[node])
-                step = _choose(
+                step = choose(
                     logits[r][slot[node]],
                     list(trie.children[node].items()),
                     self.eos_token_ids if trie.label_at[node] is not None else (),
@@ -526,43 +501,6 @@ class EvalModel:
                 node = step.node
             walks.append(walk)
         return walks
-
-
-@dataclass
-class Generation:
-    outputs: list[str]  # decoded answer per prompt, stripped, in the prompts' order
-    token_ids: list[list[int]]  # the answer's token ids (without the end-of-turn token)
-    seconds: float  # wall time of the whole call
-    latencies: list[float] = field(default_factory=list)  # per request (sequential only)
-    reruns: int = 0  # rows recomputed one at a time because of a near-tie
-
-    @property
-    def examples_per_second(self) -> float:
-        return len(self.outputs) / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class Classification(Generation):
-    fallbacks: int = 0  # rows answered by generation (unconstrained mode only)
-    # Per row: free (unconstrained) greedy decoding provably gives this same label.
-    free_greedy_verified: list[bool] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class LabelScores:
-    labels: list[str]
-    log_likelihoods: list[list[float]]  # [prompt][label], natural log
-    best: list[str]  # the most likely whole label per prompt
-
-
-def latency_percentiles(latencies: Sequence[float]) -> dict[str, float]:
-    """p50 and p95 in milliseconds (numpy's linear interpolation)."""
-    import numpy as np
-
-    if not latencies:
-        return {"p50_ms": 0.0, "p95_ms": 0.0}
-    arr = np.asarray(latencies, dtype=float) * 1000.0
-    return {"p50_ms": float(np.percentile(arr, 50)), "p95_ms": float(np.percentile(arr, 95))}
 
 
 def load_model(
@@ -642,26 +580,6 @@ def load_model(
     )
 
 
-# Prompts per batch on a GPU: big batches keep it busy (one forward serves them all); the KV
-# cache of 128 prompts of ~1,000 tokens is a few GB for a small student.
-CUDA_EVAL_BATCH_SIZE = 128
-
-
-def eval_dtype(facts: DeviceFacts) -> str:
-    """The "auto" dtype: the GPU's half type (bf16 where native, else fp16); float32 on CPU."""
-    return cuda_dtype(facts) if facts.kind == "cuda" else "float32"
-
-
-def eval_batch_size(facts: DeviceFacts) -> int:
-    """Prompts per batch when a call names none: DEFAULT_BATCH_SIZE on CPU (bigger batches
-    only pad more there), CUDA_EVAL_BATCH_SIZE on a GPU with 24 GB or more, half below."""
-    if facts.kind != "cuda":
-        return DEFAULT_BATCH_SIZE
-    if facts.total_memory_bytes and facts.total_memory_bytes < 24 * 2**30:
-        return CUDA_EVAL_BATCH_SIZE // 2
-    return CUDA_EVAL_BATCH_SIZE
-
-
 def _trained_with_label_list(path: Path) -> bool:
     from worker.training_loop import TRAINING_META_FILE
 
@@ -673,182 +591,9 @@ def _trained_with_label_list(path: Path) -> bool:
     return not (isinstance(prompt_format, dict) and prompt_format.get("label_list") is False)
 
 
-# ---------------------------------------------------------------------------------------------
-# Internals: batching, the label trie, greedy choices
-
-
-def _length_sorted_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar prompt length (longest first)."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-@dataclass
-class _Trie:
-    """Label token sequences as a prefix tree. Node 0 is the root (the end of the prompt)."""
-
-    labels: tuple[str, ...]
-    tokens: list[int]  # token of each node (root: -1)
-    parent: list[int]
-    depth: list[int]
-    children: list[dict[int, int]]  # token -> child node
-    label_at: list[str | None]  # the label that ends at this node
-    label_paths: list[list[int]]  # per label, its nodes from depth 1 down
-    max_depth: int
-
-    @classmethod
-    def build(cls, labels: tuple[str, ...], sequences: list[list[int]]) -> _Trie:
-        trie = cls(labels, [-1], [0], [0], [{}], [None], [], 0)
-        for label, seq in zip(labels, sequences, strict=True):
-            if not seq:
-                raise ValueError(f"label {label!r} encodes to no tokens")
-            node, path = 0, []
-            for token in seq:
-                child = trie.children[node].get(token)
-                if child is None:
-                    child = len(trie.tokens)
-                    trie.tokens.append(token)
-                    trie.parent.append(node)
-                    trie.depth.append(trie.depth[node] + 1)
-                    trie.children.append({})
-                    trie.label_at.append(None)
-                    trie.children[node][token] = child
-                node = child
-                path.append(node)
-            trie.label_at[node] = label
-            trie.label_paths.append(path)
-            trie.max_depth = max(trie.max_depth, len(seq))
-        return trie
-
-    def subtree(self, node: int) -> list[int]:
-        out, stack = [], [node]
-        while stack:
-            current = stack.pop()
-            out.append(current)
-            stack.extend(sorted(self.children[current].values(), reverse=True))
-        return out
-
-
-@dataclass
-class _Walk:
-    tokens: list[int]
-    constrained_ok: bool  # every constrained choice was clear of a near-tie
-    free_path_ok: bool  # every token was also the clear arg-max of the whole vocabulary
-    free_stop_ok: bool = False  # ...and so was ending the turn after the label
-
-    def free_greedy_gives_this(self, max_new_tokens: int) -> bool:
-        """Unconstrained greedy with this token budget would answer exactly this label: it
-        takes the same tokens, then stops (end of turn, or the budget runs out right there)."""
-        if not self.free_path_ok or len(self.tokens) > max_new_tokens:
-            return False
-        return self.free_stop_ok or len(self.tokens) == max_new_tokens
-
-
-@dataclass(frozen=True)
-class _Choice:
-    node: int  # chosen child node, or -1 for end of turn
-    clear: bool  # margin to the best other allowed token >= tolerance
-    is_free: bool  # also the whole-vocabulary arg-max, by >= tolerance
-
-
-@dataclass(frozen=True)
-class _Scores:
-    """One position's logits, as far as a greedy choice over a label trie needs them."""
-
-    values: dict[int, float]  # logit of each label token and end-of-turn token
-    top_ids: tuple[int, int]  # the whole vocabulary's best two tokens
-    top_values: tuple[float, float]
-
-
-def _scores(logits: Any, wanted: Sequence[int]) -> Any:
-    """``_Scores`` for every position of a (..., vocab) logits tensor, in nested lists of the
-    same leading shape; one gather and one top-2 on the device, one copy back."""
-    import torch
-
-    index = torch.tensor(list(wanted), device=logits.device)
-    picked = logits.index_select(-1, index).cpu().tolist()
-    top = torch.topk(logits, 2, dim=-1)
-    top_values, top_ids = top.values.cpu().tolist(), top.indices.cpu().tolist()
-
-    def build(p: Any, v: Any, i: Any) -> Any:
-        if p and isinstance(p[0], list):
-            return [build(a, b, c) for a, b, c in zip(p, v, i, strict=True)]
-        return _Scores(
-            values=dict(zip(wanted, p, strict=True)),
-            top_ids=(int(i[0]), int(i[1])),
-            top_values=(float(v[0]), float(v[1])),
-        )
-
-    return build(picked, top_values, top_ids)
-
-
-def _choose(
-    scores: _Scores, children: list[tuple[int, int]], eos: Sequence[int], tolerance: float
-) -> _Choice:
-    """Greedy among allowed tokens (ties to the lowest id, like torch.argmax over a mask)."""
-    allowed = sorted([(token, node) for token, node in children] + [(e, -1) for e in eos])
-    values = [scores.values[t] for t, _ in allowed]
-    best = max(range(len(values)), key=lambda k: (values[k], -k))
-    token, node = allowed[best]
-    best_value = values[best]
-    if len(allowed) > 1:
-        clear = best_value - max(v for k, v in enumerate(values) if k != best) >= tolerance
-    else:
-        clear = True
-    free_best = scores.top_ids[0]
-    is_free = (free_best == token or (node == -1 and free_best in eos)) and (
-        best_value - scores.top_values[1] >= tolerance
-    )
-    return _Choice(node=node, clear=clear, is_free=is_free)
-
-
-def _margin_recorder() -> Any:
-    """A LogitsProcessor that records each step's top-1 minus top-2 logit, per row."""
-    import torch
-    from transformers import LogitsProcessor
-
-    class MarginRecorder(LogitsProcessor):
-        def __init__(self) -> None:
-            self.margins: list[torch.Tensor] = []
-
-        def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-            top = torch.topk(scores, 2, dim=-1).values
-            self.margins.append((top[:, 0] - top[:, 1]).float().cpu())
-            return scores
-
-    return MarginRecorder()
-
-
-def _trie_processor(trie: _Trie, prompt_length: int, eos: Sequence[int]) -> Any:
-    """A LogitsProcessor that allows only tokens continuing a label (or end of turn after a
-    complete label): greedy decoding constrained to the label set."""
-    import torch
-    from transformers import LogitsProcessor
-
-    class TrieConstraint(LogitsProcessor):
-        def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-            masked = torch.full_like(scores, float("-inf"))
-            for row in range(input_ids.shape[0]):
-                node = 0
-                for token in input_ids[row, prompt_length:].tolist():
-                    node = trie.children[node].get(int(token), -1)
-                    if node < 0:
-                        break
-                if node < 0:  # already ended: let the generator pad
-                    allowed = list(eos)
-                else:
-                    allowed = list(trie.children[node])
-                    if trie.label_at[node] is not None:
-                        allowed += list(eos)
-                masked[row, allowed] = scores[row, allowed]
-            return masked
-
-    return TrieConstraint()
-
-
+# Re-exported from worker.inference_hardware: callers import them from here.
 __all__ = [
+    "CUDA_EVAL_BATCH_SIZE",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_TIE_TOLERANCE",
     "Classification",

@@ -181,8 +181,36 @@ def test_explicit_hyperparameters_win_over_the_preset() -> None:
     ],
 )
 def test_bad_settings_are_refused_with_the_field_named(overrides, message) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(TrainingConfigError, match=message):
+    with pytest.raises(TrainingConfigError, match=message) as caught:
         resolve_hyperparameters(_spec(**overrides), n_train=100, device="cpu")
+    # The field is data, not text to parse: "field: message" is only how str() shows it.
+    field, _, rest = message.partition(": ")
+    if rest:
+        assert caught.value.field == field and caught.value.message == rest
+    else:
+        assert caught.value.field is None and caught.value.message.startswith(message)
+
+
+def test_hyperparameter_fields_are_the_spec_settings_a_user_may_choose() -> None:
+    from worker.training import HYPERPARAMETER_FIELDS
+
+    assert set(HYPERPARAMETER_FIELDS) == {
+        "epochs",
+        "max_steps",
+        "learning_rate",
+        "batch_size",
+        "grad_accum",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target_modules",
+        "max_length",
+        "checkpoint_every_steps",
+        "eval_every_steps",
+        "seed",
+        "label_list_in_prompt",
+    }
+    assert set(HYPERPARAMETER_FIELDS) <= set(_spec().settings_json())
 
 
 def test_eval_fraction_holds_out_a_seeded_disjoint_share() -> None:

@@ -1,0 +1,307 @@
+"""The concrete settings a fine-tune runs with: the spec's choices, filled in from its preset,
+the dataset size and the hardware (``resolve_hyperparameters``), and what to give up after a
+CUDA out-of-memory (``smaller_after_oom``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from worker.model_loading import DeviceFacts, cuda_batch_size, read_model_shape
+from worker.training_spec import METHODS, PRESETS, TrainingConfigError, TrainSpec
+
+__all__ = [
+    "CUDA_LOG_EVERY_STEPS",
+    "SMALL_STUDENT_LORA_LR_FACTOR",
+    "SMALL_STUDENT_PARAMETERS",
+    "Hyperparameters",
+    "count_parameters",
+    "cpu_has_native_bf16",
+    "resolve_hyperparameters",
+    "smaller_after_oom",
+]
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The concrete settings a run uses, after the preset, dataset size and hardware."""
+
+    preset: str | None
+    method: str
+    device: str
+    epochs: float
+    total_steps: int
+    learning_rate: float
+    batch_size: int
+    grad_accum: int
+    warmup_ratio: float
+    lora_r: int | None
+    lora_alpha: int | None
+    lora_dropout: float | None
+    lora_target_modules: list[str] | str | None
+    max_length: int
+    checkpoint_every_steps: int
+    eval_every_steps: int | None
+    gradient_checkpointing: bool
+    bf16: bool
+    seed: int
+    # CUDA without native bf16 (e.g. T4, V100): fp16 mixed precision instead.
+    fp16: bool = False
+    # Progress events every this many steps. On a GPU each one waits for the device to
+    # catch up (the loss is read back), so they are spaced out there.
+    log_every_steps: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Preset:
+    epochs: float
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lr_lora: float  # learning rate for LoRA/QLoRA
+    lr_full: float
+    cpu_step_cap: int | None
+
+
+# Small datasets get more passes (see _epochs_for). The CPU caps keep "quick" a matter of
+# minutes on a laptop (a 135M student: ~5 samples/s on 2 cores in fp32, ~12 in bf16).
+_PRESETS: dict[str, _Preset] = {
+    "quick": _Preset(1.0, 8, 16, 0.0, 2e-4, 2e-5, 150),
+    "balanced": _Preset(2.0, 16, 32, 0.05, 2e-4, 2e-5, 600),
+    "thorough": _Preset(3.0, 32, 64, 0.05, 1e-4, 1e-5, None),
+}
+
+
+# LoRA on a small student (under half a billion parameters) takes a higher learning rate than
+# the 2e-4 that suits billion-parameter models. Measured: SmolLM2-135M, LoRA r=8, 600 BANKING77
+# rows (77 intents, no label list in the prompt), 113 steps of 8 on 2 CPU cores, greedy answers
+# on 300 held-out rows: 2e-4 -> 5 %, 1e-3 -> 36 %, 2e-3 -> 46 %, 4e-3 -> 53 %; 1e-3 for twice
+# the steps -> 61 %. 10x (2e-3 for quick/balanced) stays clear of the edge for longer runs.
+SMALL_STUDENT_PARAMETERS = 500_000_000
+SMALL_STUDENT_LORA_LR_FACTOR = 10.0
+
+# GPU runs: a step event every this many steps (each one reads the loss back from the GPU).
+CUDA_LOG_EVERY_STEPS = 10
+
+
+def count_parameters(model_dir: str | Path) -> int | None:
+    """Parameters stored in a model folder's safetensors files, read from their headers only
+    (no weights loaded); None when the folder has none."""
+    folder = Path(model_dir) if str(model_dir) else None
+    if folder is None or not folder.is_dir():
+        return None
+    total = 0
+    found = False
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with path.open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size < 100_000_000:
+                    return None
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError):
+            return None
+        for name, entry in header.items():
+            if name != "__metadata__" and isinstance(entry, dict):
+                total += math.prod(int(d) for d in entry.get("shape", []))
+                found = True
+    return total if found else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles). Measured on
+    SmolLM2-135M LoRA, 2 cores (bench/train_throughput.py --ablations): bf16 autocast ran 1.3x
+    fp32 on an AVX512-BF16 EPYC, while on CPUs without it bf16 is emulated and slower."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    cpu: Any = torch.cpu
+    try:
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch without the probes
+        return False
+
+
+def _epochs_for(base: float, n_train: int) -> float:
+    if n_train < 300:
+        return base * 2
+    if n_train < 1000:
+        return base * 1.5
+    if n_train > 20000:
+        return max(1.0, base / 2)
+    return base
+
+
+def resolve_hyperparameters(
+    spec: TrainSpec,
+    *,
+    n_train: int,
+    device: str,
+    gpu: DeviceFacts | None = None,
+    longest_tokens: int | None = None,
+) -> Hyperparameters:
+    """Fill the spec's unset hyperparameters from its preset, the dataset size and the device.
+
+    ``device`` is "cpu" or "cuda" (see ``resolve_device``). ``gpu``: the GPU's facts, where
+    known (the training child reads them); with them a CUDA run sizes its batch from the GPU's
+    memory and the model (``worker.model_loading.cuda_batch_size``, for sequences of
+    ``longest_tokens``, else ``max_length``) and picks fp16 on GPUs without bf16. Without them
+    a CUDA run assumes bf16 and a batch of 16. Raises TrainingConfigError.
+    """
+    preset = _check_spec(spec, n_train=n_train, device=device)
+    on_cuda = device == "cuda"
+    grad_accum = spec.grad_accum if spec.grad_accum is not None else 1
+    epochs = spec.epochs if spec.epochs is not None else _epochs_for(preset.epochs, n_train)
+    max_length = spec.max_length or (1024 if on_cuda else 512)
+    batch_size = _batch_size(
+        spec,
+        n_train=n_train,
+        on_cuda=on_cuda,
+        gpu=gpu,
+        epochs=epochs,
+        grad_accum=grad_accum,
+        tokens_per_example=min(longest_tokens or max_length, max_length),
+    )
+    if spec.max_steps is not None:
+        total_steps = spec.max_steps
+    else:
+        total_steps = math.ceil(epochs * n_train / (batch_size * grad_accum))
+        if not on_cuda and preset.cpu_step_cap is not None and spec.epochs is None:
+            total_steps = min(total_steps, preset.cpu_step_cap)
+    learning_rate = _learning_rate(spec, preset)
+    if spec.checkpoint_every_steps is not None and spec.checkpoint_every_steps < 1:
+        raise TrainingConfigError("must be at least 1", field="checkpoint_every_steps")
+    checkpoint_every = spec.checkpoint_every_steps or max(1, min(200, round(total_steps / 10)))
+    has_eval = bool(spec.eval_examples) or spec.eval_fraction > 0
+    eval_every = (spec.eval_every_steps or max(1, total_steps // 5)) if has_eval else None
+    bf16, fp16 = _precision(spec, on_cuda=on_cuda, gpu=gpu)
+    lora = spec.method != "full"
+    return Hyperparameters(
+        preset=spec.preset,
+        method=spec.method,
+        device=device,
+        epochs=epochs,
+        total_steps=total_steps,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        warmup_ratio=0.05,
+        lora_r=(spec.lora_r or preset.lora_r) if lora else None,
+        lora_alpha=(spec.lora_alpha or preset.lora_alpha) if lora else None,
+        lora_dropout=(spec.lora_dropout if spec.lora_dropout is not None else preset.lora_dropout)
+        if lora
+        else None,
+        lora_target_modules=(spec.lora_target_modules or "all-linear") if lora else None,
+        max_length=max_length,
+        checkpoint_every_steps=checkpoint_every,
+        eval_every_steps=eval_every,
+        # CPU: activations are cheap in RAM and recomputing them costs ~30%. CUDA: off at
+        # first; an out-of-memory retry turns it on before shrinking the batch.
+        gradient_checkpointing=spec.gradient_checkpointing == "on",
+        bf16=bf16,
+        seed=spec.seed,
+        fp16=fp16,
+        log_every_steps=CUDA_LOG_EVERY_STEPS if on_cuda else 1,
+    )
+
+
+def _check_spec(spec: TrainSpec, *, n_train: int, device: str) -> _Preset:
+    """The spec's preset, after the checks that need no arithmetic. Raises TrainingConfigError."""
+    if spec.method not in METHODS:
+        raise TrainingConfigError(f"must be one of {', '.join(METHODS)}", field="method")
+    if spec.method == "qlora" and device != "cuda":
+        raise TrainingConfigError(
+            "QLoRA needs a CUDA GPU: it loads the base model in 4-bit with bitsandbytes, which "
+            "this CPU-only worker cannot do. Choose LoRA (same adapter, full-precision base) or "
+            "run the job on a GPU worker."
+        )
+    preset = spec.preset or "balanced"
+    if preset not in _PRESETS:
+        raise TrainingConfigError(f"must be one of {', '.join(PRESETS)}", field="preset")
+    if n_train < 1:
+        raise TrainingConfigError("there is nothing to train on", field="train_examples")
+    for name in ("batch_size", "grad_accum", "lora_r", "lora_alpha", "max_length", "max_steps"):
+        value = getattr(spec, name)
+        if value is not None and value < 1:
+            raise TrainingConfigError("must be at least 1", field=name)
+    if spec.epochs is not None and spec.epochs <= 0:
+        raise TrainingConfigError("must be more than 0", field="epochs")
+    if spec.lora_dropout is not None and not 0 <= spec.lora_dropout < 1:
+        raise TrainingConfigError("must be between 0 and 1", field="lora_dropout")
+    return _PRESETS[preset]
+
+
+def _batch_size(
+    spec: TrainSpec,
+    *,
+    n_train: int,
+    on_cuda: bool,
+    gpu: DeviceFacts | None,
+    epochs: float,
+    grad_accum: int,
+    tokens_per_example: int,
+) -> int:
+    """The spec's batch size; else on a known GPU what fits its memory; else 16 (GPU) or 8."""
+    if spec.batch_size is not None:
+        return spec.batch_size
+    if on_cuda and gpu is not None and gpu.kind == "cuda":
+        # A fixed step count does not shrink with the batch; an epoch count does.
+        planned = None if spec.max_steps is not None else epochs * n_train / grad_accum
+        return cuda_batch_size(
+            gpu,
+            shape=read_model_shape(spec.base_model) if spec.base_model else None,
+            n_parameters=count_parameters(spec.base_model) if spec.base_model else None,
+            method=spec.method,
+            tokens_per_example=tokens_per_example,
+            samples_to_train=planned,
+        )
+    return 16 if on_cuda else 8
+
+
+def _learning_rate(spec: TrainSpec, preset: _Preset) -> float:
+    """The spec's learning rate, else the preset's (LoRA on a small student: 10x)."""
+    learning_rate = spec.learning_rate
+    if learning_rate is None:
+        learning_rate = preset.lr_full if spec.method == "full" else preset.lr_lora
+        if spec.method != "full" and spec.base_model:
+            n_params = count_parameters(spec.base_model)
+            if n_params is not None and n_params < SMALL_STUDENT_PARAMETERS:
+                learning_rate = preset.lr_lora * SMALL_STUDENT_LORA_LR_FACTOR
+    if not 0 < learning_rate < 1:
+        raise TrainingConfigError("must be between 0 and 1", field="learning_rate")
+    return learning_rate
+
+
+def _precision(spec: TrainSpec, *, on_cuda: bool, gpu: DeviceFacts | None) -> tuple[bool, bool]:
+    """(bf16, fp16): CUDA bf16 where the GPU has it, else fp16; CPU per ``cpu_bf16``."""
+    if spec.cpu_bf16 not in ("auto", "on", "off"):
+        raise TrainingConfigError("must be auto, on or off", field="cpu_bf16")
+    if on_cuda:
+        bf16 = gpu.bf16 if gpu is not None and gpu.kind == "cuda" else True
+        return bf16, not bf16
+    if spec.cpu_bf16 == "auto":
+        return cpu_has_native_bf16(), False
+    return spec.cpu_bf16 == "on", False
+
+
+def smaller_after_oom(hp: Hyperparameters) -> Hyperparameters:
+    """The settings to retry with after a CUDA out-of-memory: first recompute activations
+    (gradient checkpointing), then halve the micro-batch and double the accumulation, so the
+    effective batch and the step count stay the same. Raises TrainingConfigError (field
+    ``batch_size``) when there is nothing left to give up."""
+    if not hp.gradient_checkpointing:
+        return replace(hp, gradient_checkpointing=True)
+    if hp.batch_size == 1:
+        raise TrainingConfigError(
+            "out of GPU memory even with batch size 1 and gradient checkpointing; "
+            "lower max_length or use QLoRA",
+            field="batch_size",
+        )
+    return replace(hp, batch_size=hp.batch_size // 2, grad_accum=hp.grad_accum * 2)
