@@ -46,7 +46,7 @@ from jobs.storage import data_path
 from jobs.workers import gpu_workers
 from projects.models import Project
 from teams.errors import field_and_message
-from worker.training import PRESETS
+from worker.training import HYPERPARAMETER_FIELDS, PRESETS
 
 __all__ = [
     "ARTIFACTS",
@@ -86,22 +86,6 @@ QLORA_NEEDS_GPU = (
     "QLoRA needs a CUDA GPU (it loads the base model in 4-bit with bitsandbytes), and no GPU "
     "worker has reported in. Choose LoRA (the same kind of adapter on a full-precision base) "
     "or start a worker on a machine with an NVIDIA GPU: make worker QUEUES=gpu CONCURRENCY=1."
-)
-HYPERPARAMETER_FIELDS = (
-    "epochs",
-    "max_steps",
-    "learning_rate",
-    "batch_size",
-    "grad_accum",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_target_modules",
-    "max_length",
-    "checkpoint_every_steps",
-    "eval_every_steps",
-    "seed",
-    "label_list_in_prompt",
 )
 
 

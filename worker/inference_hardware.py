@@ -3,10 +3,10 @@ near-tie tolerance)."""
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import dataclass
 
+from worker.cores import usable_cores
 from worker.model_loading import DeviceFacts, cuda_dtype
 
 __all__ = [
@@ -46,11 +46,8 @@ class Hardware:
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (respects taskset/cgroup affinity)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """CPU cores this process may run on (affinity mask, capped by a cgroup CPU quota)."""
+    return usable_cores()
 
 
 def cpu_name() -> str:

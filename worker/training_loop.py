@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from worker.cores import usable_cores
 from worker.hyperparameters import Hyperparameters
 from worker.model_loading import (
     CPU_EAGER_ATTENTION_MAX_TOKENS,
@@ -303,7 +304,7 @@ def _prepare(out: Path, timings: dict[str, float]) -> _Run:
         raise TrainingConfigError("QLoRA needs a CUDA GPU; this worker has none")
     facts = cuda_facts() if device == "cuda" else None
     hp = resolve_hyperparameters(spec, n_train=len(train_examples), device=device, gpu=facts)
-    threads = spec.threads or len(os.sched_getaffinity(0))
+    threads = spec.threads or usable_cores()
     torch.set_num_threads(threads)
     if facts is not None:
         # TF32 for the float32 matrix products that remain (e.g. fp32 LoRA adapters' grads).
