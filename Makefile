@@ -44,7 +44,7 @@ run: venv
 QUEUES ?= default,gpu
 CONCURRENCY ?= 2
 worker: venv
-	$(VENV)/bin/celery -A distillery worker -Q $(QUEUES) --concurrency $(CONCURRENCY) -l info
+	REMAP_SIGTERM=SIGQUIT $(VENV)/bin/celery -A distillery worker -Q $(QUEUES) --concurrency $(CONCURRENCY) -l info
 
 services:
 	@bash .ci/services

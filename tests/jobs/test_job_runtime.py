@@ -206,3 +206,42 @@ def test_two_fine_tunes_on_one_worker_take_turns(worker_factory, team, owner, ti
     done = sorted(Job.objects.filter(pk__in=[j.pk for j in jobs]), key=lambda j: j.started_at)
     assert [j.status for j in done] == ["succeeded", "succeeded"], "".join(worker.log[-30:])
     assert done[0].finished_at <= done[1].started_at  # never both at once
+
+
+@pytest.mark.slow
+def test_a_worker_given_sigterm_stops_within_its_shutdown_time_and_the_run_goes_on(
+    worker_factory, team, owner, fake_provider
+):
+    import signal
+
+    from teachers.models import TeacherOutput
+    from tests.teachers.teacher_support import label_project, openai_credential, start
+
+    fake_provider.latency_s = 0.5  # a long run: it is still working when the worker is stopped
+    project = label_project(team, owner, n=200)
+    worker = worker_factory(
+        extra_env={"REMAP_SIGTERM": "SIGQUIT", "DISTILLERY_WORKER_SHUTDOWN_S": "3"}
+    )
+    run = start(project, owner, openai_credential(team, owner, fake_provider), concurrency=2)
+    wait_until(
+        lambda: TeacherOutput.objects.filter(run=run).count() >= 4,
+        timeout=90,
+        message="the run to be working",
+    )
+    assert worker.proc is not None
+    worker.proc.send_signal(signal.SIGTERM)  # what `docker stop` or systemd sends
+    wait_until(lambda: worker.proc.poll() is not None, timeout=30, message="the worker to exit")
+    assert TeacherOutput.objects.filter(run=run).count() < 200  # it stopped mid-run
+
+    # The run was handed back; the reaper gives it to the next worker, which finishes it.
+    Job.objects.filter(pk=run.job_id).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    cache.delete(services.live_progress_key(run.job_id))
+    worker_factory()
+    services.jobs_reap_stale(stale_after_s=60)
+    fake_provider.latency_s = 0.0
+    wait_until(
+        lambda: Job.objects.get(pk=run.job_id).status == JobStatus.SUCCEEDED,
+        timeout=120,
+        message="the next worker to finish the run",
+    )
+    assert TeacherOutput.objects.filter(run=run).values("input_id").distinct().count() == 200
