@@ -1,13 +1,12 @@
 """The go/no-go report and the team dashboard, computed from measured figures.
 
-- Quality: the chosen (else the latest finished) evaluation: the distilled student's share of the
-  teacher's quality and its agreement with the teacher (jobs.evaluation_services).
-- Teacher cost per 1,000 requests: the project's teacher ledger (every completed call, its cost);
-  when the teacher's outputs were imported (no metered calls) the user's own figure, said so.
-- Student serving cost per 1,000 requests: measured throughput on batches x the hourly price the
-  user sets, or a managed per-token price x the average tokens of the teacher's metered calls.
-- Fine-tuning cost: measured training time x the training hourly price + the teacher-run cost.
+- Quality (reports.quality): the chosen (else the latest finished) evaluation: each candidate's
+  metric, share of the teacher's quality and agreement with the teacher, each with its own 95 %
+  interval, in plain words, with answers side by side.
+- Costs (reports.costs): the teacher's and the student's cost per 1,000 requests and the one-off
+  cost of distilling, each with where it came from.
 - Break-even: worker.economics (Decimal), for any monthly volume.
+- On a No-go, what would change it (reports.change), with the numbers behind each lever.
 """
 
 from __future__ import annotations
@@ -16,18 +15,45 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, Sum
+from django.db.models import Count
 
-from evaluations.models import CandidateRole, EvalCandidate, Evaluation, EvaluationKind
+from evaluations.models import CandidateRole, Evaluation, EvaluationKind
 from evaluations.selectors import CandidateResult, candidate_results, latest_evaluation
 from finetunes.models import FineTune
 from jobs.models import JobStatus
 from projects.models import InputRow, Project
-from reports.models import ReportSettings, ServingMode
-from teachers.models import LedgerEntry, LedgerStatus, ReviewStatus, TeacherOutput, TeacherRun
+from reports import units
+from reports.change import Lever, what_would_change_it
+from reports.costs import (
+    Figure,
+    student_per_1k,
+    teacher_ledger,
+    teacher_per_1k,
+    training_hours,
+)
+from reports.models import ReportSettings
+from reports.quality import Quality, quality_for
+from teachers.models import ReviewStatus, TeacherOutput
 from teams.models import Team
 from worker import economics
-from worker.economics import money
+from worker.economics import dollars
+
+__all__ = [
+    "Figure",
+    "Lever",
+    "Quality",
+    "Report",
+    "Verdict",
+    "break_even_payload",
+    "dashboard_rows",
+    "report_by_share_token",
+    "report_for",
+    "settings_for",
+    "student_per_1k",
+    "teacher_ledger",
+    "teacher_per_1k",
+    "training_hours",
+]
 
 STAGES = ("inputs", "teacher", "review", "trained", "evaluated")
 STAGE_LABELS = {
@@ -51,125 +77,6 @@ def report_by_share_token(*, token: str) -> Project | None:
         return None
     found = ReportSettings.objects.filter(share_token=token).select_related("project__team").first()
     return found.project if found else None
-
-
-# Costs ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Figure:
-    """A money figure with the sentence that says where it came from (None: unknown, and why)."""
-
-    value: Decimal | None
-    basis: str
-
-    @property
-    def known(self) -> bool:
-        return self.value is not None
-
-    @property
-    def shown(self) -> str:
-        if self.value is None:
-            return "—"
-        return f"${money(self.value, 4 if abs(self.value) < 1 else 2):,}"
-
-
-def teacher_ledger(*, project: Project) -> dict[str, Any]:
-    """Totals of every metered teacher call of the project (all runs)."""
-    entries = LedgerEntry.objects.filter(run__project=project)
-    completed = entries.filter(status=LedgerStatus.COMPLETED).aggregate(
-        calls=Count("id"),
-        cost=Sum("cost_usd"),
-        input_tokens=Sum("input_tokens"),
-        output_tokens=Sum("output_tokens"),
-    )
-    total = entries.aggregate(cost=Sum("cost_usd"))["cost"] or Decimal(0)
-    models = sorted(
-        set(
-            TeacherRun.objects.filter(project=project, ledger__isnull=False).values_list(
-                "model", flat=True
-            )
-        )
-    )
-    return {
-        "calls": completed["calls"] or 0,
-        "completed_cost": completed["cost"] or Decimal(0),
-        "total_cost": total,
-        "input_tokens": completed["input_tokens"] or 0,
-        "output_tokens": completed["output_tokens"] or 0,
-        "models": models,
-    }
-
-
-def teacher_per_1k(settings: ReportSettings, ledger: dict[str, Any]) -> Figure:
-    if ledger["calls"]:
-        value = economics.teacher_cost_per_1k(ledger["completed_cost"], ledger["calls"])
-        return Figure(
-            value,
-            f"from the teacher ledger: ${money(ledger['completed_cost'], 4)} over "
-            f"{ledger['calls']:,} metered calls ({', '.join(ledger['models'])})",
-        )
-    if settings.teacher_usd_per_1k is not None:
-        return Figure(
-            Decimal(settings.teacher_usd_per_1k),
-            "your figure: the teacher's outputs were imported, so no call was metered",
-        )
-    return Figure(
-        None,
-        "no metered teacher calls (the outputs were imported): enter the teacher's cost per "
-        "1,000 requests in the report settings",
-    )
-
-
-def student_per_1k(
-    settings: ReportSettings, student: CandidateResult | None, ledger: dict[str, Any]
-) -> Figure:
-    if settings.serving_mode == ServingMode.TOKENS:
-        if not ledger["calls"]:
-            return Figure(
-                None,
-                "a per-token price needs the tokens per request, measured on metered teacher "
-                "calls; there are none",
-            )
-        tokens_in = Decimal(ledger["input_tokens"]) / ledger["calls"]
-        tokens_out = Decimal(ledger["output_tokens"]) / ledger["calls"]
-        value = economics.student_cost_per_1k_from_tokens(
-            input_tokens_per_request=tokens_in,
-            output_tokens_per_request=tokens_out,
-            input_price_per_million=settings.managed_input_usd_per_mtok,
-            output_price_per_million=settings.managed_output_usd_per_mtok,
-        )
-        return Figure(
-            value,
-            f"managed serving at ${settings.managed_input_usd_per_mtok}/"
-            f"${settings.managed_output_usd_per_mtok} per 1M tokens in/out, "
-            f"{tokens_in:.0f} in + {tokens_out:.0f} out per request (teacher calls' average)",
-        )
-    rate = (student.throughput if student else {}).get("examples_per_s")
-    if not rate:
-        return Figure(None, "no measured throughput for the student yet: run an evaluation")
-    value = economics.student_cost_per_1k_from_throughput(
-        Decimal(str(rate)), settings.serving_hourly_usd
-    )
-    return Figure(
-        value,
-        f"a machine at ${settings.serving_hourly_usd}/hour answering {rate:.1f} requests/s "
-        f"(measured on batches: {student.hardware if student else ''})",
-    )
-
-
-def training_hours(candidate: EvalCandidate) -> tuple[Decimal | None, str]:
-    """Measured training time of a distilled student (its fine-tuning job)."""
-    model = candidate.student_model
-    if model is None:
-        return None, "the student was not picked from the registry, so its training time is unknown"
-    fine_tune = FineTune.objects.filter(result_model=model).first()
-    if fine_tune is None or not fine_tune.train_seconds:
-        return None, f"no fine-tuning job recorded for {model.name}"
-    return (
-        Decimal(str(fine_tune.train_seconds)) / economics.SECONDS_PER_HOUR,
-        f"fine-tuning job #{fine_tune.job_id}: {fine_tune.train_seconds / 60:.1f} min measured",
-    )
 
 
 # The report -------------------------------------------------------------------------------------
@@ -197,6 +104,8 @@ class Report:
     training_hours: Decimal | None = None
     break_even: economics.BreakEven | None = None
     verdict: Verdict | None = None
+    quality: Quality | None = None
+    changes: list[Lever] = field(default_factory=list)
 
     @property
     def costs_known(self) -> bool:
@@ -245,6 +154,9 @@ def report_for(*, project: Project) -> Report:
                 report.teacher = result
             if result.candidate.pk == student_id:
                 report.student = result
+        report.quality = quality_for(
+            evaluation=evaluation, results=report.results, student=report.student
+        )
     report.ledger = teacher_ledger(project=project)
     report.teacher_per_1k = teacher_per_1k(settings, report.ledger)
     report.student_per_1k = student_per_1k(settings, report.student, report.ledger)
@@ -262,11 +174,12 @@ def report_for(*, project: Project) -> Report:
                 hourly_price=settings.training_hourly_usd,
                 teacher_run_cost=teacher_cost,
             ),
-            f"{hours_basis} x ${settings.training_hourly_usd}/hour, plus "
-            f"${money(teacher_cost, 2)} of teacher calls",
+            f"{hours_basis} x {dollars(settings.training_hourly_usd)}/hour, plus "
+            f"{dollars(teacher_cost)} of teacher calls",
         )
     report.break_even = report.break_even_for(int(settings.monthly_volume))
     report.verdict = verdict_for(report)
+    report.changes = what_would_change_it(report)
     return report
 
 
@@ -290,6 +203,9 @@ def verdict_for(report: Report) -> Verdict:
             "cannot be computed.",
         )
     quality = f"The distilled student reaches {pct:.0f} % of the teacher's quality"
+    shown = report.quality.student if report.quality else None
+    if shown is not None and shown.percent_of_teacher is not None:
+        quality += f" (95 % interval {shown.percent_of_teacher.range_shown})"
     if pct < target:
         return Verdict("no_go", "No-go", f"{quality}; the target is {target} %.")
     be = report.break_even
@@ -310,13 +226,13 @@ def verdict_for(report: Report) -> Verdict:
             "no_go",
             "No-go on cost",
             f"{quality}, but at {volume} it does not pay back its distillation cost within "
-            f"{be.horizon_months} months (monthly savings ${money(be.monthly_savings):,}).",
+            f"{be.horizon_months} months ({units.savings_sentence(be.monthly_savings)}).",
         )
     return Verdict(
         "go",
         "Go",
         f"{quality} and pays back its distillation cost in month {be.break_even_month} at "
-        f"{volume} (saving ${money(be.monthly_savings):,} a month).",
+        f"{volume} ({units.savings_sentence(be.monthly_savings)}).",
     )
 
 
@@ -329,10 +245,10 @@ def break_even_payload(report: Report, monthly_volume: int) -> dict[str, Any]:
     data.update(
         known=True,
         shown={
-            "teacher_monthly": f"${money(be.teacher_monthly):,}",
-            "student_monthly": f"${money(be.student_monthly):,}",
-            "monthly_savings": f"${money(be.monthly_savings):,}",
-            "upfront": f"${money(be.upfront):,}",
+            "teacher_monthly": dollars(be.teacher_monthly),
+            "student_monthly": dollars(be.student_monthly),
+            "monthly_savings": units.savings(be.monthly_savings),
+            "upfront": dollars(be.upfront),
             "break_even": (
                 f"month {be.break_even_month}"
                 if be.break_even_month is not None
@@ -363,7 +279,7 @@ class DashboardRow:
 
     @property
     def savings_shown(self) -> str:
-        return "—" if self.monthly_savings is None else f"${money(self.monthly_savings):,}"
+        return "—" if self.monthly_savings is None else units.savings(self.monthly_savings)
 
 
 def project_stages(project: Project) -> dict[str, bool]:

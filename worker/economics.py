@@ -234,6 +234,85 @@ def break_even(
     )
 
 
+MINUS = "\u2212"
+"""The minus sign a reader sees in front of a negative amount ("\u2212$452.80", never "$-452.80")."""
+
+
+def dollars(value: Number, places: int = 2) -> str:
+    """An amount for reading: "$1,234.50", "\u2212$452.80" (rounded half-up to ``places``)."""
+    rounded = money(dec(value), places)
+    sign = MINUS if rounded < 0 else ""
+    return f"{sign}${abs(rounded):,}"
+
+
+def max_student_per_1k(
+    *,
+    upfront: Number,
+    teacher_per_1k: Number,
+    monthly_volume: int,
+    horizon_months: int = DEFAULT_HORIZON_MONTHS,
+) -> Decimal | None:
+    """The highest student cost per 1,000 requests that still pays back ``upfront`` within the
+    horizon: upfront <= horizon * (teacher - student) * volume / 1000, solved for the student.
+    None when nothing pays back (no traffic, or the upfront alone outruns the teacher's bill)."""
+    if monthly_volume <= 0 or horizon_months <= 0:
+        return None
+    up = _non_negative("upfront", dec(upfront))
+    limit = dec(teacher_per_1k) - up * THOUSAND / (Decimal(horizon_months) * monthly_volume)
+    return limit if limit >= 0 else None
+
+
+def throughput_for_cost(hourly_price: Number, cost_per_1k: Number) -> Decimal | None:
+    """Requests per second a machine at ``hourly_price`` must answer to cost ``cost_per_1k``
+    (the inverse of ``student_cost_per_1k_from_throughput``); None for a cost of 0 or less."""
+    cost = dec(cost_per_1k)
+    if cost <= 0:
+        return None
+    return _non_negative("hourly_price", dec(hourly_price)) * THOUSAND / (cost * SECONDS_PER_HOUR)
+
+
+def volume_to_break_even(
+    *,
+    upfront: Number,
+    teacher_per_1k: Number,
+    student_per_1k: Number,
+    horizon_months: int = DEFAULT_HORIZON_MONTHS,
+) -> int | None:
+    """The smallest monthly volume whose savings pay back ``upfront`` within the horizon; None
+    when the student costs as much as the teacher or more per request (no volume helps)."""
+    per_1k = dec(teacher_per_1k) - dec(student_per_1k)
+    up = _non_negative("upfront", dec(upfront))
+    if per_1k <= 0 or horizon_months <= 0:
+        return None
+    volume = max(
+        int((up * THOUSAND / (per_1k * horizon_months)).to_integral_value(ROUND_CEILING)), 0
+    )
+    while (
+        volume > 0
+        and break_even_month(
+            upfront=up,
+            teacher_per_1k=teacher_per_1k,
+            student_per_1k=student_per_1k,
+            monthly_volume=volume - 1,
+            horizon_months=horizon_months,
+        )
+        is not None
+    ):
+        volume -= 1
+    while (
+        break_even_month(
+            upfront=up,
+            teacher_per_1k=teacher_per_1k,
+            student_per_1k=student_per_1k,
+            monthly_volume=volume,
+            horizon_months=horizon_months,
+        )
+        is None
+    ):
+        volume += 1
+    return volume
+
+
 # ---------------------------------------------------------------------------------------------
 # The weekend experiment's verdict
 
@@ -305,6 +384,7 @@ __all__ = [
     "CLOSE_GAP_AT",
     "DEFAULT_HORIZON_MONTHS",
     "LARGE_GAP_BELOW",
+    "MINUS",
     "MIN_INPUTS",
     "BreakEven",
     "CostPoint",
@@ -313,12 +393,16 @@ __all__ = [
     "break_even_month",
     "cumulative_costs",
     "dec",
+    "dollars",
     "fine_tuning_cost",
+    "max_student_per_1k",
     "money",
     "monthly_cost",
     "monthly_savings",
     "student_cost_per_1k_from_throughput",
     "student_cost_per_1k_from_tokens",
     "teacher_cost_per_1k",
+    "throughput_for_cost",
+    "volume_to_break_even",
     "weekend_verdict",
 ]

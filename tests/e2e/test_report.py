@@ -58,6 +58,14 @@ def test_a_viewer_changes_the_volume_and_the_break_even_follows(
     page.goto(f"{live_server.url}/projects/{project.pk}/report/")
 
     expect(page.get_by_test_id("verdict-title")).to_have_text("Go")
+    # Quality in plain words, accuracy with its own interval, and the answers side by side.
+    expect(page.get_by_test_id("quality-sentence").first).to_contain_text(
+        "gives the teacher's answer on 3 of 3 test examples (95 % interval"
+    )
+    expect(page.get_by_test_id("metric-distilled")).to_contain_text("1.000 (")
+    expect(page.get_by_test_id("example-row")).to_have_count(3)
+    expect(page.get_by_test_id("throughput-distilled")).to_contain_text("2.5 requests/s")
+    expect(page.get_by_test_id("what-would-change-it")).to_have_count(0)
     expect(page.get_by_test_id("break-even-month")).to_have_text("month 1")
     expect(page.get_by_test_id("monthly-savings")).to_have_text("$11.50")
     expect(page.get_by_test_id("break-even-chart")).to_have_attribute(

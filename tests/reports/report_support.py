@@ -31,8 +31,9 @@ def metered_teacher(project, calls=8, cost="0.00125", tokens=(400, 5)):  # type:
     return run
 
 
-def trained_student(project, owner, seconds=5400.0):  # type: ignore[no-untyped-def]
-    """A distilled student whose fine-tuning job measured `seconds` of training."""
+def trained_student(project, owner, seconds=5400.0, n_train=1):  # type: ignore[no-untyped-def]
+    """A distilled student whose fine-tuning job measured `seconds` of training on `n_train`
+    reviewed examples."""
     student = StudentModel.objects.create(
         team=project.team, name="tickets-v1", kind="distilled", source="fine_tune", path="models/x"
     )
@@ -55,6 +56,7 @@ def trained_student(project, owner, seconds=5400.0):  # type: ignore[no-untyped-
         method="lora",
         output_dir="finetunes/x",
         train_seconds=seconds,
+        n_train=n_train,
         result_model=student,
     )
     return student

@@ -175,3 +175,28 @@ def test_weekend_verdict_sentences():
     assert weekend_verdict(12, 100).sentence.startswith("Large gap:")
     with pytest.raises(ValueError):
         weekend_verdict(5, 4)
+
+
+def test_dollars_put_the_minus_before_the_dollar_sign():
+    from worker.economics import dollars
+
+    assert dollars(D("1234.5")) == "$1,234.50"
+    assert dollars(D("-452.8")) == "\u2212$452.80"
+    assert dollars(D("0.01234"), 4) == "$0.0123"
+
+
+def test_what_a_no_go_needs_to_change():
+    from worker.economics import max_student_per_1k, throughput_for_cost, volume_to_break_even
+
+    # $3.01 upfront, teacher $1.25 per 1,000, 10,000 a month, 36 months:
+    # the student may cost up to 1.25 - 3.01 x 1000 / 360,000 = $1.241638... per 1,000.
+    headroom = max_student_per_1k(upfront="3.01", teacher_per_1k="1.25", monthly_volume=10_000)
+    assert money(headroom, 4) == D("1.2416")
+    assert max_student_per_1k(upfront=100, teacher_per_1k=1, monthly_volume=10) is None
+    assert max_student_per_1k(upfront=1, teacher_per_1k=1, monthly_volume=0) is None
+    # $0.05 per 1,000 on a $1.80/hour machine needs 10 requests/s (the inverse of the above).
+    assert throughput_for_cost("1.80", "0.05") == D("10")
+    assert throughput_for_cost(1, 0) is None
+    # Savings $1.15 per 1,000: 36 x 73 x 1.15 / 1000 = 3.0222 >= 3.01 > 36 x 72 x 1.15 / 1000.
+    assert volume_to_break_even(upfront="3.01", teacher_per_1k="1.25", student_per_1k="0.10") == 73
+    assert volume_to_break_even(upfront=1, teacher_per_1k=1, student_per_1k=2) is None
