@@ -268,13 +268,15 @@ def experiment(request: HttpRequest, project_id: int) -> HttpResponse:
 
 
 @login_required
-@require_http_methods(["POST"])
 def evaluation_cancel(request: HttpRequest, evaluation_id: int) -> HttpResponse:
     """Engineers and owners stop an evaluation: a queued one at once, a running one after the
-    batch it is answering (the answers so far are kept)."""
+    batch it is answering (the answers so far are kept). The object is resolved first, so an
+    outsider gets 404 whatever the method."""
     evaluation, _ = evaluation_for(
         user=request.user, evaluation_id=evaluation_id, permission="write"
     )
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
     job = job_request_cancel(job=evaluation.job)
     if job.status == JobStatus.CANCELLED:
         messages.success(request, "The evaluation is cancelled.")
