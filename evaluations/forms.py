@@ -18,6 +18,7 @@ from evaluations.choices import (
     StudentChoice,
     TeacherChoice,
 )
+from evaluations.estimates import evaluation_estimates
 from evaluations.experiment import EXPERIMENT_SAMPLE, SAMPLE_LIMIT
 from evaluations.models import CandidateRole, CandidateSource
 from finetunes.models import StudentKind, StudentModel
@@ -148,6 +149,11 @@ class EvaluationForm(_Candidates):
         if data.get("endpoint_credential") and not (data.get("endpoint_model") or "").strip():
             self.add_error("endpoint_model", "name the model the endpoint serves")
         return data
+
+    @property
+    def time_estimates(self) -> dict[str, Any]:
+        """How long each local student takes on the gpu-queue workers (evaluations.estimates)."""
+        return evaluation_estimates(project=self.project)
 
     def students(self) -> list[StudentChoice]:
         d = self.cleaned_data

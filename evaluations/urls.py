@@ -10,6 +10,11 @@ urlpatterns = [
     path("projects/<int:project_id>/experiment/", views.experiment, name="experiment"),
     path("evaluations/<int:evaluation_id>/", views.evaluation_detail, name="evaluation"),
     path(
+        "evaluations/<int:evaluation_id>/cancel/",
+        views.evaluation_cancel,
+        name="evaluation_cancel",
+    ),
+    path(
         "evaluations/<int:evaluation_id>/compare/",
         views.evaluation_compare,
         name="evaluation_compare",

@@ -20,7 +20,8 @@ from django.views.decorators.http import require_http_methods
 from evaluations import selectors, services
 from evaluations.forms import EvaluationForm, ExperimentForm, VoteForm
 from evaluations.models import EvalCandidate, EvalExample, Evaluation, EvaluationKind, VoteChoice
-from jobs.services import job_live_view
+from jobs.models import JobStatus
+from jobs.services import job_live_view, job_request_cancel
 from projects.access import project_for
 from teams.access import AnyUser, object_for, require, scoped_get, signed_in_user
 from teams.forms import apply_errors
@@ -264,3 +265,23 @@ def experiment(request: HttpRequest, project_id: int) -> HttpResponse:
         },
         status=400 if form.errors else 200,
     )
+
+
+@login_required
+def evaluation_cancel(request: HttpRequest, evaluation_id: int) -> HttpResponse:
+    """Engineers and owners stop an evaluation: a queued one at once, a running one after the
+    batch it is answering (the answers so far are kept). The object is resolved first, so an
+    outsider gets 404 whatever the method."""
+    evaluation, _ = evaluation_for(
+        user=request.user, evaluation_id=evaluation_id, permission="write"
+    )
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    job = job_request_cancel(job=evaluation.job)
+    if job.status == JobStatus.CANCELLED:
+        messages.success(request, "The evaluation is cancelled.")
+    elif job.cancel_requested:
+        messages.success(request, "Cancelling: the evaluation stops after the current batch.")
+    else:
+        messages.error(request, "The evaluation has already finished.")
+    return redirect("evaluations:evaluation", evaluation_id=evaluation.pk)

@@ -6,15 +6,18 @@ from typing import Any, cast
 from django import forms
 from django.core.exceptions import ValidationError
 
+from finetunes.estimates import preset_estimates
 from finetunes.models import FineTuneMethod, StudentModel
 from finetunes.registry import resolve_local_model
-from finetunes.services import QLORA_NEEDS_GPU, FineTuneSettings
+from finetunes.services import QLORA_NEEDS_GPU, FineTuneSettings, preset_table
 from teams.models import Team
 from worker.training import PRESETS
 
 #: How the start form names each of the engine's presets (which presets there are is its own).
+#: How long one takes depends on the data, the student and the worker: the form shows its steps
+#: and the estimate for this worker (finetunes.estimates), never a time of its own.
 PRESET_LABELS = {
-    "quick": "Quick — minutes on a laptop CPU",
+    "quick": "Quick — the fewest steps and a small adapter",
     "balanced": "Balanced",
     "thorough": "Thorough — more epochs and a larger adapter",
 }
@@ -122,6 +125,7 @@ class FineTuneForm(forms.Form):
         has_gpu: bool,
         suggested_preset: str = "balanced",
         label_task: bool = False,
+        n_train: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -135,8 +139,29 @@ class FineTuneForm(forms.Form):
         choices += [(LOCAL, "A local folder…"), (HF, "A Hugging Face model id…")]
         cast(forms.ChoiceField, self.fields["student"]).choices = choices
         self.fields["preset"].initial = suggested_preset
+        if n_train is not None:
+            cast(forms.ChoiceField, self.fields["preset"]).choices = self._preset_choices(n_train)
         if not has_gpu:
             self.fields["method"].help_text += " No GPU worker has reported in."
+
+    def _preset_choices(self, n_train: int) -> list[tuple[str, str]]:
+        """Each preset named with its steps for this dataset and, where a worker is known, the
+        time it takes there for the first student offered (LoRA)."""
+        table = preset_estimates(
+            presets=preset_table(n_train=n_train, gpu=self.has_gpu),
+            students=list(self.students.values())[:1],
+            gpu=self.has_gpu,
+            method=FineTuneMethod.LORA,
+        )
+        choices = []
+        for row in table["rows"]:
+            text = f"{PRESET_LABELS[row['preset']]} · {row['steps']:,} steps"
+            estimate = row["estimates"][0] if row["estimates"] else None
+            if estimate is not None:
+                kind = " (first-run estimate)" if estimate.first_run else ""
+                text += f", {estimate.about} on {estimate.hardware.describe()}{kind}"
+            choices.append((row["preset"], text))
+        return choices
 
     @property
     def student_fields(self) -> list[Any]:

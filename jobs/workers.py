@@ -1,29 +1,22 @@
-"""Fine-tuning jobs and the student model registry: rows → worker.training specs, events → rows.
+"""The worker registry: which Celery workers run, on which queues and hardware.
 
-A fine-tune trains a registered base student on a frozen dataset version's train split (its
-validation split is the eval set), in a subprocess the gpu-queue worker spawns
-(worker.training). The subprocess reports events; ``_Recorder`` turns them into TrainingPoint
-rows (the live chart) and the job's figures (step, loss, tokens/s, elapsed, remaining) and
-heartbeats the job while it trains, including while a big model loads or merges.
-
-Stopping: a user's cancel → the engine's cooperative cancel (the child stops after the step it
-is in and writes a checkpoint) → CANCELLED. SIGTERM (a worker shutting down) → the child
-checkpoints → the job goes back to QUEUED and the next worker resumes from that checkpoint. A
-worker killed outright leaves the job RUNNING with no heartbeat → the reaper re-queues it → the
-next attempt resumes from the latest complete checkpoint (the output folder is the job's).
+A worker reports in when it starts (its CPU cores, CUDA GPUs and library versions) and out when
+it stops. ``Hardware`` is what a job's speed depends on; measured throughput is filed under it
+(finetunes.estimates, evaluations.estimates) so a form can say how long a job takes there.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from typing import Any
 
 from django.utils import timezone
 
 from jobs.models import WorkerInfo
+from worker.cores import usable_cores
 
 
 def hardware_probe() -> dict[str, Any]:
@@ -57,7 +50,7 @@ def hardware_probe() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return {
-        "cpu_cores": len(os.sched_getaffinity(0)),
+        "cpu_cores": usable_cores(),
         "cuda_devices": devices,
         "versions": versions,
     }
@@ -91,3 +84,56 @@ def gpu_workers() -> list[WorkerInfo]:
         for w in WorkerInfo.objects.filter(stopped_at__isnull=True)
         if "gpu" in (w.queues or []) and w.cuda_devices
     ]
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What a job's speed on a worker depends on: the GPU it runs on, else its CPU cores.
+    Measured throughput is filed under ``key``; ``describe()`` is how pages name it."""
+
+    gpu: str  # the CUDA device's name; "" on a CPU-only worker
+    cpu_cores: int
+
+    @property
+    def key(self) -> str:
+        return f"gpu:{self.gpu}" if self.gpu else f"cpu:{self.cpu_cores}"
+
+    @property
+    def is_gpu(self) -> bool:
+        return bool(self.gpu)
+
+    def describe(self) -> str:
+        if self.gpu:
+            return f"{self.gpu} (GPU)"
+        return f"{self.cpu_cores} CPU core{'s' if self.cpu_cores != 1 else ''}"
+
+    @classmethod
+    def of_worker(cls, info: WorkerInfo) -> Hardware:
+        devices = info.cuda_devices or []
+        gpu = str(devices[0].get("name") or "GPU") if devices else ""
+        return cls(gpu=gpu, cpu_cores=int(info.cpu_cores or 0))
+
+    @classmethod
+    def of_record(cls, record: dict[str, Any] | None) -> Hardware | None:
+        """From what a finished job stored: a fine-tune's ``hardware`` (device, cpu_cores,
+        cuda_devices) or a local evaluation candidate's (device, name, cores). None when it
+        says too little."""
+        if not isinstance(record, dict) or not record.get("device"):
+            return None
+        cores = int(record.get("cpu_cores") or record.get("cores") or 0)
+        if record["device"] == "cuda":
+            devices = record.get("cuda_devices") or []
+            name = devices[0].get("name") if devices else record.get("name")
+            return cls(gpu=str(name or "GPU"), cpu_cores=cores) if name else None
+        return cls(gpu="", cpu_cores=cores) if cores else None
+
+
+def gpu_queue_hardware() -> list[Hardware]:
+    """The distinct hardware of the running workers that take gpu-queue jobs (training and
+    evaluations), GPUs first: where a job started now would run."""
+    found: dict[str, Hardware] = {}
+    for info in WorkerInfo.objects.filter(stopped_at__isnull=True):
+        if "gpu" in (info.queues or []):
+            hardware = Hardware.of_worker(info)
+            found.setdefault(hardware.key, hardware)
+    return sorted(found.values(), key=lambda h: (not h.is_gpu, h.key))
