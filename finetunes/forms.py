@@ -49,8 +49,11 @@ class FineTuneForm(forms.Form):
     method = forms.ChoiceField(
         choices=FineTuneMethod.choices,
         initial=FineTuneMethod.LORA,
-        help_text="LoRA trains a small adapter. QLoRA does the same on a 4-bit base and needs a "
-        "CUDA GPU. Full fine-tuning changes every weight (slow, needs more memory).",
+        help_text="LoRA trains a small adapter: the right choice for students that fit in the "
+        "GPU's memory in bf16 (every student under a few billion parameters on a modern GPU, and "
+        "any student on a CPU). QLoRA does the same on a 4-bit base, for students too big for "
+        "bf16; it needs a CUDA GPU. Full fine-tuning changes every weight (slow, needs more "
+        "memory).",
     )
     preset = forms.ChoiceField(
         choices=[(preset, PRESET_LABELS[preset]) for preset in PRESETS],

@@ -137,8 +137,9 @@ def preset_table(*, n_train: int, gpu: bool) -> list[dict[str, Any]]:
     return rows
 
 
-# On a CPU the suggestion is "balanced" while it stays a matter of minutes (a 135M student does
-# ~5 samples/s on 2 cores: 300 steps of 8 ~ 8 min), else "quick". Measured on 600 BANKING77 rows
+# On a CPU the suggestion is "balanced" while it stays under 300 steps (a 135M student measured
+# ~5 samples/s on 2 idle cores: 300 steps of 8 ~ 8 min; the form shows this worker's estimate),
+# else "quick". Measured on 600 BANKING77 rows
 # (SmolLM2-135M, 300 held-out rows, learning rate 1e-3): 113 steps 36 %, 225 steps 61 %.
 CPU_SUGGEST_BALANCED_MAX_STEPS = 300
 

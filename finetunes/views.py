@@ -79,6 +79,7 @@ def finetune_new(request: HttpRequest, project_id: int, version_id: int) -> Http
         has_gpu=hardware["has_gpu"],
         suggested_preset=suggested,
         label_task=project.output_kind == "label",
+        n_train=counts.get("train", 0),
     )
     if request.method == "POST" and form.is_valid():
         try:

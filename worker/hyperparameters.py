@@ -69,8 +69,9 @@ class _Preset:
     cpu_step_cap: int | None
 
 
-# Small datasets get more passes (see _epochs_for). The CPU caps keep "quick" a matter of
-# minutes on a laptop (a 135M student: ~5 samples/s on 2 cores in fp32, ~12 in bf16).
+# Small datasets get more passes (see _epochs_for). The CPU caps bound a run's steps; how long
+# they take depends on the machine (a 135M student measured ~5 samples/s on 2 idle EPYC cores in
+# fp32, ~12 in bf16, far less on a busy or older CPU): the forms show the estimate for this worker.
 _PRESETS: dict[str, _Preset] = {
     "quick": _Preset(1.0, 8, 16, 0.0, 2e-4, 2e-5, 150),
     "balanced": _Preset(2.0, 16, 32, 0.05, 2e-4, 2e-5, 600),

@@ -311,7 +311,7 @@ def test_bad_choices_are_refused_by_field_before_anything_is_created(team, owner
         students=[es.StudentChoice("base", path="/etc")],
         input_ids=ids,
     )
-    assert "must be inside" in outside["base_model"][0]
+    assert "no model folder of this team there" in outside["base_model"][0]
     other = ProjectFactory(team=team)
     other_version = freeze_other(other, owner)
     assert "dataset_version" in refused(

@@ -130,7 +130,7 @@ def test_presets_follow_dataset_size_and_hardware() -> None:
     quick_big = resolve_hyperparameters(_spec(preset="quick"), n_train=5000, device="cpu")
     assert quick_small.epochs > quick_big.epochs
     assert quick_small.total_steps == 50  # 2 epochs x 200 rows / batch 8
-    assert quick_big.total_steps == 150  # capped on CPU to stay a matter of minutes
+    assert quick_big.total_steps == 150  # capped on CPU
     on_gpu = resolve_hyperparameters(_spec(preset="quick"), n_train=5000, device="cuda")
     assert on_gpu.total_steps == 313 and on_gpu.bf16 and on_gpu.batch_size == 16
     cpu = resolve_hyperparameters(_spec(), n_train=5000, device="cpu")
