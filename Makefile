@@ -32,11 +32,12 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# load_demo comes last: it prints the URL and the demo password (the first time) after the
+# install noise; preparing SmolLM2 and the demo's fine-tune and evaluation go on in the background.
 run: venv
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py load_demo --url http://$(HOST):$(PORT)
 	$(PY) manage.py prepare_base_models --all-teams --if-present
-	@echo "Distillery on http://$(HOST):$(PORT) — web + Celery worker (Ctrl-C stops both)"
+	$(PY) manage.py load_demo --url http://$(HOST):$(PORT) --background
 	exec $(PY) -m distillery.launcher --host $(HOST) --port $(PORT)
 
 # Start a worker on another machine that mounts the same DISTILLERY_DATA_DIR and reaches the
