@@ -82,6 +82,7 @@ EVAL_OPTIONS = evaluation_services.EvalOptions(batch_size=16, latency_requests=5
 #: answered for this long (that is `make run` stopped; the next one picks up where it left).
 POLL_S = 3.0
 SERVER_GONE_S = 120.0
+IMPORT_WAIT_S = 600.0
 LOG_FILE = "demo-journey.log"
 LOCK_FILE = "demo-journey.lock"
 
@@ -176,9 +177,14 @@ def import_demo_inputs(project: Project, user: User) -> int:
     job = project_services.input_import_start(
         upload=upload, user=user, field_map={"text": "text"}, reference_column="label"
     )
-    # The message the commit sent finds the job already done and does nothing.
+    # Run here, so the demo is ready at once: the message the commit sent finds the job done
+    # and does nothing. Where a worker was quicker to claim it, wait for that worker instead.
     import_inputs(job.pk)
+    deadline = time.monotonic() + IMPORT_WAIT_S
     job.refresh_from_db()
+    while job.status in (JobStatus.QUEUED, JobStatus.RUNNING) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        job.refresh_from_db()
     if job.status != JobStatus.SUCCEEDED:
         job_services.job_fail(job=job, error=job.error)
         raise CommandError(f"demo import failed: {job.error}")
