@@ -17,7 +17,7 @@ DEFAULT_REASON = "You do not have permission to open this page."
 def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """handler403: the styled page, with the refusal's reason (e.g. "your role (Viewer) cannot
     do this")."""
-    reason = str(exception or "").strip() or DEFAULT_REASON
+    reason = str(exception or "").strip().rstrip(".") or DEFAULT_REASON.rstrip(".")
     body: str
     try:
         body = render_to_string("403.html", {"reason": reason[:1].upper() + reason[1:]}, request)
