@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.core.paginator import Page, Paginator
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from evaluations.models import (
     CandidateRole,
@@ -180,10 +181,53 @@ def confusion_for(*, candidate: EvalCandidate, limit: int = 20) -> dict[str, Any
 
 @dataclass
 class Pair:
-    """The two candidates votes compare: A (a student) and B (the teacher, by default)."""
+    """The two candidates votes compare, A on the left: A is the one earlier in the candidates'
+    order (the teacher, by default, against the headline student)."""
 
     a: EvalCandidate
     b: EvalCandidate
+
+    @property
+    def student(self) -> EvalCandidate:
+        """The candidate the filters call "student": the one of the pair that is not the teacher."""
+        return self.b if self.a.role == CandidateRole.TEACHER else self.a
+
+    def matches(self, a_id: int, b_id: int) -> bool | None:
+        """True when a stored vote's (A, B) is this pair, False when it is this pair the other way
+        round (an older page's order), None when it is another pair."""
+        if (a_id, b_id) == (self.a.pk, self.b.pk):
+            return True
+        if (a_id, b_id) == (self.b.pk, self.a.pk):
+            return False
+        return None
+
+
+#: A vote's choice seen from the other side of the pair.
+FLIPPED = {
+    VoteChoice.A_BETTER: VoteChoice.B_BETTER,
+    VoteChoice.B_BETTER: VoteChoice.A_BETTER,
+}
+
+
+def oriented(choice: str, same_way: bool) -> str:
+    """A stored choice as this page's A and B read it."""
+    return choice if same_way else FLIPPED.get(VoteChoice(choice), choice)
+
+
+def ordered_pair(a: EvalCandidate, b: EvalCandidate, candidates: list[EvalCandidate]) -> Pair:
+    """The pair with A the candidate further left (earlier in ``candidates``)."""
+    order = {c.pk: i for i, c in enumerate(candidates)}
+    if order.get(a.pk, 0) > order.get(b.pk, 0):
+        a, b = b, a
+    return Pair(a=a, b=b)
+
+
+def _pair_votes(evaluation: Evaluation, pair: Pair) -> QuerySet[EvalVote]:
+    """Votes on this pair in either order (a page before this order stored the teacher as B)."""
+    return EvalVote.objects.filter(
+        Q(candidate_a=pair.a, candidate_b=pair.b) | Q(candidate_a=pair.b, candidate_b=pair.a),
+        evaluation=evaluation,
+    )
 
 
 def vote_pair(
@@ -205,7 +249,7 @@ def vote_pair(
     b = pick(b_id) or next((c for c in candidates if c.role == CandidateRole.TEACHER), None)
     if a is None or b is None or a.pk == b.pk:
         return None
-    return Pair(a=a, b=b)
+    return ordered_pair(a, b, candidates)
 
 
 @dataclass
@@ -269,7 +313,7 @@ def comparison(
     pair). The "student" in the filters is the pair's A candidate."""
     candidates = candidates if candidates is not None else candidates_of(evaluation=evaluation)
     teacher = next((c for c in candidates if c.role == CandidateRole.TEACHER), None)
-    student = pair.a if pair else primary_student(candidates)
+    student = pair.student if pair else primary_student(candidates)
     if filter_name not in FILTERS:
         filter_name = "all"
     examples = _filtered_examples(
@@ -285,9 +329,13 @@ def comparison(
     votes: dict[int, Counter[str]] = defaultdict(Counter)
     mine: dict[int, str] = {}
     if pair is not None:
-        for example_id, voter, choice in EvalVote.objects.filter(
-            example_id__in=ids, candidate_a=pair.a, candidate_b=pair.b
-        ).values_list("example_id", "user_id", "choice"):
+        for example_id, voter, a_id, b_id, stored in (
+            _pair_votes(evaluation, pair)
+            .filter(example_id__in=ids)
+            .order_by("id")
+            .values_list("example_id", "user_id", "candidate_a_id", "candidate_b_id", "choice")
+        ):
+            choice = oriented(stored, bool(pair.matches(a_id, b_id)))
             votes[example_id][choice] += 1
             if voter == user.pk:
                 mine[example_id] = choice
@@ -314,7 +362,7 @@ def filter_counts(
     *, evaluation: Evaluation, candidates: list[EvalCandidate], pair: Pair | None
 ) -> dict[str, int]:
     teacher = next((c for c in candidates if c.role == CandidateRole.TEACHER), None)
-    student = pair.a if pair else primary_student(candidates)
+    student = pair.student if pair else primary_student(candidates)
     return {
         name: _filtered_examples(
             evaluation, filter_name=name, label="", student=student, teacher=teacher
@@ -361,11 +409,24 @@ class VoteTotals:
         return (self.a_better + self.both_ok) / self.total if self.total else None
 
 
+def stored_order(
+    *, example: EvalExample, user: User, a: EvalCandidate, b: EvalCandidate
+) -> tuple[EvalCandidate, EvalCandidate, bool]:
+    """The (A, B) a vote on this pair is stored under: the user's existing vote's order if they
+    voted with the pair the other way round (so a changed mind replaces it), else as given; and
+    whether that is the given order."""
+    reversed_vote = EvalVote.objects.filter(
+        example=example, user=user, candidate_a=b, candidate_b=a
+    ).exists()
+    return (b, a, False) if reversed_vote else (a, b, True)
+
+
 def vote_totals(*, evaluation: Evaluation, pair: Pair) -> VoteTotals:
     counts = Counter(
-        EvalVote.objects.filter(
-            evaluation=evaluation, candidate_a=pair.a, candidate_b=pair.b
-        ).values_list("choice", flat=True)
+        oriented(choice, bool(pair.matches(a_id, b_id)))
+        for a_id, b_id, choice in _pair_votes(evaluation, pair).values_list(
+            "candidate_a_id", "candidate_b_id", "choice"
+        )
     )
     return VoteTotals(
         a_better=counts[VoteChoice.A_BETTER],
@@ -385,6 +446,9 @@ def dpo_pairs(*, evaluation: Evaluation) -> Iterator[dict[str, Any]]:
     for example_id, a_id, b_id, choice in EvalVote.objects.filter(
         evaluation=evaluation, choice__in=[VoteChoice.A_BETTER, VoteChoice.B_BETTER]
     ).values_list("example_id", "candidate_a_id", "candidate_b_id", "choice"):
+        # One tally per unordered pair: a vote stored the other way round counts flipped.
+        if a_id > b_id:
+            a_id, b_id, choice = b_id, a_id, oriented(choice, False)
         tallies[(example_id, a_id, b_id)][choice] += 1
     if not tallies:
         return

@@ -134,6 +134,8 @@ def evaluation_compare(request: HttpRequest, evaluation_id: int) -> HttpResponse
         candidates=candidates,
     )
     counts = selectors.filter_counts(evaluation=evaluation, candidates=candidates, pair=pair)
+    votes_open = evaluation.job.status == "succeeded"
+    blind = bool(pair and membership.can("vote") and votes_open and request.GET.get("vote") == "1")
     return render(
         request,
         "evaluations/evaluation_compare.html",
@@ -152,7 +154,10 @@ def evaluation_compare(request: HttpRequest, evaluation_id: int) -> HttpResponse
             "totals": selectors.vote_totals(evaluation=evaluation, pair=pair) if pair else None,
             "choices": VoteChoice.choices,
             "can_vote": membership.can("vote"),
-            "votes_open": evaluation.job.status == "succeeded",
+            "votes_open": votes_open,
+            # Votes are cast blind (?vote=1): the pair's answers are "A" and "B" only, without
+            # the highlights that would give the teacher away, until you have voted on a row.
+            "blind": blind,
         },
     )
 
@@ -174,17 +179,20 @@ def evaluation_vote(request: HttpRequest, evaluation_id: int, example_id: int) -
     b = candidates.get(form.cleaned_data["b"])
     if a is None or b is None:
         return HttpResponse("compare two candidates of this evaluation", status=400)
+    user = signed_in_user(request)
+    stored_a, stored_b, same_way = selectors.stored_order(example=example, user=user, a=a, b=b)
     try:
         services.vote_cast(
             evaluation=evaluation,
             example=example,
-            user=signed_in_user(request),
-            candidate_a=a,
-            candidate_b=b,
-            choice=form.cleaned_data["choice"],
+            user=user,
+            candidate_a=stored_a,
+            candidate_b=stored_b,
+            choice=selectors.oriented(form.cleaned_data["choice"], same_way),
         )
     except ValidationError as exc:
         return HttpResponse(" ".join(exc.messages), status=400)
+    # The fragment answers in the order the form posted (the page's left-to-right order).
     pair = selectors.Pair(a=a, b=b)
     if request.headers.get("HX-Request"):
         _, rows = selectors.comparison(
@@ -207,10 +215,11 @@ def evaluation_vote(request: HttpRequest, evaluation_id: int, example_id: int) -
                 "votes_open": True,
                 "totals": selectors.vote_totals(evaluation=evaluation, pair=pair),
                 "oob_totals": True,
+                "blind": True,
             },
         )
     compare = reverse("evaluations:evaluation_compare", args=[evaluation.pk])
-    return redirect(f"{compare}?a={a.pk}&b={b.pk}#example-{example.pk}")
+    return redirect(f"{compare}?a={pair.a.pk}&b={pair.b.pk}&vote=1#example-{example.pk}")
 
 
 @login_required

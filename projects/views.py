@@ -57,8 +57,9 @@ def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
             "membership": membership,
             "input_count": project.inputs.count(),
             "reference_count": project.inputs.filter(reference_output__isnull=False).count(),
-            "jobs": project.jobs.all()[:10],
+            "jobs": project.jobs.select_related("created_by")[:10],
             "spec_error": spec_error,
+            "can_write": membership.can("write"),
         },
     )
 

@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.utils.safestring import SafeString, mark_safe
 
 from projects.models import Project
+from review.field_diff import EditField, FieldRow, edit_fields, field_rows, reference_value
 from review.models import (
     ReviewComment,
     ReviewDecision,
@@ -73,6 +74,22 @@ class OutputCard:
     decide_url: str = ""
     comment_url: str = ""
     identical_url: str = ""
+    # The human reference shown next to the teacher's answer (canonical JSON when it parses).
+    reference_text: str | None = None
+    # JSON tasks: the teacher's answer field by field against the edit, else the reference.
+    field_rows: list[FieldRow] = field(default_factory=list)
+    field_rows_against: str = ""
+    # JSON tasks with a flat object: one input per field (None: edit the JSON text).
+    edit_fields: list[EditField] | None = None
+
+    @property
+    def edit_fields_spec(self) -> str:
+        """The hidden input naming the per-field boxes and which hold JSON literals."""
+        return json.dumps([[f.key, f.literal] for f in self.edit_fields or []])
+
+    @property
+    def fields_differing(self) -> int:
+        return sum(1 for row in self.field_rows if not row.same)
 
 
 _PLACEHOLDER = 987654321
@@ -106,6 +123,7 @@ def card_for(*, project: Project, spec: TaskSpec, output: TeacherOutput, user: U
         and not mine
         and output.review_status != ReviewStatus.UNREVIEWED
     )
+    json_parts = _json_parts(spec, output, blind=blind)
     return OutputCard(
         output=output,
         teacher_text=teacher,
@@ -120,4 +138,34 @@ def card_for(*, project: Project, spec: TaskSpec, output: TeacherOutput, user: U
         decide_url=output_url("review_decide", project.pk, output.pk),
         comment_url=output_url("review_comment", project.pk, output.pk),
         identical_url=output_url("review_identical", project.pk, output.pk),
+        reference_text=_reference_text(spec, output.input.reference_output),
+        **json_parts,
     )
+
+
+def _reference_text(spec: TaskSpec, reference: str | None) -> str | None:
+    value = reference_value(spec, reference)
+    return pretty_value(spec, value) if value is not None else reference
+
+
+def _json_parts(spec: TaskSpec, output: TeacherOutput, *, blind: bool) -> dict[str, Any]:
+    """The field table and the per-field edit inputs of a JSON task's card (empty otherwise).
+
+    Blind double review hides another reviewer's edit, so a blind card compares with the
+    reference only and edits start from the teacher's answer.
+    """
+    if spec.output_kind != "json":
+        return {}
+    teacher = output.parsed if not output.parse_error else None
+    edited = (
+        output.edited_value if output.review_status == ReviewStatus.EDITED and not blind else None
+    )
+    reference = reference_value(spec, output.input.reference_output)
+    other, against = (edited, "edit") if edited is not None else (reference, "reference")
+    rows = field_rows(teacher, other) if other is not None and teacher is not None else []
+    start = edited if edited is not None else teacher
+    return {
+        "field_rows": rows,
+        "field_rows_against": against if rows else "",
+        "edit_fields": edit_fields(start),
+    }

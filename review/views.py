@@ -19,6 +19,7 @@ from django.views.decorators.http import require_http_methods
 from projects.access import project_for
 from projects.models import Project
 from review import selectors, services
+from review.field_diff import value_from_fields
 from review.forms import AssignForm, ChecksForm, JudgeSettingsForm, RuleForm
 from review.models import AuditAction, ReviewRule
 from teachers.models import TeacherOutput
@@ -148,13 +149,15 @@ def review_decide(request: HttpRequest, project_id: int, output_id: int) -> Http
             error="Reload the page and try again.",
         )
     try:
+        # A flat JSON answer is edited one box per field; anything else as one text value.
+        value = value_from_fields(request.POST) if action == "edit" else None
         services.output_decide(
             project=project,
             user=signed_in_user(request),
             output_id=output_id,
             action=action,
             seen_version=int(seen),
-            value=request.POST.get("value", ""),
+            value=request.POST.get("value", "") if value is None else value,
             reason=request.POST.get("reason", ""),
         )
     except ValidationError as exc:

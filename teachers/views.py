@@ -6,8 +6,10 @@ role, then calls one service or selector.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -101,10 +103,21 @@ def run_new(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
     )
 
 
+def parsed_shown(value: Any) -> str:
+    """A parsed answer as the page shows it: JSON (indented) for objects and lists, the plain
+    value for a label or text, never a Python repr."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, indent=2)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 @login_required
 def run_detail(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
     run, membership = teacher_run_for(user=request.user, run_id=run_id)
     problems_only = request.GET.get("problems") == "1"
+    page = selectors.run_outputs(run=run, page=request.GET.get("page"), problems_only=problems_only)
+    for output in page:
+        output.parsed_shown = parsed_shown(output.parsed)
     return render(
         request,
         "teachers/teacher_run_detail.html",
@@ -113,12 +126,11 @@ def run_detail(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
             "project": run.project,
             "membership": membership,
             "progress": selectors.run_progress(run=run),
-            "page": selectors.run_outputs(
-                run=run, page=request.GET.get("page"), problems_only=problems_only
-            ),
+            "page": page,
             "problems_only": problems_only,
             "failed_calls": selectors.run_failed_calls(run=run),
             "can_write": membership.can("write"),
+            "can_review": membership.can("review"),
             "input_fields": run.project.input_fields,
         },
     )
@@ -135,6 +147,7 @@ def run_progress(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
             "run": run,
             "progress": selectors.run_progress(run=run),
             "can_write": membership.can("write"),
+            "can_review": membership.can("review"),
         },
     )
 

@@ -94,10 +94,17 @@
           say("Not saved: someone else decided #" + id + " first.");
         } else if (result.status === 400) {
           var fresh = replaceItem(item, result.text);
-          var field = fresh.querySelector("[data-panel=edit]:not([hidden]) [name=value]");
-          if (field) {
-            if (action === "edit" && extra && extra.value !== undefined) field.value = extra.value;
-            field.focus();
+          var panel = fresh.querySelector("[data-panel=edit]:not([hidden])");
+          if (panel) {
+            // Give the reviewer back what they typed (one text box, or one box per JSON field).
+            if (action === "edit" && extra) {
+              Object.keys(extra).forEach(function (key) {
+                var box = panel.querySelector('[name="' + key.replace(/"/g, '\\"') + '"]');
+                if (box && box.type !== "hidden") box.value = extra[key];
+              });
+            }
+            var first = panel.querySelector("input[type=text], textarea");
+            if (first) first.focus();
           }
           say("Not saved: " + ((fresh.querySelector("[data-testid=edit-error],[data-testid=item-error]") || {}).textContent || "check the value"));
         } else {
