@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", default="8000")
     parser.add_argument("--concurrency", default="2")
     parser.add_argument("--grace", type=float, default=GRACE_S)
+    parser.add_argument(
+        "--follow-demo",
+        action="store_true",
+        help="also run `manage.py load_demo --follow` (the demo's fine-tune and evaluation), "
+        "stopped with the rest",
+    )
     args = parser.parse_args(argv)
 
     python = sys.executable
@@ -76,6 +82,27 @@ def main(argv: list[str] | None = None) -> int:
         start_new_session=True,
     )
     children = [worker, web]
+    helpers: list[subprocess.Popen[bytes]] = []
+    if args.follow_demo:
+        log = Path(data_dir) / "demo-journey.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            helpers.append(
+                subprocess.Popen(
+                    [
+                        python,
+                        "manage.py",
+                        "load_demo",
+                        "--follow",
+                        "--url",
+                        f"http://{args.host}:{args.port}",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
     stopping: list[int] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -83,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(stopping) == 1:
             if _alive(worker):
                 worker.send_signal(signal.SIGTERM)
-            _signal_group(web, signal.SIGTERM)
+            for proc in [web, *helpers]:
+                _signal_group(proc, signal.SIGTERM)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -95,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + args.grace
     while any(_alive(p) for p in children) and time.monotonic() < deadline and len(stopping) < 2:
         time.sleep(0.2)
-    for proc in children:
+    everyone = [*children, *helpers]
+    for proc in everyone:
         _signal_group(proc, signal.SIGKILL)
         proc.wait()
-    for proc in children:  # pool processes and training children of a group
+    for proc in everyone:  # pool processes and training children of a group
         deadline = time.monotonic() + 5
         while not _group_gone(proc.pid) and time.monotonic() < deadline:
             _signal_group(proc, signal.SIGKILL)

@@ -53,7 +53,8 @@ class Command(BaseCommand):
         folder = storage.data_dir() / finetune_services.SMOLLM2_DIR
         if if_present and not is_prepared(folder):
             self.stdout.write(
-                f"SmolLM2-135M-Instruct is not prepared in {folder}; `make smollm2` prepares it."
+                f"SmolLM2-135M-Instruct is not prepared in {folder} yet; `make run` prepares it in "
+                "the background (or `make smollm2` now)."
             )
             return
         try:

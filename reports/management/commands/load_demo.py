@@ -23,8 +23,6 @@ import json
 import random
 import secrets
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,7 +33,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError
@@ -414,8 +411,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--background",
             action="store_true",
-            help="continue the steps that wait (preparing SmolLM2, queueing the evaluation once "
-            "the fine-tune is done) in a detached process",
+            help="say that the steps that wait (preparing SmolLM2, queueing the evaluation once "
+            "the fine-tune is done) continue in `load_demo --follow`, which `make run` starts",
         )
         parser.add_argument(
             "--follow",
@@ -473,30 +470,11 @@ class Command(BaseCommand):
             self.stdout.write(progress.status)
 
     def start_follower(self, username: str, url: str, base_model: Path | None) -> None:
-        log = data_dir() / LOG_FILE
-        command = [
-            sys.executable,
-            str(Path(settings.BASE_DIR) / "manage.py"),
-            "load_demo",
-            "--follow",
-            "--username",
-            username,
-            "--url",
-            url,
-        ]
-        if base_model is not None:
-            command += ["--base-model", str(base_model)]
-        with log.open("a") as out:
-            subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in the terminal is for the web and worker
-            )
+        """`make run`'s supervisor (distillery.launcher --follow-demo) runs `load_demo --follow`
+        beside the web server and the worker, and stops it with them."""
         self.stdout.write(
-            f"The demo's remaining steps run in the background (log: {log}); the dashboard "
-            "says where they are."
+            f"The demo's remaining steps run beside the server (log: {data_dir() / LOG_FILE}); "
+            "the dashboard says where they are."
         )
 
     def follow(self, demo: Demo, base_model: Path | None, url: str) -> None:
