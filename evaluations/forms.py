@@ -28,6 +28,13 @@ from teams.models import ProviderCredential
 from worker.inference import DEFAULT_BATCH_SIZE
 
 
+def preselect_only_choice(form: forms.Form, name: str) -> None:
+    """A choice with one possible answer starts answered (an unbound form only)."""
+    queryset = getattr(form.fields[name], "queryset", None)
+    if not form.is_bound and queryset is not None and queryset.count() == 1:
+        form.fields[name].initial = queryset.first()
+
+
 class _Candidates(forms.Form):
     teacher_run = forms.ModelChoiceField(
         queryset=TeacherRun.objects.none(),  # set per project
@@ -69,6 +76,7 @@ class _Candidates(forms.Form):
         self.fields["base_model"].queryset = StudentModel.objects.filter(  # type: ignore[attr-defined]
             team=project.team, kind=StudentKind.BASE
         )
+        preselect_only_choice(self, "base_model")
 
     def options(self) -> EvalOptions:
         d = self.cleaned_data
@@ -139,6 +147,7 @@ class EvaluationForm(_Candidates):
     def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
         super().__init__(*args, project=project, **kwargs)
         self.fields["dataset_version"].queryset = project.dataset_versions.all()  # type: ignore[attr-defined]
+        preselect_only_choice(self, "dataset_version")
         self.fields["distilled"].queryset = StudentModel.objects.filter(  # type: ignore[attr-defined]
             team=project.team, kind=StudentKind.DISTILLED
         ).order_by("-created_at")

@@ -141,6 +141,8 @@ class FineTuneForm(forms.Form):
         choices = [(str(s.pk), f"{s.name} ({s.get_kind_display().lower()})") for s in students]
         choices += [(LOCAL, "A local folder…"), (HF, "A Hugging Face model id…")]
         cast(forms.ChoiceField, self.fields["student"]).choices = choices
+        if len(students) == 1:  # the only registered student starts chosen
+            self.fields["student"].initial = str(students[0].pk)
         self.fields["preset"].initial = suggested_preset
         if n_train is not None:
             cast(forms.ChoiceField, self.fields["preset"]).choices = self._preset_choices(n_train)

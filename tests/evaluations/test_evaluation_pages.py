@@ -140,3 +140,13 @@ def test_form_errors_name_the_field(client_for, owner, team, ready, fake_provide
     assert b'data-testid="error-teacher_credential"' in response.content
     assert b'data-testid="error-teacher_model"' in response.content
     assert Evaluation.objects.count() == 0
+
+
+def test_the_only_version_and_base_model_start_chosen(client_for, owner, ready):  # type: ignore[no-untyped-def]
+    from django.urls import reverse
+
+    project, version, base, _ = ready
+    page = client_for(owner).get(reverse("evaluations:evaluation_new", args=[project.pk]))
+    form = page.context["form"]
+    assert form["dataset_version"].value() == version.pk
+    assert form["base_model"].value() == base.pk
