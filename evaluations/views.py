@@ -18,6 +18,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from evaluations import selectors, services
+from evaluations.figures import figures_for
 from evaluations.forms import EvaluationForm, ExperimentForm, VoteForm
 from evaluations.models import EvalCandidate, EvalExample, Evaluation, EvaluationKind, VoteChoice
 from jobs.models import JobStatus
@@ -102,6 +103,7 @@ def evaluation_detail(request: HttpRequest, evaluation_id: int) -> HttpResponse:
             "membership": membership,
             "job": evaluation.job,
             "results": results,
+            "figures": figures_for(evaluation=evaluation, results=results),
             "confusion": selectors.confusion_for(candidate=student.candidate) if student else None,
             "student": student,
         },
@@ -267,7 +269,10 @@ def experiment(request: HttpRequest, project_id: int) -> HttpResponse:
             "membership": membership,
             "form": form,
             "latest": latest,
-            "results": selectors.candidate_results(evaluation=latest) if latest else [],
+            "results": (
+                results := selectors.candidate_results(evaluation=latest) if latest else []
+            ),
+            "figures": figures_for(evaluation=latest, results=results) if latest else [],
             "can_write": membership.can("write"),
             "input_count": project.inputs.count(),
             "kind": EvaluationKind.EXPERIMENT,

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from evaluations import units
 from evaluations.models import CandidateRole, EvalCandidate, EvaluationKind
 from finetunes.models import FineTune
 from jobs.models import JobStatus
 from projects.models import InputRow
-from reports import units
 from teachers.models import ReviewStatus, TeacherOutput
 from worker import economics
 from worker.economics import dollars

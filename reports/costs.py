@@ -16,11 +16,11 @@ from typing import Any
 
 from django.db.models import Count, Sum
 
+from evaluations import units
 from evaluations.models import EvalCandidate
 from evaluations.selectors import CandidateResult
 from finetunes.models import FineTune
 from projects.models import Project
-from reports import units
 from reports.models import ReportSettings, ServingMode
 from teachers.models import LedgerEntry, LedgerStatus, TeacherRun
 from worker import economics

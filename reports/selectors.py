@@ -17,12 +17,12 @@ from typing import Any
 
 from django.db.models import Count
 
+from evaluations import units
 from evaluations.models import CandidateRole, Evaluation, EvaluationKind
 from evaluations.selectors import CandidateResult, candidate_results, latest_evaluation
 from finetunes.models import FineTune
 from jobs.models import JobStatus
 from projects.models import InputRow, Project
-from reports import units
 from reports.change import Lever, what_would_change_it
 from reports.costs import (
     Figure,

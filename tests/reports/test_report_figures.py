@@ -11,10 +11,10 @@ from decimal import Decimal
 
 import pytest
 
+from evaluations import units
+from evaluations.intervals import bootstrap_ratio
+from evaluations.units import DASH
 from reports import selectors as report_selectors
-from reports import units
-from reports.intervals import bootstrap_ratio
-from reports.units import DASH
 from tests.evaluations.evaluation_support import finished_evaluation, label_project_with_references
 from tests.factories import ProjectFactory
 from tests.reports.report_support import metered_teacher, trained_student
@@ -279,3 +279,19 @@ def test_a_no_go_on_quality_gives_the_gap_to_the_target(owner, team):  # type: i
     # 36 x 73 x 1.15 / 1000 = 3.0222 >= 3.01 > 36 x 72 x 1.15 / 1000 = 2.9808.
     traffic = next(lever for lever in report.changes if lever.key == "traffic").sentences[0]
     assert "from 73 requests a month" in traffic
+
+
+def test_the_evaluation_page_shows_the_same_figures_with_their_own_intervals_and_units(
+    client_for, owner, json_project
+):  # type: ignore[no-untyped-def]
+    """The results table of the evaluation itself: field F1 with its bootstrap interval (not
+    the exact-match one), latency in the unit that fits."""
+    evaluation = finished_evaluation(json_project, owner, JSON_ROWS)
+    report = report_selectors.report_for(project=json_project)
+    metric = report.quality.student.metric
+    html = client_for(owner).get(f"/evaluations/{evaluation.pk}/").content.decode()
+    html = html.replace("&#x27;", "'")
+    assert metric.range_shown in cell(html, "headline-distilled")
+    exact = wilson_rate(1, 4)
+    assert f"{exact.low:.3f}{DASH}{exact.high:.3f}" not in html
+    assert f"{100 * exact.low:.0f}" + DASH not in cell(html, "headline-distilled")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from reports.units import DASH
+from evaluations.units import DASH
 
 RESAMPLES = 2000
 SEED = 20240611
