@@ -38,7 +38,7 @@ run: venv
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py prepare_base_models --all-teams --if-present
 	$(PY) manage.py load_demo --url http://$(HOST):$(PORT) --background
-	exec $(PY) -m distillery.launcher --host $(HOST) --port $(PORT) --follow-demo
+	@exec $(PY) -m distillery.launcher --host $(HOST) --port $(PORT) --follow-demo
 
 # Start a worker on another machine that mounts the same DISTILLERY_DATA_DIR and reaches the
 # same DATABASE_URL / REDIS_URL: `make worker QUEUES=gpu CONCURRENCY=1`.
