@@ -11,6 +11,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import wait_until
@@ -26,35 +27,17 @@ def free_port() -> int:
 
 def descendants(pid: int) -> set[int]:
     """Every live process whose ancestry leads to `pid` (zombies don't count: they are gone)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z":
-            parents[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        children = {p for p, parent in parents.items() if parent in frontier} - found
-        found |= children
-        frontier = children
-    return found
+    return set(still_running({child.pid for child in psutil.Process(pid).children(recursive=True)}))
 
 
 def still_running(pids: set[int]) -> list[int]:
     alive = []
     for pid in pids:
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
             continue
-        if state != "Z":
-            alive.append(pid)
     return alive
 
 
