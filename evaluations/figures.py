@@ -44,9 +44,9 @@ class QualityRow:
 def _field_count(reference: str) -> int:
     """How many fields a json reference has: its weight in the micro-averaged field F1."""
     from worker.metrics import flatten_json
-    from worker.metrics.json_fields import _reference_value
+    from worker.metrics.json_fields import reference_value
 
-    return len(flatten_json(_reference_value(reference)))
+    return len(flatten_json(reference_value(reference)))
 
 
 def _scored(examples: list[EvalExample], kind: str) -> tuple[list[EvalExample], list[float]]:

@@ -14,7 +14,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
@@ -27,21 +26,15 @@ from teachers import selectors, services
 from teachers.forms import PriceForm, TeacherImportForm, TeacherRunForm
 from teachers.imports import teacher_run_import
 from teachers.models import PriceEntry, TeacherRun
-from teams.access import object_for, scoped_get, team_for
+from teams.access import AnyUser, object_for, scoped_get, signed_in_user, team_for
 from teams.forms import apply_errors
 from teams.models import Membership
 from worker.ingest import IngestError, check_size
 from worker.pricing import PRICES_AS_OF
 
 
-class AuthenticatedRequest(HttpRequest):
-    """What a view behind ``login_required`` receives: ``user`` is a signed-in User."""
-
-    user: User
-
-
 def teacher_run_for(
-    *, user: User, run_id: int, permission: str = "read"
+    *, user: AnyUser, run_id: int, permission: str = "read"
 ) -> tuple[TeacherRun, Membership]:
     return object_for(
         TeacherRun.objects.select_related("project__team", "job", "credential", "job__created_by"),
@@ -53,7 +46,7 @@ def teacher_run_for(
 
 
 @login_required
-def run_list(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
+def run_list(request: HttpRequest, project_id: int) -> HttpResponse:
     project, membership = project_for(user=request.user, project_id=project_id)
     return render(
         request,
@@ -69,7 +62,7 @@ def run_list(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def run_new(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
+def run_new(request: HttpRequest, project_id: int) -> HttpResponse:
     """GET: the form. POST action=estimate: the estimate, with a "Start" button. POST
     action=start: create the run (the estimate is computed again and stored on it)."""
     project, membership = project_for(user=request.user, project_id=project_id, permission="write")
@@ -81,7 +74,7 @@ def run_new(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
         try:
             if request.POST.get("action") == "start":
                 run = services.teacher_run_start(
-                    project=project, user=request.user, run_settings=run_settings
+                    project=project, user=signed_in_user(request), run_settings=run_settings
                 )
                 messages.success(request, "The teacher run is queued.")
                 return redirect("teachers:teacher_run", run_id=run.pk)
@@ -112,7 +105,7 @@ def parsed_shown(value: Any) -> str:
 
 
 @login_required
-def run_detail(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     run, membership = teacher_run_for(user=request.user, run_id=run_id)
     problems_only = request.GET.get("problems") == "1"
     page = selectors.run_outputs(run=run, page=request.GET.get("page"), problems_only=problems_only)
@@ -137,7 +130,7 @@ def run_detail(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
 
 
 @login_required
-def run_progress(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
+def run_progress(request: HttpRequest, run_id: int) -> HttpResponse:
     """The fragment the run page polls (htmx) while the run is queued or running."""
     run, membership = teacher_run_for(user=request.user, run_id=run_id)
     return render(
@@ -152,7 +145,7 @@ def run_progress(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
     )
 
 
-def _control(request: AuthenticatedRequest, run_id: int, action: str) -> HttpResponse:
+def _control(request: HttpRequest, run_id: int, action: str) -> HttpResponse:
     run, _ = teacher_run_for(user=request.user, run_id=run_id, permission="write")
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
@@ -172,23 +165,23 @@ def _control(request: AuthenticatedRequest, run_id: int, action: str) -> HttpRes
 
 
 @login_required
-def run_pause(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
+def run_pause(request: HttpRequest, run_id: int) -> HttpResponse:
     return _control(request, run_id, "pause")
 
 
 @login_required
-def run_resume(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
+def run_resume(request: HttpRequest, run_id: int) -> HttpResponse:
     return _control(request, run_id, "resume")
 
 
 @login_required
-def run_cancel(request: AuthenticatedRequest, run_id: int) -> HttpResponse:
+def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
     return _control(request, run_id, "cancel")
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def run_import(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
+def run_import(request: HttpRequest, project_id: int) -> HttpResponse:
     project, membership = project_for(user=request.user, project_id=project_id, permission="write")
     form = TeacherImportForm(request.POST or None, request.FILES or None)
     if upload_refused(request) is not None:
@@ -213,7 +206,7 @@ def run_import(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
                         out.write(chunk)
                 run = teacher_run_import(
                     project=project,
-                    user=request.user,
+                    user=signed_in_user(request),
                     file_name=uploaded.name,
                     path=path,
                     output_column=form.cleaned_data.get("output_column") or "output",
@@ -240,14 +233,16 @@ def run_import(request: AuthenticatedRequest, project_id: int) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def prices(request: AuthenticatedRequest, team_id: int) -> HttpResponse:
+def prices(request: HttpRequest, team_id: int) -> HttpResponse:
     team, membership = team_for(user=request.user, team_id=team_id)
     form = PriceForm(request.POST or None)
     if request.method == "POST":
         team_for(user=request.user, team_id=team_id, permission="manage")
         if form.is_valid():
             try:
-                entry = services.price_entry_save(team=team, user=request.user, **form.cleaned_data)
+                entry = services.price_entry_save(
+                    team=team, user=signed_in_user(request), **form.cleaned_data
+                )
                 messages.success(request, f"Price for {entry.model} saved.")
                 return redirect("teachers:prices", team_id=team.pk)
             except ValidationError as exc:
@@ -268,7 +263,7 @@ def prices(request: AuthenticatedRequest, team_id: int) -> HttpResponse:
 
 
 @login_required
-def price_delete(request: AuthenticatedRequest, team_id: int, price_id: int) -> HttpResponse:
+def price_delete(request: HttpRequest, team_id: int, price_id: int) -> HttpResponse:
     team, _ = team_for(user=request.user, team_id=team_id, permission="manage")
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])

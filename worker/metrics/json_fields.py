@@ -84,7 +84,7 @@ def _leaf_text(value: Any) -> str:
     return _leaf_key(value)
 
 
-def _reference_value(ref: Any) -> Any:
+def reference_value(ref: Any) -> Any:
     if isinstance(ref, str):
         text = ref.strip()
         fenced = re.match(r"^```(?:json)?\s*(.*?)\s*```$", text, re.DOTALL)
@@ -130,7 +130,7 @@ def json_metrics(
     per_example: list[float] = []
     for row, (out, ref) in enumerate(zip(outputs, references, strict=True)):
         try:
-            ref_value = _reference_value(ref)
+            ref_value = reference_value(ref)
         except json.JSONDecodeError as exc:
             raise ValueError(f"reference at row {row} is not valid JSON: {exc}") from exc
         parsed = parse_output(spec, out or "")
