@@ -18,16 +18,10 @@ BROKER_TIMEOUT_S = 3.0
 def broker_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the Celery broker (Redis) cannot be reached."""
     from kombu.exceptions import OperationalError as KombuOperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    errors: list[type[BaseException]] = [KombuOperationalError]
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        errors += [RedisConnectionError, RedisTimeoutError]
-    except ImportError:  # pragma: no cover - redis is a dependency
-        pass
-    return tuple(errors)
+    return (KombuOperationalError, RedisConnectionError, RedisTimeoutError)
 
 
 def check_database() -> str:

@@ -446,7 +446,7 @@ class Command(BaseCommand):
             Stage.TRAINING,
             Stage.EVALUATING,
         ):
-            self.start_follower(username, url, base_model)
+            self.say_the_rest_follows()
         self.say_how_to_sign_in(url, username, password)
 
     def load_until_frozen(self, user: User, team: Team, project: Project) -> Demo:
@@ -469,9 +469,9 @@ class Command(BaseCommand):
         else:
             self.stdout.write(progress.status)
 
-    def start_follower(self, username: str, url: str, base_model: Path | None) -> None:
-        """`make run`'s supervisor (distillery.launcher --follow-demo) runs `load_demo --follow`
-        beside the web server and the worker, and stops it with them."""
+    def say_the_rest_follows(self) -> None:
+        """The remaining steps are `load_demo --follow`, which `make run`'s supervisor
+        (distillery.launcher --follow-demo) runs beside the web server and the worker."""
         self.stdout.write(
             f"The demo's remaining steps run beside the server (log: {data_dir() / LOG_FILE}); "
             "the dashboard says where they are."
