@@ -207,3 +207,15 @@ def wait_until(predicate, timeout: float = 60, interval: float = 0.1, message: s
             return value
         threading.Event().wait(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+@pytest.fixture
+def web_server(transactional_db) -> Iterator:  # type: ignore[no-untyped-def]
+    """A real gunicorn process on loopback serving the test database (tests.helpers.web_process)."""
+    from tests.helpers.web_process import WebProcess
+
+    server = WebProcess().start()
+    try:
+        yield server
+    finally:
+        server.stop()
