@@ -149,4 +149,4 @@ def login(ctx: Context, login_url: str, login_token: str) -> None:
 
 
 # The commands of each stage live next to this module; importing registers them.
-from distillery_client import commands  # noqa: E402,F401
+from distillery_client import commands, journey  # noqa: E402,F401
