@@ -39,7 +39,8 @@ __all__ = [
     "plan_gpu_training",
 ]
 
-GB = 10**9
+# GPU memory is sold and reported (nvidia-smi) in binary units: a "12 GB" card has 12 GiB.
+GB = 2**30
 BF16_BYTES = 2
 # NF4 (4 bits) + one fp8 absmax per 64 weights + one fp32 constant per 256 absmaxes
 # (double quantisation, Dettmers et al. 2023): 4 + 8/64 + 32/(64*256) = 4.127 bits.
@@ -115,7 +116,7 @@ def lora_rank_for(n_parameters: int, preset_rank: int) -> int:
     CPU preset's ranks were measured on a 135M student; the QLoRA paper trained its 7B-65B
     students with r=64 on all linear layers (so "thorough" on a 7B model is their recipe), and the
     adapter of a bigger model costs little next to its base (Mistral 7B, r=32: 84M parameters,
-    1.3 GB of optimiser state next to 14.5 GB of bf16 weights)."""
+    1.3 GB of optimiser state next to 13.5 GB of bf16 weights)."""
     return preset_rank * 2 if n_parameters >= LARGE_STUDENT_PARAMETERS else preset_rank
 
 
