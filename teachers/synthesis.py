@@ -366,6 +366,13 @@ def synthesis_execute(*, job: Job) -> dict[str, Any]:
     )
     if summary.stopped is StopReason.CANCELLED:
         raise job_services.JobCancelled
+    if summary.stopped is StopReason.BUDGET and not meter.answers:
+        TeacherRun.objects.filter(pk=run.pk).update(stopped_reason="budget cap")
+        raise RuntimeError(
+            f"{summary.stopped_reason}: no answer came back, nothing was added. One call may "
+            f"cost up to ${run.estimate.get('worst_case_usd')} / {len(requests)} calls at "
+            "worst; raise the budget cap and start again."
+        )
     outcome = _write_inputs(
         job,
         run,

@@ -186,3 +186,34 @@ def test_a_cancelled_synthesis_writes_nothing(
     assert job.status == "cancelled"
     assert not InputRow.objects.filter(synthetic=True).exists()
     assert 1 <= LedgerEntry.objects.filter(run=run).count() < 20
+
+
+@pytest.mark.slow
+def test_the_budget_cap_stops_before_a_call_that_could_exceed_it(
+    team, owner, celery_worker, fake_provider_factory, client_for
+):  # type: ignore[no-untyped-def]
+    server = fake_provider_factory(responder=synthetic_inputs_responder)
+    credential = openai_credential(team, owner, server)
+    project = label_project(team, owner, n=3)
+    seeds = list(project.inputs.values_list("pk", flat=True))
+    client = client_for(owner)
+    # One call's worst case (its prompt + 2,000 output tokens of gpt-4o-mini) is ~$0.0013.
+    data = _form(credential, seeds, budget_usd="0.0005")
+    estimate = client.post(_new_url(project), {**data, "action": "estimate"}).content.decode()
+    assert "$0.0005 — the job stops before it would spend more" in estimate
+    client.post(_new_url(project), {**data, "action": "start"})
+    run = TeacherRun.objects.get(mode="synthetic")
+    job = _finished(run.job_id)
+    assert job.status == "failed"
+    assert "the cap of $0.0005 would be exceeded" in job.error
+    assert "nothing was added" in job.error
+    assert not server.generation_requests() and not LedgerEntry.objects.filter(run=run).exists()
+    assert not InputRow.objects.filter(synthetic=True).exists()
+    # The run is listed with the teacher runs, as what it is.
+    runs = client.get(reverse("teachers:teacher_runs", args=[project.pk])).content.decode()
+    assert "Synthetic inputs" in runs
+    detail = client.get(reverse("teachers:teacher_run", args=[run.pk]))
+    assert (
+        detail.status_code == 200
+        and "new inputs in the style of 3 seed rows" in detail.content.decode()
+    )
