@@ -200,3 +200,21 @@ def test_the_cpu_preset_is_untouched_by_gpu_sizing(tmp_path: Path) -> None:
     cpu = resolve_hyperparameters(spec, n_train=600, device="cpu")
     assert (cpu.batch_size, cpu.grad_accum, cpu.lora_r, cpu.max_length) == (8, 1, 16, 512)
     assert not cpu.gradient_checkpointing
+
+
+def test_evaluation_batches_fit_a_big_students_kv_cache(tmp_path: Path) -> None:
+    from worker.inference import eval_batch_size
+
+    def on(gb: float, name: str | None) -> int:
+        gpu = DeviceFacts(kind="cuda", bf16=True, total_memory_bytes=int(gb * GB))
+        if name is None:
+            return eval_batch_size(gpu)
+        shape, params = _shape(name, tmp_path)
+        return eval_batch_size(gpu, shape=shape, n_parameters=params)
+
+    # Mistral 7B: 128 KB of keys and values per token; on 24 GB ~5.7 GB are left next to the
+    # bf16 weights: 32 prompts of 1,024 tokens, not the 128 a small student gets.
+    assert on(24, None) == 128 and on(24, "mistral-7b") == 32
+    assert on(80, "mistral-7b") == 128
+    assert on(12, "qwen2.5-0.5b") == 64  # a small student keeps the default
+    assert on(141, "llama-3.2-3b") == 128
