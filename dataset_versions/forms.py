@@ -24,6 +24,16 @@ class FreezeForm(forms.Form):
         label="Share of real rows",
         help_text="0-1; the side in excess is sampled down with the seed. Empty keeps every row.",
     )
+    max_synthetic_train_share = forms.FloatField(
+        required=False,
+        initial=0.5,
+        min_value=0,
+        max_value=1,
+        label="Most synthetic inputs in train",
+        help_text="0-1: the largest share of the training split whose inputs a teacher wrote "
+        "(synthetic inputs); the excess is sampled down with the seed. They are never in "
+        "validation or test. Empty: no cap.",
+    )
     stratify = forms.BooleanField(
         required=False, initial=True, label="Stratify splits by label (label tasks)"
     )

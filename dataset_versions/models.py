@@ -65,6 +65,8 @@ class DatasetItem(models.Model):
     # Where it came from; plain ids (not foreign keys) so nothing can ever rewrite a frozen row.
     teacher_output_id = models.BigIntegerField(null=True, blank=True)
     input_row_id = models.BigIntegerField(null=True, blank=True)
+    # The input was written by a teacher (projects.InputRow.synthetic): train split only.
+    synthetic_input = models.BooleanField(default=False)
 
     class Meta:
         db_table = "projects_datasetitem"

@@ -71,6 +71,7 @@ def freeze_options(
     stratify: bool = True,
     near_duplicate_threshold: float = 0.8,
     group_near_duplicates: bool = True,
+    max_synthetic_train_share: float | None = None,
 ) -> FreezeOptions:
     params = datasets.FreezeParams(
         seed=seed,
@@ -82,6 +83,7 @@ def freeze_options(
         near_duplicate_threshold=near_duplicate_threshold,
         near_duplicates="group" if group_near_duplicates else "report",
         on_invalid="skip",
+        max_synthetic_train_share=max_synthetic_train_share,
     )
     try:
         params.validate()
@@ -152,11 +154,18 @@ def dataset_rows(*, project: Project, include_references: bool) -> list[datasets
             .values_list("pk", "reference_output")
         }
     needed = set(chosen) | set(references)
-    data = dict(
-        InputRow.objects.filter(project=project, pk__in=needed).values_list("pk", "data")
+    data: dict[int, Any] = {}
+    synthetic: set[int] = set()
+    for pk, values, is_synthetic in (
+        InputRow.objects.filter(project=project, pk__in=needed).values_list(
+            "pk", "data", "synthetic"
+        )
         if len(needed) < 20000
-        else InputRow.objects.filter(project=project).values_list("pk", "data")
-    )
+        else InputRow.objects.filter(project=project).values_list("pk", "data", "synthetic")
+    ):
+        data[pk] = values
+        if is_synthetic:
+            synthetic.add(pk)
     decisions = dict(
         ReviewDecision.objects.filter(
             project=project,
@@ -179,6 +188,7 @@ def dataset_rows(*, project: Project, include_references: bool) -> list[datasets
                 output=_teacher_output_text(spec, status, parsed, parse_error, raw, edited),
                 source="teacher_edited" if status == ReviewStatus.EDITED else "teacher",
                 decision_ids=(decisions[pk],) if pk in decisions else (),
+                synthetic_input=input_id in synthetic,
             )
         )
     for input_id, reference in references.items():
@@ -188,6 +198,7 @@ def dataset_rows(*, project: Project, include_references: bool) -> list[datasets
                 inputs=data[input_id],
                 output=reference,
                 source="human_reference",
+                synthetic_input=input_id in synthetic,
             )
         )
     return rows
@@ -358,6 +369,7 @@ def _store_version(
                 decision_ids=list(r.decision_ids),
                 teacher_output_id=_id_after(str(r.row_id), "out-"),
                 input_row_id=_id_after(str(r.row_id), "ref-"),
+                synthetic_input=r.synthetic_input,
             )
             for r in frozen.rows
         ),

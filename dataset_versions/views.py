@@ -56,6 +56,7 @@ def dataset_new(request: HttpRequest, project_id: int) -> HttpResponse:
                 stratify=data["stratify"],
                 near_duplicate_threshold=data["near_duplicate_threshold"],
                 group_near_duplicates=data["group_near_duplicates"],
+                max_synthetic_train_share=data.get("max_synthetic_train_share"),
             )
             job = services.dataset_freeze_start(
                 project=project, user=signed_in_user(request), options=options

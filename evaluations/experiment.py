@@ -32,8 +32,10 @@ def experiment_input_ids(
     *, project: Project, teacher: TeacherChoice, sample_size: int, seed: int
 ) -> list[int]:
     """The inputs a weekend experiment samples: those the teacher can answer without a call
-    (stored outputs, or references standing in), or any input when a credential is given."""
-    rows = InputRow.objects.filter(project=project)
+    (stored outputs, or references standing in), or any input when a credential is given.
+    Real inputs only: the gap is measured on what production sends, not on inputs a teacher
+    wrote (projects.InputRow.synthetic)."""
+    rows = InputRow.objects.filter(project=project, synthetic=False)
     if teacher.source == CandidateSource.REFERENCES:
         rows = rows.filter(reference_output__isnull=False).exclude(reference_output="")
     elif teacher.credential is None:

@@ -7,6 +7,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from finetunes.estimates import preset_estimates
+from finetunes.gpu_plans import AUTO
 from finetunes.models import FineTuneMethod, StudentModel
 from finetunes.registry import resolve_local_model
 from finetunes.services import QLORA_NEEDS_GPU, FineTuneSettings, preset_table
@@ -47,13 +48,17 @@ class FineTuneForm(forms.Form):
         "local cache: nothing is downloaded)",
     )
     method = forms.ChoiceField(
-        choices=FineTuneMethod.choices,
-        initial=FineTuneMethod.LORA,
+        choices=[
+            (AUTO, "Automatic — LoRA, or QLoRA when the student does not fit in bf16"),
+            *FineTuneMethod.choices,
+        ],
+        initial=AUTO,
         help_text="LoRA trains a small adapter: the right choice for students that fit in the "
         "GPU's memory in bf16 (every student under a few billion parameters on a modern GPU, and "
         "any student on a CPU). QLoRA does the same on a 4-bit base, for students too big for "
-        "bf16; it needs a CUDA GPU. Full fine-tuning changes every weight (slow, needs more "
-        "memory).",
+        "bf16; it needs a CUDA GPU. Automatic picks between them from the student's size and the "
+        "GPU's memory (the table below says what it picks and why). Full fine-tuning changes "
+        "every weight (slow, needs more memory).",
     )
     preset = forms.ChoiceField(
         choices=[(preset, PRESET_LABELS[preset]) for preset in PRESETS],

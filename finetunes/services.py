@@ -8,7 +8,7 @@ downloads are finetunes.registry. Both are re-exported here, the app's public en
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -16,6 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from dataset_versions.models import DatasetItem, DatasetVersion
+from finetunes.gpu_plans import AUTO, gpu_target, resolve_method
 from finetunes.models import FineTune, FineTuneMethod, StudentModel, StudentSource
 from finetunes.registry import (
     ARTIFACTS,
@@ -95,7 +96,9 @@ QLORA_NEEDS_GPU = (
 @dataclass
 class FineTuneSettings:
     """What the start form asks. Exactly one of ``student`` / ``local_path`` / ``hf_model_id``.
-    ``hyperparameters`` keys are HYPERPARAMETER_FIELDS; a missing one comes from the preset."""
+    ``hyperparameters`` keys are HYPERPARAMETER_FIELDS; a missing one comes from the preset.
+    ``method`` "auto": LoRA, or QLoRA when the student does not fit the GPU in bf16
+    (finetunes.gpu_plans)."""
 
     method: str = FineTuneMethod.LORA
     preset: str = "balanced"
@@ -218,8 +221,8 @@ def fine_tune_start(
     """Check everything a user can get wrong, then queue the job on the gpu queue."""
     if version.project_id != project.pk:
         raise ValidationError("that dataset version belongs to another project")
-    if settings.method not in FineTuneMethod.values:
-        raise ValidationError({"method": "choose LoRA, QLoRA or full fine-tuning"})
+    if settings.method not in (*FineTuneMethod.values, AUTO):
+        raise ValidationError({"method": "choose automatic, LoRA, QLoRA or full fine-tuning"})
     if settings.preset and settings.preset not in PRESETS:
         raise ValidationError({"preset": f"choose {', '.join(PRESETS[:-1])} or {PRESETS[-1]}"})
     gpu = bool(gpu_workers())
@@ -230,7 +233,9 @@ def fine_tune_start(
         raise ValidationError(
             f"dataset version {version.name!r} has no training rows: freeze one with a train split"
         )
-    chosen = _validate_hyperparameters(settings, n_train=n_train, device="cuda" if gpu else "cpu")
+    # "auto" is LoRA or QLoRA; both take the same hyperparameters, checked as LoRA here.
+    checked = settings if settings.method != AUTO else replace(settings, method="lora")
+    chosen = _validate_hyperparameters(checked, n_train=n_train, device="cuda" if gpu else "cpu")
     if project.output_kind == "label":
         # A distilled student learns the labels: by default it is trained (and served) without
         # the label list, which is most of a label task's prompt.
@@ -239,12 +244,16 @@ def fine_tune_start(
         chosen.pop("label_list_in_prompt", None)
     with transaction.atomic():
         base = _resolve_base(project=project, user=user, settings=settings)
+        method, why = resolve_method(
+            settings.method, folder=data_path(base.path), target=gpu_target() if gpu else None
+        )
         job = job_services.job_create(
             team=project.team,
             project=project,
             kind=JobKind.FINE_TUNE,
             user=user,
-            params={"dataset_version_id": version.pk, "method": settings.method},
+            params={"dataset_version_id": version.pk, "method": method}
+            | ({"method_chosen_because": why} if why else {}),
         )
         fine_tune = FineTune.objects.create(
             job=job,
@@ -252,7 +261,7 @@ def fine_tune_start(
             dataset_version=version,
             base_model=base,
             base_model_name=base.name,
-            method=settings.method,
+            method=method,
             preset=settings.preset,
             hyperparameters=chosen,
             output_dir="",

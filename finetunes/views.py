@@ -23,7 +23,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from dataset_versions.models import DatasetVersion
-from finetunes import selectors, services
+from finetunes import gpu_plans, selectors, services
 from finetunes.forms import FineTuneForm, RegisterStudentForm
 from finetunes.models import FineTune, StudentModel
 from projects.access import project_for
@@ -81,6 +81,18 @@ def finetune_new(request: HttpRequest, project_id: int, version_id: int) -> Http
         label_task=project.output_kind == "label",
         n_train=counts.get("train", 0),
     )
+    presets = services.preset_table(n_train=counts.get("train", 0), gpu=hardware["has_gpu"])
+    target = gpu_plans.gpu_target()
+    epochs = next((p["epochs"] for p in presets if p["preset"] == suggested), 1.0)
+    plans = (
+        gpu_plans.student_plans(
+            list(form.students.values()),
+            target=target,
+            samples_to_train=epochs * counts.get("train", 0),
+        )
+        if target
+        else []
+    )
     if request.method == "POST" and form.is_valid():
         try:
             fine_tune = services.fine_tune_start(
@@ -104,10 +116,10 @@ def finetune_new(request: HttpRequest, project_id: int, version_id: int) -> Http
             "form": form,
             "hardware": hardware,
             "counts": counts,
-            "presets": services.preset_table(
-                n_train=counts.get("train", 0), gpu=hardware["has_gpu"]
-            ),
+            "presets": presets,
             "suggested_preset": suggested,
+            "gpu_target": target,
+            "gpu_plans": plans,
         },
         status=400 if form.errors else 200,
     )

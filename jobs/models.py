@@ -7,6 +7,7 @@ from django.db import models
 class JobKind(models.TextChoices):
     IMPORT_INPUTS = "import_inputs", "Input import"
     TEACHER_RUN = "teacher_run", "Teacher run"
+    SYNTHESIZE_INPUTS = "synthesize_inputs", "Synthetic inputs"
     FINE_TUNE = "fine_tune", "Fine-tuning"
     EVALUATION = "evaluation", "Evaluation"
     EXPERIMENT = "experiment", "Weekend experiment"

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 TASK_FOR_KIND: dict[str, tuple[str, str]] = {
     JobKind.IMPORT_INPUTS: ("jobs.import_inputs", "default"),
     JobKind.TEACHER_RUN: ("jobs.teacher_run", "default"),
+    JobKind.SYNTHESIZE_INPUTS: ("jobs.synthesize_inputs", "default"),
     # Review and datasets
     JobKind.REVIEW_CHECKS: ("jobs.review_checks", "default"),
     JobKind.DATASET_FREEZE: ("jobs.dataset_freeze", "default"),

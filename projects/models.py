@@ -98,6 +98,9 @@ class InputRow(models.Model):
     # Lower-cased text of all fields, for search without JSON operators.
     search_text = models.TextField(blank=True)
     source_line = models.PositiveIntegerField(null=True, blank=True)
+    # Written by a teacher asked for new inputs in the style of real ones (teachers.synthesis),
+    # not taken from production: shown as such everywhere, kept out of test splits.
+    synthetic = models.BooleanField(default=False)
     import_job = models.ForeignKey(
         "jobs.Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )

@@ -12,8 +12,12 @@ def projects_for_team(*, team: Team) -> QuerySet[Project]:
     return team.projects.annotate(input_count=Count("inputs")).order_by("-created_at")
 
 
-def inputs_for_project(*, project: Project, search: str = "") -> QuerySet[InputRow]:
+def inputs_for_project(
+    *, project: Project, search: str = "", synthetic_only: bool = False
+) -> QuerySet[InputRow]:
     rows = InputRow.objects.filter(project=project)
+    if synthetic_only:
+        rows = rows.filter(synthetic=True)
     if search.strip():
         needle = search.strip().lower()
         rows = rows.filter(Q(search_text__contains=needle) | Q(reference_output__icontains=needle))

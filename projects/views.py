@@ -164,13 +164,21 @@ def task_preview(request: HttpRequest, project_id: int) -> HttpResponse:
 def inputs_list(request: HttpRequest, project_id: int) -> HttpResponse:
     project, membership = project_for(user=request.user, project_id=project_id)
     search = request.GET.get("q", "")
-    page = Paginator(selectors.inputs_for_project(project=project, search=search), 50).get_page(
-        request.GET.get("page")
+    synthetic_only = request.GET.get("synthetic") == "1"
+    rows = selectors.inputs_for_project(
+        project=project, search=search, synthetic_only=synthetic_only
     )
+    page = Paginator(rows, 50).get_page(request.GET.get("page"))
     return render(
         request,
         "projects/inputs_list.html",
-        {"project": project, "membership": membership, "page": page, "q": search},
+        {
+            "project": project,
+            "membership": membership,
+            "page": page,
+            "q": search,
+            "synthetic_only": synthetic_only,
+        },
     )
 
 

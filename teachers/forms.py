@@ -168,3 +168,100 @@ class PriceForm(forms.Form):
         initial=Decimal("0.5"),
         help_text="The fraction of the price charged in batch mode (0.5 = half price)",
     )
+
+
+class SynthesisForm(forms.Form):
+    """New inputs written by a teacher in the style of seed rows (teachers.synthesis)."""
+
+    credential = forms.ChoiceField(label="Teacher", help_text="One of the team's credentials")
+    model = forms.CharField(
+        max_length=200, help_text="e.g. gpt-4o-mini (the price table prices it)"
+    )
+    seed_inputs = forms.MultipleChoiceField(
+        label="Seed rows",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Real inputs the new ones should look like (up to 8 are shown per call, in turn)",
+    )
+    seed_ids = forms.CharField(
+        label="More seed rows by number",
+        max_length=2000,
+        required=False,
+        help_text="Input numbers separated by commas, for rows not listed above",
+    )
+    count = forms.IntegerField(label="New inputs to ask for", min_value=1, initial=50)
+    per_call = forms.IntegerField(label="Inputs per call", min_value=1, initial=10)
+    topics = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        required=False,
+        help_text="Optional, one per line: each call is about the next topic in turn",
+    )
+    label_targets = forms.MultipleChoiceField(
+        label="Labels that are short",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Optional: ask for inputs whose right answer is one of these labels, in turn",
+    )
+    temperature = forms.FloatField(min_value=0, max_value=2, initial=1.0)
+    max_tokens = forms.IntegerField(min_value=1, initial=2000, help_text="Per call")
+    concurrency = forms.IntegerField(min_value=1, initial=4)
+    budget_usd = forms.DecimalField(
+        label="Budget cap (USD)",
+        max_digits=12,
+        decimal_places=4,
+        required=False,
+        help_text="The job stops when the ledger reaches it; inputs already received are kept",
+    )
+
+    def __init__(
+        self,
+        *args: Any,
+        credentials: list[ProviderCredential],
+        seeds: list[tuple[int, str]],
+        labels: list[tuple[str, str]],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.credentials = {str(c.pk): c for c in credentials}
+        cast(forms.ChoiceField, self.fields["credential"]).choices = [
+            (str(c.pk), f"{c.name} ({c.get_provider_display()})") for c in credentials
+        ]
+        cast(forms.ChoiceField, self.fields["seed_inputs"]).choices = [
+            (str(pk), f"#{pk}: {text}") for pk, text in seeds
+        ]
+        if labels:
+            cast(forms.ChoiceField, self.fields["label_targets"]).choices = labels
+        else:
+            del self.fields["label_targets"]
+
+    def clean_seed_ids(self) -> list[int]:
+        text = self.cleaned_data.get("seed_ids", "")
+        ids = []
+        for part in text.replace(";", ",").split(","):
+            part = part.strip().lstrip("#")
+            if not part:
+                continue
+            if not part.isdigit():
+                raise ValidationError(f"{part!r} is not an input number")
+            ids.append(int(part))
+        return ids
+
+    def synthesis_settings(self) -> Any:
+        from teachers.synthesis import SynthesisSettings
+
+        data = self.cleaned_data
+        seeds = sorted({int(pk) for pk in data.get("seed_inputs") or []} | set(data["seed_ids"]))
+        topics = [t.strip() for t in (data.get("topics") or "").splitlines() if t.strip()]
+        return SynthesisSettings(
+            credential=self.credentials.get(data["credential"]),
+            model=data["model"].strip(),
+            seed_input_ids=seeds,
+            count=data["count"],
+            per_call=data["per_call"],
+            topics=[t[:200] for t in topics],
+            label_targets=list(data.get("label_targets") or []),
+            temperature=data["temperature"],
+            max_tokens=data["max_tokens"],
+            concurrency=data["concurrency"],
+            budget_usd=data.get("budget_usd"),
+        )

@@ -127,6 +127,9 @@ class TeacherRunMode(models.TextChoices):
     LIVE = "live", "Live calls"
     BATCH = "batch", "Batch API"
     IMPORTED = "imported", "Imported outputs"
+    # A teacher writing new inputs (teachers.synthesis): its calls are metered in the ledger
+    # like any run's; it labels nothing.
+    SYNTHETIC = "synthetic", "Synthetic inputs"
 
 
 class TeacherRun(models.Model):

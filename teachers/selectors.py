@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from jobs import services as job_services
 from jobs.models import JobStatus
-from projects.models import Project
+from projects.models import InputRow, Project
 from teachers.models import LedgerEntry, LedgerStatus, PriceEntry, TeacherOutput, TeacherRun
 from teachers.recording import LostCalls, lost_calls
 from teams.models import Team
@@ -180,3 +180,32 @@ def _row(
         override=None,
         default=default,
     )
+
+
+SEED_CHOICES = 100
+
+
+def synthesis_choices(*, project: Project) -> tuple[list[tuple[int, str]], list[tuple[str, str]]]:
+    """The synthesis form's choices: the first SEED_CHOICES real inputs (id, text shortened),
+    and for a label task each label with its approved outputs, fewest first (the short ones)."""
+    from collections import Counter
+
+    from teachers.models import ReviewStatus
+
+    seeds = [
+        (pk, " · ".join(str(v) for v in (data or {}).values())[:140])
+        for pk, data in InputRow.objects.filter(project=project, synthetic=False)
+        .order_by("pk")
+        .values_list("pk", "data")[:SEED_CHOICES]
+    ]
+    if project.output_kind != "label":
+        return seeds, []
+    approved = Counter(
+        value
+        for value in TeacherOutput.objects.filter(
+            project=project, review_status__in=[ReviewStatus.APPROVED, ReviewStatus.EDITED]
+        ).values_list("parsed", flat=True)
+        if isinstance(value, str)
+    )
+    labels = sorted(project.label_set or [], key=lambda label: (approved[label], label))
+    return seeds, [(label, f"{label} ({approved[label]} approved)") for label in labels]

@@ -22,3 +22,10 @@ def teacher_batch_poll(job_id: int, chain: str) -> None:
     from teachers.services import teacher_batch_poll_step
 
     teacher_batch_poll_step(job_id=job_id, chain=chain)
+
+
+@shared_task(name="jobs.synthesize_inputs")  # type: ignore[untyped-decorator]
+def synthesize_inputs(job_id: int) -> None:
+    from teachers.synthesis import synthesis_execute
+
+    run_claimed(job_id, lambda job: synthesis_execute(job=job))

@@ -12,6 +12,11 @@ urlpatterns = [
         views.run_import,
         name="teacher_run_import",
     ),
+    path(
+        "projects/<int:project_id>/synthetic-inputs/new/",
+        views.synthesis_new,
+        name="synthesis_new",
+    ),
     path("teacher-runs/<int:run_id>/", views.run_detail, name="teacher_run"),
     path("teacher-runs/<int:run_id>/progress/", views.run_progress, name="teacher_run_progress"),
     path("teacher-runs/<int:run_id>/pause/", views.run_pause, name="teacher_run_pause"),

@@ -23,7 +23,7 @@ from distillery.uploads import upload_refused
 from projects.access import project_for
 from projects.forms import refuse_oversized_upload
 from teachers import selectors, services
-from teachers.forms import PriceForm, TeacherImportForm, TeacherRunForm
+from teachers.forms import PriceForm, SynthesisForm, TeacherImportForm, TeacherRunForm
 from teachers.imports import teacher_run_import
 from teachers.models import PriceEntry, TeacherRun
 from teams.access import AnyUser, object_for, scoped_get, signed_in_user, team_for
@@ -271,3 +271,41 @@ def price_delete(request: HttpRequest, team_id: int, price_id: int) -> HttpRespo
     services.price_entry_delete(entry=entry)
     messages.success(request, f"The team's price for {entry.model} was removed.")
     return redirect("teachers:prices", team_id=team.pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def synthesis_new(request: HttpRequest, project_id: int) -> HttpResponse:
+    """Synthetic inputs. GET: the form. POST action=estimate: the estimate, with a "Start"
+    button. POST action=start: queue the job (estimated again) and show its job page."""
+    from teachers import synthesis
+
+    project, membership = project_for(user=request.user, project_id=project_id, permission="write")
+    credentials = list(project.team.credentials.all())
+    seeds, labels = selectors.synthesis_choices(project=project)
+    form = SynthesisForm(request.POST or None, credentials=credentials, seeds=seeds, labels=labels)
+    estimate = None
+    if request.method == "POST" and form.is_valid():
+        chosen = form.synthesis_settings()
+        try:
+            if request.POST.get("action") == "start":
+                run = synthesis.synthesis_start(
+                    project=project, user=signed_in_user(request), settings=chosen
+                )
+                messages.success(request, "The teacher is asked for new inputs.")
+                return redirect("jobs:job_detail", job_id=run.job_id)
+            estimate = synthesis.synthesis_estimate(project=project, settings=chosen)
+        except ValidationError as exc:
+            apply_errors(form, exc)
+    return render(
+        request,
+        "teachers/synthesis_new.html",
+        {
+            "project": project,
+            "membership": membership,
+            "form": form,
+            "estimate": estimate,
+            "has_credentials": bool(credentials),
+        },
+        status=400 if form.errors else 200,
+    )

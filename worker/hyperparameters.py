@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from worker.gpu_sizing import GpuPlan, plan_gpu_training
 from worker.model_loading import DeviceFacts, cuda_batch_size, read_model_shape
 from worker.training_spec import METHODS, PRESETS, TrainingConfigError, TrainSpec
 
@@ -20,6 +21,7 @@ __all__ = [
     "Hyperparameters",
     "count_parameters",
     "cpu_has_native_bf16",
+    "gpu_plan_for",
     "resolve_hyperparameters",
     "smaller_after_oom",
 ]
@@ -151,24 +153,44 @@ def resolve_hyperparameters(
     """Fill the spec's unset hyperparameters from its preset, the dataset size and the device.
 
     ``device`` is "cpu" or "cuda" (see ``resolve_device``). ``gpu``: the GPU's facts, where
-    known (the training child reads them); with them a CUDA run sizes its batch from the GPU's
-    memory and the model (``worker.model_loading.cuda_batch_size``, for sequences of
-    ``longest_tokens``, else ``max_length``) and picks fp16 on GPUs without bf16. Without them
-    a CUDA run assumes bf16 and a batch of 16. Raises TrainingConfigError.
+    known (the training child reads them); with them a CUDA LoRA/QLoRA run takes its LoRA rank,
+    micro-batch, gradient accumulation, gradient checkpointing ("auto") and max_length from
+    ``worker.gpu_sizing.plan_gpu_training`` (the batch for sequences of ``longest_tokens``,
+    else ``max_length``), full fine-tuning its batch from ``cuda_batch_size``; fp16 on GPUs
+    without bf16. Without them a CUDA run assumes bf16 and a batch of 16. What the user set
+    always wins. Raises TrainingConfigError.
     """
     preset = _check_spec(spec, n_train=n_train, device=device)
     on_cuda = device == "cuda"
-    grad_accum = spec.grad_accum if spec.grad_accum is not None else 1
     epochs = spec.epochs if spec.epochs is not None else _epochs_for(preset.epochs, n_train)
-    max_length = spec.max_length or (1024 if on_cuda else 512)
-    batch_size = _batch_size(
-        spec,
-        n_train=n_train,
-        on_cuda=on_cuda,
-        gpu=gpu,
-        epochs=epochs,
-        grad_accum=grad_accum,
-        tokens_per_example=min(longest_tokens or max_length, max_length),
+    plan = (
+        gpu_plan_for(
+            spec,
+            preset_rank=preset.lora_r,
+            n_train=n_train,
+            epochs=epochs,
+            gpu=gpu,
+            longest_tokens=longest_tokens,
+        )
+        if on_cuda
+        else None
+    )
+    grad_accum = spec.grad_accum if spec.grad_accum is not None else 1
+    if plan is not None and spec.batch_size is None and spec.grad_accum is None:
+        grad_accum = plan.grad_accum
+    max_length = spec.max_length or (plan.max_length if plan else (1024 if on_cuda else 512))
+    batch_size = (
+        _batch_size(
+            spec,
+            n_train=n_train,
+            on_cuda=on_cuda,
+            gpu=gpu,
+            epochs=epochs,
+            grad_accum=grad_accum,
+            tokens_per_example=min(longest_tokens or max_length, max_length),
+        )
+        if plan is None or spec.batch_size is not None
+        else plan.batch_size
     )
     if spec.max_steps is not None:
         total_steps = spec.max_steps
@@ -194,8 +216,10 @@ def resolve_hyperparameters(
         batch_size=batch_size,
         grad_accum=grad_accum,
         warmup_ratio=0.05,
-        lora_r=(spec.lora_r or preset.lora_r) if lora else None,
-        lora_alpha=(spec.lora_alpha or preset.lora_alpha) if lora else None,
+        lora_r=(spec.lora_r or (plan.lora_r if plan else preset.lora_r)) if lora else None,
+        lora_alpha=(spec.lora_alpha or (plan.lora_alpha if plan else preset.lora_alpha))
+        if lora
+        else None,
         lora_dropout=(spec.lora_dropout if spec.lora_dropout is not None else preset.lora_dropout)
         if lora
         else None,
@@ -205,12 +229,60 @@ def resolve_hyperparameters(
         eval_every_steps=eval_every,
         # CPU: activations are cheap in RAM and recomputing them costs ~30%. CUDA: off at
         # first; an out-of-memory retry turns it on before shrinking the batch.
-        gradient_checkpointing=spec.gradient_checkpointing == "on",
+        # On a GPU with a plan, "auto" follows it (on when few sequences fit without it).
+        gradient_checkpointing=spec.gradient_checkpointing == "on"
+        or (
+            spec.gradient_checkpointing == "auto"
+            and plan is not None
+            and plan.gradient_checkpointing
+        ),
         bf16=bf16,
         seed=spec.seed,
         fp16=fp16,
         log_every_steps=CUDA_LOG_EVERY_STEPS if on_cuda else 1,
     )
+
+
+def gpu_plan_for(
+    spec: TrainSpec,
+    *,
+    preset_rank: int,
+    n_train: int,
+    epochs: float,
+    gpu: DeviceFacts | None,
+    longest_tokens: int | None = None,
+) -> GpuPlan | None:
+    """The LoRA/QLoRA plan (worker.gpu_sizing) for this spec on this GPU; None for full
+    fine-tuning, an unknown GPU, or a base folder without a readable config.json. Its
+    ``max_length`` is sized for the spec's max_length (1024 by default) and so stays the same
+    once the data's longest sequence is known; the batch is sized for the longest sequence.
+    Raises TrainingConfigError (field ``method``) when nothing fits."""
+    if spec.method == "full" or gpu is None or gpu.kind != "cuda" or not spec.base_model:
+        return None
+    shape = read_model_shape(spec.base_model)
+    if shape is None or gpu.total_memory_bytes <= 0:
+        return None
+    n_parameters = count_parameters(spec.base_model)
+    planned = None if spec.max_steps is not None else epochs * n_train
+    common: dict[str, Any] = {
+        "shape": shape,
+        "n_parameters": n_parameters,
+        "gpu_memory_bytes": gpu.total_memory_bytes,
+        "method": spec.method,
+        "preset_rank": preset_rank,
+        "samples_to_train": planned,
+    }
+    plan = plan_gpu_training(max_length=spec.max_length or 1024, **common)
+    if not plan.fits:
+        raise TrainingConfigError(" ".join(plan.reasons[:1] + plan.reasons[-1:]), field="method")
+    if longest_tokens and longest_tokens < plan.max_length:
+        by_data = plan_gpu_training(max_length=longest_tokens, **common)
+        plan = replace(
+            by_data,
+            max_length=plan.max_length,
+            reasons=plan.reasons,
+        )
+    return plan
 
 
 def _check_spec(spec: TrainSpec, *, n_train: int, device: str) -> _Preset:

@@ -77,6 +77,7 @@ from worker.model_loading import (
     cuda_facts,
     load_causal_lm,
     load_tokenizer,
+    read_model_shape,
 )
 
 Messages = Sequence[Mapping[str, str]]
@@ -576,7 +577,7 @@ def load_model(
         eos_token_ids=eos_ids,
         pad_token_id=int(pad),
         tie_tolerance=DEFAULT_TIE_TOLERANCE[dtype] if tie_tolerance is None else tie_tolerance,
-        batch_size=eval_batch_size(facts),
+        batch_size=eval_batch_size(facts, shape=read_model_shape(path)),
     )
 
 

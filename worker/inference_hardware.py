@@ -7,7 +7,7 @@ import platform
 from dataclasses import dataclass
 
 from worker.cores import usable_cores
-from worker.model_loading import DeviceFacts, cuda_dtype
+from worker.model_loading import DeviceFacts, ModelShape, cuda_dtype
 
 __all__ = [
     "CUDA_EVAL_BATCH_SIZE",
@@ -71,11 +71,33 @@ def eval_dtype(facts: DeviceFacts) -> str:
     return cuda_dtype(facts) if facts.kind == "cuda" else "float32"
 
 
-def eval_batch_size(facts: DeviceFacts) -> int:
+# The prompt length a GPU batch is sized for (a KV cache per prompt of this many tokens).
+EVAL_TOKENS_PER_PROMPT = 1024
+
+
+def eval_batch_size(
+    facts: DeviceFacts,
+    *,
+    shape: ModelShape | None = None,
+    n_parameters: int | None = None,
+    tokens_per_prompt: int = EVAL_TOKENS_PER_PROMPT,
+) -> int:
     """Prompts per batch when a call names none: DEFAULT_BATCH_SIZE on CPU (bigger batches
-    only pad more there), CUDA_EVAL_BATCH_SIZE on a GPU with 24 GB or more, half below."""
+    only pad more there), CUDA_EVAL_BATCH_SIZE on a GPU with 24 GB or more, half below; with
+    the model's ``shape``, no more than the KV caches of ``tokens_per_prompt``-token prompts
+    that fit next to its half-precision weights (a 7B student on a 24 GB GPU: 32)."""
     if facts.kind != "cuda":
         return DEFAULT_BATCH_SIZE
+    batch = CUDA_EVAL_BATCH_SIZE
     if facts.total_memory_bytes and facts.total_memory_bytes < 24 * 2**30:
-        return CUDA_EVAL_BATCH_SIZE // 2
-    return CUDA_EVAL_BATCH_SIZE
+        batch = CUDA_EVAL_BATCH_SIZE // 2
+    if shape is not None and facts.total_memory_bytes:
+        from worker.gpu_sizing import PLAN_SHARE, estimate_parameters
+
+        params = n_parameters or estimate_parameters(shape, tied_embeddings=False)
+        free = facts.total_memory_bytes * PLAN_SHARE - params * 2
+        # keys + values, every layer, half precision
+        kv = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim * 2 * tokens_per_prompt
+        fits = max(1, int(free // kv)) if free > 0 else 1
+        batch = min(batch, 1 << (fits.bit_length() - 1))
+    return batch

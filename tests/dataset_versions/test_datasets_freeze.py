@@ -337,3 +337,47 @@ def test_reviewers_and_viewers_read_versions_but_only_engineers_and_owners_freez
     engineer = client_for(member_with_role("engineer"))
     assert engineer.get(new).status_code == 200
     assert DatasetVersion.objects.count() == 1
+
+
+def test_synthetic_inputs_stay_in_train_up_to_the_share_and_show_as_synthetic(
+    team, owner, client_for
+):  # type: ignore[no-untyped-def]
+    from projects.models import InputRow
+
+    project = ProjectFactory(team=team, created_by=owner, label_set=list(LABELS))
+    real = make_outputs(project, ANSWERS, texts=TICKETS)
+    written = [
+        f"synthetic ticket {i}: {w} card {i * 11} question"
+        for i, w in enumerate(
+            ["blue", "red", "green", "amber", "violet", "teal", "grey", "pink", "gold", "navy"]
+        )
+    ]
+    synthetic = make_outputs(project, [LABELS[i % 3] for i in range(10)], texts=written)
+    InputRow.objects.filter(pk__in=[o.input_id for o in synthetic]).update(synthetic=True)
+    TeacherOutput.objects.filter(project=project).update(review_status="approved")
+
+    client = client_for(owner)
+    queue = client.get(reverse("review:review_queue", args=[project.pk])).content.decode()
+    shown = {int(pk) for pk in re.findall(r'data-output-id="(\d+)"', queue)}
+    on_page = len(shown & {o.pk for o in synthetic})
+    assert on_page and queue.count('data-testid="synthetic-badge"') == on_page
+
+    version = freeze(project, owner, name="mixed", max_synthetic_train_share=0.25)
+    items = list(version.items.all())
+    flagged = [i for i in items if i.synthetic_input]
+    train = [i for i in items if i.split == "train"]
+    assert flagged and all(i.split == "train" for i in flagged)
+    assert len(flagged) <= 0.25 * len(train)
+    assert {i.teacher_output_id for i in flagged} <= {o.pk for o in synthetic}
+    assert version.stats["synthetic_inputs"]["train"] == len(flagged)
+    assert version.stats["dropped_synthetic_over_cap"] == 10 - len(flagged)
+    assert len([i for i in items if not i.synthetic_input]) == len(real)
+
+    page = client.get(
+        reverse("dataset_versions:dataset_detail", args=[project.pk, version.pk])
+    ).content.decode()
+    assert 'data-testid="synthetic-inputs"' in page and "in train only (at most 25 % of it)" in page
+    body = download(client, version, "csv")
+    assert body.splitlines()[0].startswith("row_id,split,source,synthetic_input,")
+    rows = list(datasets.read_csv(project.task_spec(), io.StringIO(body, newline="")))
+    assert sum(r.synthetic_input for r in rows) == len(flagged)

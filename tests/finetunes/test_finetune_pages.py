@@ -363,3 +363,58 @@ def test_a_worker_reports_its_gpus_from_nvidia_smi_and_qlora_becomes_available(
     workers.worker_report_stopped(hostname="gpu-node@rack1")
     assert workers.gpu_workers() == []
     assert 'data-testid="no-gpu"' in client.get(new_url(version)).content.decode()
+
+
+def _placed_model_folder(team, name: str, config: dict) -> StudentModel:  # type: ignore[no-untyped-def,type-arg]
+    """A model folder as a team places it on the worker (config.json + a safetensors header
+    with the model's parameter count; no weight bytes), registered from its path."""
+    import json
+
+    from worker.gpu_sizing import estimate_parameters
+    from worker.model_loading import read_model_shape
+
+    folder = Path(settings.DATA_DIR) / "models" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    shape = read_model_shape(folder)
+    assert shape is not None
+    params = estimate_parameters(shape, tied_embeddings=bool(config["tie_word_embeddings"]))
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [params], "data_offsets": [0, 0]}})
+    raw = header.encode()
+    (folder / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw)
+    return finetune_services.student_register_base(team=team, user=None, path=folder, name=name)
+
+
+def test_the_form_says_what_a_big_student_uses_on_the_gpu_and_auto_picks_qlora(
+    client_for, owner, team, version
+):  # type: ignore[no-untyped-def]
+    from tests.worker.test_gpu_sizing import CONFIGS
+
+    mistral = _placed_model_folder(team, "mistral-7b", CONFIGS["mistral-7b"])
+    _placed_model_folder(team, "qwen2.5-0.5b", CONFIGS["qwen2.5-0.5b"])
+    WorkerInfo.objects.create(
+        hostname="gpu-12@node",
+        queues=["gpu"],
+        cuda_devices=[{"name": "NVIDIA RTX 3060", "memory_gb": 12.0}],
+        cpu_cores=8,
+        started_at=timezone.now(),
+    )
+    client = client_for(owner)
+    html = client.get(new_url(version)).content.decode()
+    assert "On the GPU: NVIDIA RTX 3060 (12 GB)" in html
+    assert "QLoRA: 7.2B parameters in bf16 need ~13.5 GB" in html
+    assert "this GPU has 12.0 GB" in html
+    assert "QLoRA (4-bit base), rank 32 on all-linear" in html
+    assert "LoRA (bf16 base), rank 16 on all-linear" in html  # the 0.5B student
+    response = client.post(new_url(version), form_data(mistral, method="auto", preset="balanced"))
+    assert response.status_code == 302
+    fine_tune = FineTune.objects.get()
+    assert fine_tune.method == "qlora"
+    detail = client.get(response["Location"]).content.decode()
+    assert 'data-testid="method-why"' in detail and "QLoRA: 7.2B parameters" in detail
+    # Without a GPU worker, automatic is LoRA (and says why).
+    WorkerInfo.objects.update(stopped_at=timezone.now())
+    client.post(new_url(version), form_data(mistral, method="auto", preset="balanced"))
+    latest = FineTune.objects.order_by("-pk").first()
+    assert latest is not None and latest.method == "lora"
+    assert latest.job.params["method_chosen_because"][0].startswith("LoRA: no GPU worker")

@@ -235,6 +235,66 @@ def test_real_to_synthetic_ratio_is_controlled_with_the_seed():
     assert version.stats.dropped_for_ratio == {"real": 0, "synthetic": 70}
 
 
+def test_synthetic_inputs_train_only_and_capped_by_share_with_the_seed(banking):
+    spec, data = banking
+    real = dataset_rows(data[:400])
+    # Inputs a teacher wrote: distinct texts, one of them a near copy of a real input.
+    made = [
+        DatasetRow(
+            f"s{i}",
+            {"text": f"synthetic question {i} about card number {i * 7}"},
+            r["label"],
+            "teacher",
+            synthetic_input=True,
+        )
+        for i, r in enumerate(data[400:700])
+    ]
+    copy_of = real[5]
+    made.append(
+        DatasetRow(
+            "s-copy",
+            {"text": str(copy_of.inputs["text"]) + " please"},
+            copy_of.output,
+            "teacher",
+            synthetic_input=True,
+        )
+    )
+    rows = real + made
+
+    uncapped = freeze(spec, rows, FreezeParams(seed=3))
+    by_split = Counter((r.split, r.synthetic_input) for r in uncapped.rows)
+    assert by_split[("validation", True)] == by_split[("test", True)] == 0
+    assert by_split[("train", True)] == 301
+    # The real input the copy is close to went to train with it (never test: no leakage).
+    assert next(r for r in uncapped.rows if r.row_id == copy_of.row_id).split == "train"
+    assert uncapped.stats.synthetic_inputs == {"train": 301, "validation": 0, "test": 0}
+
+    capped = freeze(spec, rows, FreezeParams(seed=3, max_synthetic_train_share=0.25))
+    train = [r for r in capped.rows if r.split == "train"]
+    synthetic = sum(r.synthetic_input for r in train)
+    assert 0 < synthetic <= 0.25 * len(train) and synthetic >= 0.25 * len(train) - 1
+    assert capped.stats.dropped_synthetic_over_cap == 301 - synthetic
+    assert not any(r.synthetic_input for r in capped.rows if r.split != "train")
+    # The seed chooses which synthetic rows stay; the same seed, the same ones and hash.
+    again = freeze(spec, list(reversed(rows)), FreezeParams(seed=3, max_synthetic_train_share=0.25))
+    assert again.content_hash == capped.content_hash
+    other = freeze(spec, rows, FreezeParams(seed=4, max_synthetic_train_share=0.25))
+    assert {r.row_id for r in other.rows} != {r.row_id for r in capped.rows}
+    none = freeze(spec, rows, FreezeParams(max_synthetic_train_share=0.0))
+    assert not any(r.synthetic_input for r in none.rows)
+    with pytest.raises(DatasetError) as caught:
+        freeze(spec, made, FreezeParams(max_synthetic_train_share=0.0))
+    assert caught.value.field == "max_synthetic_train_share"
+    with pytest.raises(DatasetError) as bad:
+        freeze(spec, rows, FreezeParams(max_synthetic_train_share=1.5))
+    assert bad.value.field == "max_synthetic_train_share"
+    # A version without synthetic inputs keeps the hash it had before the cap existed.
+    assert (
+        freeze(spec, real, FreezeParams(seed=3)).content_hash
+        == freeze(spec, real, FreezeParams(seed=3, max_synthetic_train_share=None)).content_hash
+    )
+
+
 def test_outputs_are_canonicalised_and_invalid_rows_refused_or_skipped(banking):
     spec, _ = banking
     label = spec.label_set[0]

@@ -85,11 +85,20 @@ def unformula(cell: str) -> str:
 
 
 def csv_columns(spec: TaskSpec) -> list[str]:
-    return ["row_id", "split", "source", "decision_ids", *spec.input_fields, "output"]
+    return [
+        "row_id",
+        "split",
+        "source",
+        "synthetic_input",
+        "decision_ids",
+        *spec.input_fields,
+        "output",
+    ]
 
 
 def write_csv(spec: TaskSpec, rows: Iterable[FrozenRow], fp: IO[str]) -> int:
-    """Formula-safe CSV (open ``fp`` with ``newline=""``). ``decision_ids`` is a JSON list;
+    """Formula-safe CSV (open ``fp`` with ``newline=""``). ``synthetic_input`` is "yes" for a
+    row whose input a teacher wrote, else empty. ``decision_ids`` is a JSON list;
     input values that are not text are written as JSON. Returns the row count."""
     writer = csv.writer(fp)
     writer.writerow(csv_columns(spec))
@@ -99,6 +108,7 @@ def write_csv(spec: TaskSpec, rows: Iterable[FrozenRow], fp: IO[str]) -> int:
             str(row.row_id),
             row.split,
             row.source,
+            "yes" if row.synthetic_input else "",
             json.dumps(list(row.decision_ids)),
             *(_cell(row.inputs.get(f)) for f in spec.input_fields),
             row.output,
@@ -148,6 +158,7 @@ def read_csv(spec: TaskSpec, fp: IO[str]) -> Iterator[FrozenRow]:
             decision_ids=tuple(decisions),
             split=split,  # type: ignore[arg-type]  # checked against SPLITS above
             group=-1,
+            synthetic_input=record["synthetic_input"] == "yes",
         )
 
 

@@ -18,8 +18,8 @@ import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
 
 from worker.checks import normalise_text
 from worker.datasets.leakage import LeakageReport, leakage_report
@@ -57,6 +57,9 @@ class DatasetStats:
     largest_group: int
     real_share: float
     dropped_for_ratio: dict[str, int]
+    # Rows whose input a teacher wrote, per split (train only), and those left out by the cap.
+    synthetic_inputs: dict[str, int] = field(default_factory=dict)
+    dropped_synthetic_over_cap: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,23 +116,34 @@ def freeze(
             )
         )
     selected.sort(key=lambda r: id_key(r.row_id))
-
-    exact_text = [input_text(r.inputs, spec.input_fields) for r in selected]
-    norm_text = [normalise_text(t) for t in exact_text]
-    unique_norm = sorted(set(norm_text))
-    position = {t: k for k, t in enumerate(unique_norm)}
-    pairs = near_duplicate_pairs(unique_norm, params.near_duplicate_threshold)
-    groups = UnionFind(len(unique_norm))
-    merged = 0
-    if params.near_duplicates == "group":
-        for a, b, _ in pairs:
-            merged += groups.union(a, b)
-    group_of_row = [groups.find(position[t]) for t in norm_text]
-
-    split_of_group = _assign_splits(spec, selected, group_of_row, params)
-    splits: list[Split] = [split_of_group[g] for g in group_of_row]
+    layout = _layout(spec, selected, params)
+    over_cap = 0
+    # Dropping synthetic rows can free a group of real rows from train, which lowers the cap:
+    # a few passes settle it.
+    for _ in range(4):
+        kept = _within_synthetic_cap(selected, layout.splits, params)
+        if kept is None:
+            break
+        over_cap += len(selected) - len(kept)
+        selected = kept
+        layout = _layout(spec, selected, params)
+    if not selected:
+        raise DatasetError(
+            "nothing to freeze: every row has a synthetic input and the cap leaves none",
+            field="max_synthetic_train_share",
+        )
+    exact_text, norm_text, position, pairs, merged, group_of_row, splits = layout
     frozen = [
-        FrozenRow(r.row_id, dict(r.inputs), r.output, r.source, tuple(r.decision_ids), split, g)
+        FrozenRow(
+            r.row_id,
+            dict(r.inputs),
+            r.output,
+            r.source,
+            tuple(r.decision_ids),
+            split,
+            g,
+            r.synthetic_input,
+        )
         for r, split, g in zip(selected, splits, group_of_row, strict=True)
     ]
     leakage = leakage_report(
@@ -146,10 +160,63 @@ def freeze(
         content_hash=content_hash(spec, frozen, params),
         params=params,
         rows=frozen,
-        stats=_stats(spec, frozen, dropped),
+        stats=_stats(spec, frozen, dropped, over_cap),
         leakage=leakage,
         skipped=skipped,
     )
+
+
+class _Layout(NamedTuple):
+    exact_text: list[str]
+    norm_text: list[str]
+    position: dict[str, int]
+    pairs: list[tuple[int, int, float]]
+    merged: int
+    group_of_row: list[int]
+    splits: list[Split]
+
+
+def _layout(spec: TaskSpec, selected: list[DatasetRow], params: FreezeParams) -> _Layout:
+    """Duplicate groups and each row's split; a group holding a synthetic input goes to train."""
+    exact_text = [input_text(r.inputs, spec.input_fields) for r in selected]
+    norm_text = [normalise_text(t) for t in exact_text]
+    unique_norm = sorted(set(norm_text))
+    position = {t: k for k, t in enumerate(unique_norm)}
+    pairs = near_duplicate_pairs(unique_norm, params.near_duplicate_threshold)
+    groups = UnionFind(len(unique_norm))
+    merged = 0
+    if params.near_duplicates == "group":
+        for a, b, _ in pairs:
+            merged += groups.union(a, b)
+    group_of_row = [groups.find(position[t]) for t in norm_text]
+    split_of_group = _assign_splits(spec, selected, group_of_row, params)
+    for row, g in zip(selected, group_of_row, strict=True):
+        if row.synthetic_input:
+            split_of_group[g] = "train"
+    splits: list[Split] = [split_of_group[g] for g in group_of_row]
+    return _Layout(exact_text, norm_text, position, pairs, merged, group_of_row, splits)
+
+
+def _within_synthetic_cap(
+    selected: list[DatasetRow], splits: list[Split], params: FreezeParams
+) -> list[DatasetRow] | None:
+    """The rows with the synthetic inputs over ``max_synthetic_train_share`` of the training
+    split left out (seeded choice); None when the cap holds already."""
+    share = params.max_synthetic_train_share
+    synthetic = [r for r in selected if r.synthetic_input]
+    if share is None or share >= 1 or not synthetic:
+        return None
+    real_train = sum(
+        1
+        for r, split in zip(selected, splits, strict=True)
+        if split == "train" and not r.synthetic_input
+    )
+    allowed = 0 if share <= 0 else math.floor(share * real_train / (1 - share) + 1e-9)
+    if len(synthetic) <= allowed:
+        return None
+    chosen = random.Random(f"{params.seed}:synthetic").sample(synthetic, allowed)
+    keep = {id(r) for r in chosen}
+    return [r for r in selected if not r.synthetic_input or id(r) in keep]
 
 
 def _validated_rows(
@@ -192,7 +259,14 @@ def _validated_rows(
             skipped.append(SkippedRow(row.row_id, problem))
             continue
         valid.append(
-            DatasetRow(row.row_id, row.inputs, output, row.source, tuple(row.decision_ids))
+            DatasetRow(
+                row.row_id,
+                row.inputs,
+                output,
+                row.source,
+                tuple(row.decision_ids),
+                bool(row.synthetic_input),
+            )
         )
     return valid, skipped
 
@@ -290,7 +364,11 @@ def content_hash(spec: TaskSpec, rows: Sequence[FrozenRow], params: FreezeParams
             "json_schema": spec.json_schema,
         }
     )
-    line(asdict(params))
+    params_line = asdict(params)
+    if params.max_synthetic_train_share is None:
+        # Versions frozen before the cap existed keep their hash.
+        del params_line["max_synthetic_train_share"]
+    line(params_line)
     # One encoder call for all rows: the same canonical text as line by line, much faster.
     line(
         [
@@ -301,6 +379,7 @@ def content_hash(spec: TaskSpec, rows: Sequence[FrozenRow], params: FreezeParams
                 row.source,
                 list(row.decision_ids),
                 row.split,
+                *(["synthetic_input"] if row.synthetic_input else []),
             ]
             for row in sorted(rows, key=lambda r: id_key(r.row_id))
         ]
@@ -308,7 +387,9 @@ def content_hash(spec: TaskSpec, rows: Sequence[FrozenRow], params: FreezeParams
     return digest.hexdigest()
 
 
-def _stats(spec: TaskSpec, rows: Sequence[FrozenRow], dropped: dict[str, int]) -> DatasetStats:
+def _stats(
+    spec: TaskSpec, rows: Sequence[FrozenRow], dropped: dict[str, int], over_cap: int = 0
+) -> DatasetStats:
     import numpy as np
 
     counts: dict[str, int] = dict.fromkeys(SPLITS, 0)
@@ -342,4 +423,8 @@ def _stats(spec: TaskSpec, rows: Sequence[FrozenRow], dropped: dict[str, int]) -
         largest_group=max(group_sizes.values(), default=0),
         real_share=round(real / len(rows), 6) if rows else 0.0,
         dropped_for_ratio=dropped,
+        synthetic_inputs={
+            s: sum(1 for r in rows if r.split == s and r.synthetic_input) for s in SPLITS
+        },
+        dropped_synthetic_over_cap=over_cap,
     )

@@ -40,6 +40,9 @@ class DatasetRow:
     output: str
     source: Source
     decision_ids: tuple[RowId, ...] = ()
+    # The input was written by a teacher (synthetic inputs), not taken from production: such
+    # rows go to the training split only, up to FreezeParams.max_synthetic_train_share.
+    synthetic_input: bool = False
 
     @classmethod
     def coerce(cls, value: DatasetRow | Sequence[Any]) -> DatasetRow:
@@ -64,6 +67,7 @@ class FrozenRow:
     decision_ids: tuple[RowId, ...]
     split: Split
     group: int  # rows sharing a group are duplicates or near-duplicates of one another
+    synthetic_input: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ class FreezeParams:
     * ``real_ratio``: the share of human-reference ("real") rows among all rows; the side in
       excess is down-sampled with the seed. None keeps every row; 0 drops real rows; 1 keeps
       only real rows.
+    * ``max_synthetic_train_share``: rows whose input a teacher wrote (``synthetic_input``)
+      are never in validation or test (a group holding one goes to train), and make at most
+      this share of the training split; the excess is down-sampled with the seed. None: no cap
+      (still train only); 0: none of them.
     * ``stratify``: stratify splits by label (label tasks only).
     * ``near_duplicate_threshold``: token-set Jaccard at or above which inputs are
       near-duplicates. ``near_duplicates``: "group" keeps them in one split; "report" only lists
@@ -91,6 +99,7 @@ class FreezeParams:
     near_duplicate_threshold: float = 0.8
     near_duplicates: Literal["group", "report"] = "group"
     on_invalid: Literal["error", "skip"] = "error"
+    max_synthetic_train_share: float | None = None
 
     def validate(self) -> None:
         for name in SPLITS:
@@ -104,6 +113,11 @@ class FreezeParams:
         if self.real_ratio is not None and not 0.0 <= self.real_ratio <= 1.0:
             raise DatasetError(
                 "must be between 0 and 1 (or empty to keep all rows)", field="real_ratio"
+            )
+        share = self.max_synthetic_train_share
+        if share is not None and not 0.0 <= share <= 1.0:
+            raise DatasetError(
+                "must be between 0 and 1 (or empty for no cap)", field="max_synthetic_train_share"
             )
         if not 0.0 < self.near_duplicate_threshold <= 1.0:
             raise DatasetError("must be above 0 and at most 1", field="near_duplicate_threshold")
