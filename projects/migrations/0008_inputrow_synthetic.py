@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('projects', '0006_models_move_to_journey_apps'),
+        ('projects', '0007_project_slug'),
     ]
 
     operations = [
