@@ -50,6 +50,8 @@ class IntervalOut(Schema):
     n: int
     how: str
     scale: str
+    value_shown: str
+    range_shown: str
     shown: str
 
 
@@ -63,6 +65,8 @@ def _interval(found: Interval | None) -> dict[str, Any] | None:
         "n": found.n,
         "how": found.how,
         "scale": found.scale,
+        "value_shown": found.value_shown,
+        "range_shown": found.range_shown,
         "shown": found.shown,
     }
 
