@@ -170,7 +170,8 @@ class ItemOut(Schema):
 )
 @paginate(Page, **PAGE)
 def list_versions(request: HttpRequest, slug: str) -> QuerySet[DatasetVersion]:
-    return services.versions_for(project=project_of(request, slug)).select_related("project")
+    versions: QuerySet[DatasetVersion] = services.versions_for(project=project_of(request, slug))
+    return versions.select_related("project")
 
 
 @router.post(
@@ -225,7 +226,8 @@ def list_rows(request: HttpRequest, version_id: int, split: str = "") -> QuerySe
             f"unknown split {split!r}; choose {', '.join(datasets.SPLITS)}",
             errors=[{"field": "split", "message": f"choose {', '.join(datasets.SPLITS)}"}],
         )
-    return services.items_query(version=version, split=split)
+    items: QuerySet[DatasetItem] = services.items_query(version=version, split=split)
+    return items
 
 
 @router.get(

@@ -35,12 +35,11 @@ def checked(form: forms.Form) -> forms.Form:
     """The form if it is valid; else 400 with one error per field, in the form's words."""
     if form.is_valid():
         return form
-    errors = [
-        {"field": None if field == "__all__" else field, "message": str(message)}
-        for field, messages in form.errors.items()
-        for message in messages
-    ]
-    detail = "; ".join(
-        f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors
-    )
-    raise ApiError(400, detail, errors=errors)
+    errors: list[dict[str, Any]] = []
+    parts: list[str] = []
+    for field, messages in form.errors.items():
+        for message in messages:
+            named = None if field == "__all__" else field
+            errors.append({"field": named, "message": str(message)})
+            parts.append(f"{named}: {message}" if named else str(message))
+    raise ApiError(400, "; ".join(parts), errors=errors)

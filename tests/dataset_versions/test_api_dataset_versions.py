@@ -52,9 +52,13 @@ def test_freeze_read_rows_and_download_like_the_page(team, owner, client_for, ce
     finished(job["id"], celery_worker)
     # The page's freeze with the same options makes the same content.
     page_form = {k: ("on" if v is True else v) for k, v in OPTIONS.items()}
-    assert client.post(
-        reverse("dataset_versions:dataset_new", args=[project.pk]), {"name": "v1-page", **page_form}
-    ).status_code == 302
+    assert (
+        client.post(
+            reverse("dataset_versions:dataset_new", args=[project.pk]),
+            {"name": "v1-page", **page_form},
+        ).status_code
+        == 302
+    )
     finished(Job.objects.filter(kind="dataset_freeze").latest("pk").pk, celery_worker)
     by_api = DatasetVersion.objects.get(project=project, name="v1-api")
     by_page = DatasetVersion.objects.get(project=project, name="v1-page")
@@ -66,9 +70,10 @@ def test_freeze_read_rows_and_download_like_the_page(team, owner, client_for, ce
     detail = api.get(f"/api/v1/versions/{by_api.pk}").json()
     assert detail["row_count"] == by_api.row_count == 11  # the rejected output is left out
     assert sum(detail["splits"].values()) == detail["row_count"]
-    assert detail["splits"]["train"] == DatasetItem.objects.filter(
-        version=by_api, split="train"
-    ).count()
+    assert (
+        detail["splits"]["train"]
+        == DatasetItem.objects.filter(version=by_api, split="train").count()
+    )
     assert detail["leakage"]["summary"] == by_api.leakage["summary"]
     assert detail["leakage"]["ok"] is True and detail["job_id"] == job["id"]
 
@@ -80,9 +85,7 @@ def test_freeze_read_rows_and_download_like_the_page(team, owner, client_for, ce
         if not page["next"]:
             break
         page = api.get(page["next"]).json()
-    assert seen == [
-        (i.row_id, "train") for i in by_api.items.filter(split="train").order_by("id")
-    ]
+    assert seen == [(i.row_id, "train") for i in by_api.items.filter(split="train").order_by("id")]
 
     # Every export the page offers, streamed, byte for byte the stored file.
     formats = {(e["format"], e["split"]) for e in detail["exports"]}

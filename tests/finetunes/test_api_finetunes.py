@@ -89,8 +89,10 @@ def test_a_fine_tune_started_by_the_api_trains_and_its_student_downloads(  # typ
     assert response.status_code == 201, response.content
     finetune_id = response.json()["id"]
     wait_until(
-        lambda: api.get(f"/api/v1/finetunes/{finetune_id}").json()["progress"]["status"]
-        in {"succeeded", "failed", "cancelled"},
+        lambda: (
+            api.get(f"/api/v1/finetunes/{finetune_id}").json()["progress"]["status"]
+            in {"succeeded", "failed", "cancelled"}
+        ),
         timeout=180,
         message="the fine-tune to end",
     )
@@ -100,9 +102,7 @@ def test_a_fine_tune_started_by_the_api_trains_and_its_student_downloads(  # typ
     )
     assert detail["progress"]["percent"] == 100 and detail["progress"]["step"] == 12
     stored = TrainingPoint.objects.filter(fine_tune_id=finetune_id).order_by("step")
-    assert [(p["step"], p["loss"]) for p in detail["points"]] == [
-        (p.step, p.loss) for p in stored
-    ]
+    assert [(p["step"], p["loss"]) for p in detail["points"]] == [(p.step, p.loss) for p in stored]
     assert [p["step"] for p in detail["points"]] == list(range(1, 13))
     assert detail["resolved_hyperparameters"]["total_steps"] == 12
     later = api.get(f"/api/v1/finetunes/{finetune_id}/points", after=10).json()

@@ -91,9 +91,8 @@ def test_a_go_report_as_json_equals_the_page(client_for, owner, team):  # type: 
     assert share_cell.startswith(distilled["percent_of_teacher"]["value_shown"])
     assert distilled["agreement"]["range_shown"] in text_of(body["_page"], "agreement-distilled")
     assert body["quality"]["sentences"] == [
-        html_lib.unescape(s) for s in re.findall(
-            r'data-testid="quality-sentence">(.*?)</p>', body["_page"], re.DOTALL
-        )
+        html_lib.unescape(s)
+        for s in re.findall(r'data-testid="quality-sentence">(.*?)</p>', body["_page"], re.DOTALL)
     ]
 
 
@@ -112,9 +111,7 @@ def test_another_volume_equals_the_pages_calculator(client_for, owner, team):  #
     project = evaluated(team, owner, SLOW_CPU)
     api = api_for(team, owner)
     body = api.get(f"/api/v1/projects/{project.slug}/report", volume=0).json()
-    calculator = (
-        client_for(owner).get(f"/projects/{project.pk}/report/break-even/?volume=0").json()
-    )
+    calculator = client_for(owner).get(f"/projects/{project.pk}/report/break-even/?volume=0").json()
     assert body["break_even"] == calculator
     refused = api.get(f"/api/v1/projects/{project.slug}/report", volume=-5)
     assert refused.status_code == 400
