@@ -62,10 +62,18 @@ def test_cancel_and_resume_as_the_page_allows(team, owner, tiny_model_dir):  # t
     assert again.status_code == 409 and "only a live one" in again.json()["detail"]
     resume = api.post(f"/api/v1/finetunes/{body['id']}/resume")
     assert resume.status_code == 409 and "no checkpoint" in resume.json()["detail"]
+    # A retried start with the same Idempotency-Key answers the first response, starts nothing.
+    key = {"Idempotency-Key": "nightly-1"}
+    url = f"/api/v1/versions/{version.pk}/finetunes"
+    first = api.post(url, {"student": str(base.pk), "preset": "quick"}, headers=key)
+    retry = api.post(url, {"student": str(base.pk), "preset": "quick"}, headers=key)
+    assert first.status_code == retry.status_code == 201
+    assert retry.json()["id"] == first.json()["id"]
+    assert FineTune.objects.count() == 2
     read_only = api_of(team, owner, scopes=("read",))
     assert read_only.post(f"/api/v1/finetunes/{body['id']}/resume").status_code == 403
     listed = api.get(f"/api/v1/projects/{version.project.slug}/finetunes").json()["results"]
-    assert [f["id"] for f in listed] == [body["id"]]
+    assert [f["id"] for f in listed] == [first.json()["id"], body["id"]]
 
 
 def test_a_fine_tune_started_by_the_api_trains_and_its_student_downloads(  # type: ignore[no-untyped-def]
