@@ -8,7 +8,11 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 
+from dataset_versions.api import router as dataset_versions_router
+from evaluations.api import router as evaluations_router
+from finetunes.api import router as finetunes_router
 from projects.api import router as projects_router
+from reports.api import router as reports_router
 from teams.api_kit import TokenAuth, error_response, install_error_handlers
 
 api = NinjaAPI(
@@ -28,6 +32,12 @@ api = NinjaAPI(
 install_error_handlers(api)
 
 api.add_router("/projects", projects_router)
+# Later stages: a project's collections under /projects/{slug}/…, an object by its id at
+# /<kind>/{id} (versions, finetunes, students, evaluations) — the paths are in each router.
+api.add_router("", dataset_versions_router)
+api.add_router("", finetunes_router)
+api.add_router("", evaluations_router)
+api.add_router("", reports_router)
 
 
 def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:

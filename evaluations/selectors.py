@@ -46,6 +46,15 @@ def evaluations_for_project(*, project: Project, kind: str | None = None) -> Que
     return rows.order_by("-created_at", "-id")
 
 
+def examples_of(*, evaluation: Evaluation) -> QuerySet[EvalExample]:
+    """The evaluation's examples in test order, each with every candidate's answer."""
+    return (
+        EvalExample.objects.filter(evaluation=evaluation)
+        .prefetch_related("outputs")
+        .order_by("position")
+    )
+
+
 def latest_experiment(*, project: Project) -> Evaluation | None:
     return evaluations_for_project(project=project, kind=EvaluationKind.EXPERIMENT).first()
 

@@ -201,6 +201,12 @@ def student_artifact_files(*, student: StudentModel, artifact: str) -> dict[str,
     return files
 
 
+def artifact_folder_name(*, student: StudentModel, artifact: str) -> str:
+    """The folder (and zip) name of an artifact's download, from the student's name."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in student.name)[:80].strip("-")
+    return f"{slug or 'student'}-{artifact}"
+
+
 def student_artifacts(*, student: StudentModel) -> list[dict[str, Any]]:
     """What the student page offers to download: per artifact, its files and total size."""
     out = []

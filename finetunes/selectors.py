@@ -101,10 +101,16 @@ def training_points(*, fine_tune: FineTune, after_step: int = -1) -> list[dict[s
     ]
 
 
-def students_for_team(*, team: Team) -> dict[str, list[StudentModel]]:
+def students_of_team(*, team: Team, kind: str = "") -> QuerySet[StudentModel]:
+    """The team's students (``kind``: base or distilled, empty for both)."""
     students = StudentModel.objects.filter(team=team).select_related(
         "base_model", "dataset_version", "project"
     )
+    return students.filter(kind=kind) if kind else students
+
+
+def students_for_team(*, team: Team) -> dict[str, list[StudentModel]]:
+    students = students_of_team(team=team)
     return {
         "base": [s for s in students if s.kind == StudentKind.BASE],
         "distilled": [s for s in students if s.kind == StudentKind.DISTILLED],

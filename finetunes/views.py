@@ -289,8 +289,7 @@ def student_download(request: HttpRequest, student_id: int, artifact: str) -> St
     files = services.student_artifact_files(student=student, artifact=artifact)
     if not files:
         raise Http404
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in student.name)[:80].strip("-")
-    folder = f"{slug or 'student'}-{artifact}"
+    folder = services.artifact_folder_name(student=student, artifact=artifact)
     response = StreamingHttpResponse(
         services.zip_stream(files, folder_name=folder), content_type="application/zip"
     )
