@@ -8,7 +8,11 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 
+from jobs.api import router as jobs_router
 from projects.api import router as projects_router
+from review.api import router as review_router
+from teachers.api import router as teachers_router
+from teams.api import router as credentials_router
 from teams.api_kit import TokenAuth, error_response, install_error_handlers
 
 api = NinjaAPI(
@@ -27,7 +31,13 @@ api = NinjaAPI(
 )
 install_error_handlers(api)
 
+api.add_router("/credentials", credentials_router)
+api.add_router("/jobs", jobs_router)
 api.add_router("/projects", projects_router)
+# Teacher runs live both under a project (/projects/{slug}/teacher-runs) and on their own
+# (/teacher-runs/{run_id}); outputs under their project (/projects/{slug}/outputs).
+api.add_router("", teachers_router)
+api.add_router("/projects", review_router, url_name_prefix="review")
 
 
 def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:

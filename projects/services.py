@@ -164,6 +164,13 @@ def input_upload_create(
     )
 
 
+def input_upload_discard(*, upload: InputUpload) -> None:
+    """Forget an upload that will not be imported (its mapping was refused): the row and the
+    stored copy of the file, so a refused upload leaves nothing behind."""
+    shutil.rmtree((settings.DATA_DIR / upload.file_path).parent, ignore_errors=True)
+    upload.delete()
+
+
 def suggested_mapping(*, project: Project, columns: list[str]) -> dict[str, str]:
     lowered = {c.lower(): c for c in columns}
     return {
