@@ -13,6 +13,7 @@ from django.http import HttpRequest
 from ninja import Field, File, Form, Router, Schema, UploadedFile
 from ninja.pagination import paginate
 from ninja.responses import Status
+from pydantic import BaseModel
 
 from distillery.uploads import upload_refused
 from jobs.api import JobOut, job_out
@@ -131,12 +132,14 @@ class InputOut(Schema):
     created_at: datetime
 
 
-class InputIn(Schema):
+# Plain pydantic models, not ninja Schemas: a Schema runs a Django-aware validator per object,
+# which was a fifth of a 10,000-row batch's time; these bodies are plain JSON anyway.
+class InputIn(BaseModel):
     inputs: dict[str, str | int | float | bool | None]
     reference_output: str | None = None
 
 
-class InputBatchIn(Schema):
+class InputBatchIn(BaseModel):
     rows: list[InputIn]
 
 
