@@ -228,8 +228,12 @@ def _estimate_rows(upload: InputUpload) -> int:
     return max(count - (1 if upload.format == "csv" else 0), 1)
 
 
+#: json.dumps(data, sort_keys=True, ensure_ascii=False), without building an encoder per row.
+_HASH_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+
+
 def content_hash(data: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return hashlib.sha256(_HASH_ENCODER.encode(data).encode()).hexdigest()
 
 
 class NewInput(NamedTuple):
