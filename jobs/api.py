@@ -45,7 +45,8 @@ class JobOut(Schema):
 
     @staticmethod
     def resolve_project(obj: Job) -> str | None:
-        return obj.project.slug if obj.project_id else None  # type: ignore[attr-defined]
+        project = obj.project
+        return project.slug if project is not None else None
 
     @staticmethod
     def resolve_cost_usd(obj: Job) -> Decimal | None:
@@ -53,7 +54,8 @@ class JobOut(Schema):
 
     @staticmethod
     def resolve_created_by(obj: Job) -> str | None:
-        return obj.created_by.username if obj.created_by_id else None
+        user = obj.created_by
+        return user.username if user is not None else None
 
 
 def jobs_with_details(queryset: QuerySet[Job]) -> QuerySet[Job]:

@@ -10,8 +10,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from ninja import Field, File, Form, Router, Schema, UploadedFile
+from ninja import Field, Router, Schema, UploadedFile
 from ninja.pagination import paginate
+from ninja.params.functions import File, Form
 from ninja.responses import Status
 from pydantic import BaseModel
 
@@ -234,7 +235,7 @@ def upload_inputs(
             errors=[{"field": "field_map", "message": "an object of strings"}],
         )
     try:
-        check_size(file.name or "upload", file.size, max_bytes=settings.MAX_UPLOAD_BYTES)
+        check_size(file.name or "upload", file.size or 0, max_bytes=settings.MAX_UPLOAD_BYTES)
         upload = services.input_upload_create(
             project=project,
             user=auth_of(request).user,

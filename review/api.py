@@ -58,7 +58,7 @@ class OutputOut(Schema):
 
     @staticmethod
     def resolve_inputs(obj: TeacherOutput) -> dict[str, Any]:
-        return obj.input.data
+        return dict(obj.input.data)
 
     @staticmethod
     def resolve_flags(obj: TeacherOutput) -> list[OutputFlag]:
@@ -74,14 +74,16 @@ class OutputOut(Schema):
 
 
 class ReviewFiltersIn(Schema):
-    status: str = Field("", description="unreviewed, approved, rejected, edited, decided, conflict")
-    flag: str = Field("", description="a flag code, any or none")
+    status: str = Field(
+        default="", description="unreviewed, approved, rejected, edited, decided, conflict"
+    )
+    flag: str = Field(default="", description="a flag code, any or none")
     label: str = ""
     conf_min: float | None = None
     conf_max: float | None = None
-    q: str = Field("", description="text in the input or answer, or #<output id>")
-    reviewer: str = Field("", description="a user id, or rule")
-    assigned: str = Field("", description="me, todo, or a user id")
+    q: str = Field(default="", description="text in the input or answer, or #<output id>")
+    reviewer: str = Field(default="", description="a user id, or rule")
+    assigned: str = Field(default="", description="me, todo, or a user id")
 
 
 class DecisionIn(Schema):

@@ -137,7 +137,7 @@ def _run_settings(project: Project, payload: TeacherRunIn) -> services.RunSettin
             for name, messages in form.errors.items()
             for m in messages
         ]
-        raise ApiError(400, "; ".join(e["message"] for e in errors), errors=errors)
+        raise ApiError(400, "; ".join(str(e["message"]) for e in errors), errors=errors)
     return form.run_settings()
 
 
