@@ -11,8 +11,12 @@ from ninja import NinjaAPI
 from dataset_versions.api import router as dataset_versions_router
 from evaluations.api import router as evaluations_router
 from finetunes.api import router as finetunes_router
+from jobs.api import router as jobs_router
 from projects.api import router as projects_router
 from reports.api import router as reports_router
+from review.api import router as review_router
+from teachers.api import router as teachers_router
+from teams.api import router as credentials_router
 from teams.api_kit import TokenAuth, error_response, install_error_handlers
 
 api = NinjaAPI(
@@ -31,7 +35,13 @@ api = NinjaAPI(
 )
 install_error_handlers(api)
 
+api.add_router("/credentials", credentials_router)
+api.add_router("/jobs", jobs_router)
 api.add_router("/projects", projects_router)
+# Teacher runs live both under a project (/projects/{slug}/teacher-runs) and on their own
+# (/teacher-runs/{run_id}); outputs under their project (/projects/{slug}/outputs).
+api.add_router("", teachers_router)
+api.add_router("/projects", review_router, url_name_prefix="review")
 # Later stages: a project's collections under /projects/{slug}/…, an object by its id at
 # /<kind>/{id} (versions, finetunes, students, evaluations) — the paths are in each router.
 api.add_router("", dataset_versions_router)

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from ninja import Field, Router, Schema
+from ninja import Field, Router, Schema, UploadedFile
 from ninja.pagination import paginate
+from ninja.params.functions import File, Form
 from ninja.responses import Status
+from pydantic import BaseModel
 
+from distillery.uploads import upload_refused
+from jobs.api import JobOut, job_out
+from jobs.models import Job
 from projects import selectors, services
 from projects.models import InputRow, Project
 from teams.api_kit import PAGE, ApiError, Page, auth_of, field_error, require_permission
 from teams.api_kit import team_object as _team_object
+from worker.ingest import IngestError, check_size
 from worker.taskspec import TaskSpecError
 
 router = Router(tags=["projects"])
@@ -125,12 +133,14 @@ class InputOut(Schema):
     created_at: datetime
 
 
-class InputIn(Schema):
+# Plain pydantic models, not ninja Schemas: a Schema runs a Django-aware validator per object,
+# which was a fifth of a 10,000-row batch's time; these bodies are plain JSON anyway.
+class InputIn(BaseModel):
     inputs: dict[str, str | int | float | bool | None]
     reference_output: str | None = None
 
 
-class InputBatchIn(Schema):
+class InputBatchIn(BaseModel):
     rows: list[InputIn]
 
 
@@ -172,3 +182,80 @@ def create_inputs(request: HttpRequest, slug: str, payload: InputBatchIn) -> Sta
     except services.InputRowsError as exc:
         raise ApiError(422, str(exc), errors=exc.errors) from exc
     return Status(201, counts)
+
+
+#: Optional in the signature only so an oversized upload (stopped while it arrives) answers 413
+#: naming the limit instead of "field required".
+_UPLOAD_FILE = File(None, description="CSV with a header row, or JSONL (required)")
+
+
+@router.post(
+    "/{slug}/inputs/upload",
+    response={201: JobOut},
+    summary="Upload a CSV/JSONL file of inputs and start its import job",
+)
+def upload_inputs(
+    request: HttpRequest,
+    slug: str,
+    file: UploadedFile | None = _UPLOAD_FILE,
+    field_map: str = Form(
+        "",
+        description='JSON object input field → column, e.g. {"text": "utterance"}; default: the '
+        "columns named like the task's input fields",
+    ),
+    reference_column: str = Form("", description="the column holding a human reference output"),
+) -> Status[Job]:
+    """The upload page and its column-mapping page in one call. A file that cannot be read, or a
+    mapping that does not fit, is refused naming the file/line or field; nothing is kept then.
+    Poll ``GET /jobs/{id}`` for the import's progress and result."""
+    project = project_of(request, slug, permission="write")
+    if upload_refused(request) is not None:
+        limit = settings.MAX_UPLOAD_BYTES // (1024 * 1024)
+        raise ApiError(
+            413,
+            f"the file is too large: uploads are limited to {limit} MB",
+            errors=[{"field": "file", "message": f"at most {limit} MB"}],
+        )
+    if file is None:
+        raise ApiError(422, "no file", errors=[{"field": "file", "message": "required"}])
+    try:
+        mapping = json.loads(field_map) if field_map.strip() else None
+    except ValueError as exc:
+        raise ApiError(
+            422,
+            f"field_map is not JSON: {exc}",
+            errors=[{"field": "field_map", "message": "not JSON"}],
+        ) from exc
+    if mapping is not None and not (
+        isinstance(mapping, dict) and all(isinstance(v, str) for v in mapping.values())
+    ):
+        raise ApiError(
+            422,
+            "field_map must be a JSON object of input field → column name",
+            errors=[{"field": "field_map", "message": "an object of strings"}],
+        )
+    try:
+        check_size(file.name or "upload", file.size or 0, max_bytes=settings.MAX_UPLOAD_BYTES)
+        upload = services.input_upload_create(
+            project=project,
+            user=auth_of(request).user,
+            file_name=file.name or "upload",
+            source=file,
+        )
+    except IngestError as exc:
+        # The file (and line, and column when there is one) named; nothing was kept.
+        entry = {"field": "file", "column": exc.field, "line": exc.line, "message": exc.detail}
+        raise ApiError(400, str(exc), errors=[entry]) from exc
+    try:
+        job = services.input_import_start(
+            upload=upload,
+            user=auth_of(request).user,
+            field_map=mapping
+            if mapping is not None
+            else services.suggested_mapping(project=project, columns=upload.columns),
+            reference_column=reference_column,
+        )
+    except ValidationError:
+        services.input_upload_discard(upload=upload)
+        raise
+    return Status(201, job_out(job))

@@ -8,12 +8,13 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 from django.utils.text import get_valid_filename
 
 from jobs.models import Job
@@ -164,6 +165,13 @@ def input_upload_create(
     )
 
 
+def input_upload_discard(*, upload: InputUpload) -> None:
+    """Forget an upload that will not be imported (its mapping was refused): the row and the
+    stored copy of the file, so a refused upload leaves nothing behind."""
+    shutil.rmtree((settings.DATA_DIR / upload.file_path).parent, ignore_errors=True)
+    upload.delete()
+
+
 def suggested_mapping(*, project: Project, columns: list[str]) -> dict[str, str]:
     lowered = {c.lower(): c for c in columns}
     return {
@@ -220,8 +228,48 @@ def _estimate_rows(upload: InputUpload) -> int:
     return max(count - (1 if upload.format == "csv" else 0), 1)
 
 
+#: json.dumps(data, sort_keys=True, ensure_ascii=False), without building an encoder per row.
+_HASH_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+
+
 def content_hash(data: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return hashlib.sha256(_HASH_ENCODER.encode(data).encode()).hexdigest()
+
+
+class NewInput(NamedTuple):
+    """An input row to write (input_rows_insert): plain values, no model instance to build."""
+
+    data: dict[str, str]
+    reference_output: str | None
+    content_hash: str
+    search_text: str
+    source_line: int | None = None
+    import_job_id: int | None = None
+
+
+def input_rows_insert(*, project: Project, rows: Iterable[NewInput]) -> int:
+    """Write input rows in ONE statement, skipping any whose content the project already holds;
+    return how many were written. The one writer of input rows, for the file import and the
+    API's batches: the rows travel as one JSON parameter, so 10,000 rows cost one round trip
+    and no per-row work in Python (bulk_create's model instances and per-value placeholders
+    were most of a 10,000-row API batch's time)."""
+    payload = json.dumps([row._asdict() for row in rows], ensure_ascii=False)
+    if payload == "[]":
+        return 0
+    sql = f"""
+        INSERT INTO {InputRow._meta.db_table}
+            (project_id, data, reference_output, content_hash, search_text, source_line,
+             import_job_id, created_at)
+        SELECT %s, data, reference_output, content_hash, search_text, source_line,
+               import_job_id, %s
+        FROM jsonb_to_recordset(%s::jsonb) AS t(
+            data jsonb, reference_output text, content_hash text, search_text text,
+            source_line integer, import_job_id bigint)
+        ON CONFLICT (project_id, content_hash) DO NOTHING
+    """  # noqa: S608 (the table name is the model's, never input)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [project.pk, timezone.now(), payload])
+        return int(cursor.rowcount)
 
 
 class _ImportBatch:
@@ -232,7 +280,7 @@ class _ImportBatch:
     def __init__(self, *, project: Project, job_id: int) -> None:
         self.project = project
         self.job_id = job_id
-        self.rows: dict[str, InputRow] = {}
+        self.rows: dict[str, NewInput] = {}
         # Hashes of rows that were in the project before this import and appear in the file:
         # only those need remembering (to count their second appearance as a duplicate).
         self.present_before: set[str] = set()
@@ -249,7 +297,7 @@ class _ImportBatch:
                 repeated += 1
             else:
                 self.present_before.add(digest)
-        InputRow.objects.bulk_create(self.rows.values(), ignore_conflicts=True)
+        input_rows_insert(project=self.project, rows=self.rows.values())
         self.rows.clear()
         return repeated
 
@@ -301,8 +349,7 @@ def inputs_import_run(*, job: Job, progress: Callable[[int, int], None]) -> dict
             if digest in batch.rows:
                 duplicates_in_file += 1
                 continue
-            batch.rows[digest] = InputRow(
-                project=project,
+            batch.rows[digest] = NewInput(
                 data=data,
                 reference_output=_reference_of(record, reference_column),
                 content_hash=digest,
@@ -377,7 +424,7 @@ def inputs_create(
     fields = list(project.input_fields)
     errors: list[dict[str, Any]] = []
     total_errors = 0
-    pending: dict[str, InputRow] = {}
+    pending: dict[str, NewInput] = {}
     for number, row in enumerate(rows, start=1):
         before = len(errors)
         data = _batch_row_data(row, number, fields, errors)
@@ -388,8 +435,7 @@ def inputs_create(
         digest = content_hash(data)
         if digest not in pending:
             reference = references[number - 1] if references else None
-            pending[digest] = InputRow(
-                project=project,
+            pending[digest] = NewInput(
                 data=data,
                 reference_output=reference,
                 content_hash=digest,
@@ -397,17 +443,12 @@ def inputs_create(
             )
     if total_errors:
         raise InputRowsError(errors, total_errors)
-    with transaction.atomic():
-        present = set(
-            InputRow.objects.filter(project=project, content_hash__in=list(pending)).values_list(
-                "content_hash", flat=True
-            )
-        )
-        new = [row for digest, row in pending.items() if digest not in present]
-        InputRow.objects.bulk_create(new, batch_size=2000, ignore_conflicts=True)
+    # One statement: a row whose content the project holds is skipped by the unique index, so
+    # what was not written was already present (no separate lookup, no race between the two).
+    created = input_rows_insert(project=project, rows=pending.values())
     return {
         "received": len(rows),
-        "created": len(new),
+        "created": created,
         "duplicates_in_batch": len(rows) - len(pending),
-        "already_present": len(present),
+        "already_present": len(pending) - created,
     }

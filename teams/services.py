@@ -176,3 +176,8 @@ def credential_update(
         credential.key_last4 = api_key[-4:]
     credential.save()
     return credential
+
+
+def credential_delete(*, credential: ProviderCredential) -> None:
+    """Forget a credential (its encrypted key with it). Runs that used it keep their records."""
+    credential.delete()

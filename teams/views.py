@@ -213,7 +213,7 @@ def credential_delete(request: HttpRequest, team_id: int, credential_id: int) ->
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
     credential = scoped_get(team.credentials.all(), pk=credential_id)
-    credential.delete()
+    services.credential_delete(credential=credential)
     messages.success(request, f"Credential {credential.name!r} deleted.")
     return redirect("teams:credentials", team_id=team.pk)
 
