@@ -22,6 +22,8 @@ import httpx
 API_PREFIX = "/api/v1"
 #: Job statuses after which a job never changes again.
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+#: Where a job waits for a person (a teacher run paused by its budget cap): waiting ends there.
+STOPPED = frozenset({"paused"})
 
 
 class ApiError(Exception):
@@ -172,7 +174,7 @@ class Distillery:
             job = self.job(job_id)
             if on_progress:
                 on_progress(job)
-            if job["status"] in FINISHED:
+            if job["status"] in FINISHED | STOPPED or job.get("is_terminal"):
                 if job["status"] != "succeeded":
                     raise JobFailed(job)
                 return job

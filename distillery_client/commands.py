@@ -174,3 +174,33 @@ def inputs_push(
             "in the file)"
         ),
     )
+
+
+@inputs.command("upload")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--project", "-p", required=True, help="The project's slug.")
+@click.option("--map", "maps", multiple=True, help="FIELD=COLUMN (default: the page's guess).")
+@click.option("--reference-column", default="")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@json_option
+@pass_ctx
+def inputs_upload(
+    ctx: Context,
+    file: Path,
+    project: str,
+    maps: tuple[str, ...],
+    reference_column: str,
+    wait: bool,
+) -> None:
+    """Upload a file for the server to import as one all-or-nothing job (a bad line imports
+    nothing and is named)."""
+    data: dict[str, Any] = {"reference_column": reference_column}
+    if maps:
+        data["field_map"] = json.dumps(dict(m.split("=", 1) for m in maps if "=" in m))
+    with file.open("rb") as fh:
+        job = ctx.client.request(
+            "POST", f"/projects/{project}/inputs/upload", files={"file": (file.name, fh)}, data=data
+        )
+    if wait:
+        job = wait_for(ctx, job["id"])
+    emit(ctx, job, lambda j: f"import job {j['id']}: {j['status']} {j.get('result') or ''}")
