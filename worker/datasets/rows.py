@@ -40,6 +40,10 @@ class DatasetRow:
     output: str
     source: Source
     decision_ids: tuple[RowId, ...] = ()
+    # Training signals beyond the answer (optional): the teacher's reason, and its distribution
+    # over the label set ({label: probability}; None for edited rows and human references).
+    rationale: str = ""
+    label_distribution: Mapping[str, float] | None = None
 
     @classmethod
     def coerce(cls, value: DatasetRow | Sequence[Any]) -> DatasetRow:
@@ -64,6 +68,8 @@ class FrozenRow:
     decision_ids: tuple[RowId, ...]
     split: Split
     group: int  # rows sharing a group are duplicates or near-duplicates of one another
+    rationale: str = ""
+    label_distribution: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
