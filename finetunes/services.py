@@ -32,6 +32,7 @@ from finetunes.registry import (
     student_register_local,
     zip_stream,
 )
+from finetunes.signals import check_training_signals
 from finetunes.training_job import (
     MAX_EVAL_EXAMPLES,
     _train_spec,
@@ -231,6 +232,7 @@ def fine_tune_start(
             f"dataset version {version.name!r} has no training rows: freeze one with a train split"
         )
     chosen = _validate_hyperparameters(settings, n_train=n_train, device="cuda" if gpu else "cpu")
+    check_training_signals(version=version, chosen=chosen)
     if project.output_kind == "label":
         # A distilled student learns the labels: by default it is trained (and served) without
         # the label list, which is most of a label task's prompt.

@@ -91,7 +91,8 @@ class DistilleryTrainerMixin(_TrainerBase):  # type: ignore[misc]
         if soft_labels is not None:
             from worker.training_signals import SoftLabelCollator
 
-            self.data_collator = SoftLabelCollator(self.data_collator)
+            me: Any = self
+            me.data_collator = SoftLabelCollator(me.data_collator)
         # Our loss calls the decoder and the head directly, outside the model's forward
         # that accelerate would wrap, so mixed precision (CPU bf16; CUDA bf16/fp16) is
         # entered here: (device type, dtype name), or None for none.

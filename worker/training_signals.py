@@ -161,7 +161,7 @@ class SoftLabelCollator:
                 positions.append(int(position))
                 ids.append(list(token_ids))
                 probs.append(list(p))
-        batch = self.base(stripped)
+        batch: dict[str, Any] = self.base(stripped)
         if rows:
             width = max(len(i) for i in ids)
             batch["soft_rows"] = torch.tensor(rows)
