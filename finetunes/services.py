@@ -162,6 +162,7 @@ def _validate_hyperparameters(
 ) -> dict[str, Any]:
     """The engine's own checks, run now so the form can name the field that is wrong."""
     from worker.training import TrainingConfigError, TrainSpec, resolve_hyperparameters
+    from worker.training_signals import check_signal_settings
 
     unknown = set(settings.hyperparameters) - set(HYPERPARAMETER_FIELDS)
     if unknown:
@@ -177,6 +178,9 @@ def _validate_hyperparameters(
     )
     try:
         resolve_hyperparameters(spec, n_train=n_train, device=device)
+        check_signal_settings(
+            spec.rationale_training, spec.soft_label_weight, spec.soft_label_temperature
+        )
     except TrainingConfigError as exc:
         # The engine names the setting at fault in ``field`` (and says what is wrong, without
         # it, in ``message``); one the form does not show is reported for the whole form.

@@ -83,7 +83,7 @@ from worker.training_model import (
     save_tokenizer,
     skip_adapter_input_casts,
 )
-from worker.training_signals import SOFT_KEYS, rationale_examples
+from worker.training_signals import SOFT_KEYS, check_signal_settings, rationale_examples
 
 log = logging.getLogger("distillery.training")
 
@@ -324,6 +324,9 @@ def _prepare(out: Path, timings: dict[str, float]) -> _Run:
             replace(e, messages=without_label_list(e.messages)) for e in train_examples
         ]
         eval_examples = [replace(e, messages=without_label_list(e.messages)) for e in eval_examples]
+    check_signal_settings(
+        spec.rationale_training, spec.soft_label_weight, spec.soft_label_temperature
+    )
     if spec.rationale_training == "second_task":
         # The second task's examples count as training examples (epochs cover them too).
         train_examples = train_examples + rationale_examples(train_examples)

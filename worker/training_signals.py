@@ -39,6 +39,29 @@ DEFAULT_SOFT_LABEL_WEIGHT = 0.5
 DEFAULT_SOFT_LABEL_TEMPERATURE = 2.0
 
 
+RATIONALE_MODES = ("off", "second_task")
+
+
+def check_signal_settings(rationale_training: str, weight: float, temperature: float) -> None:
+    """Raise TrainingConfigError naming the field for a setting out of range."""
+    from worker.training_spec import TrainingConfigError
+
+    if rationale_training not in RATIONALE_MODES:
+        raise TrainingConfigError(
+            f"must be one of {', '.join(RATIONALE_MODES)}", field="rationale_training"
+        )
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
+        raise TrainingConfigError("must be between 0 and 1", field="soft_label_weight")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not 0 < temperature <= 100
+    ):
+        raise TrainingConfigError(
+            "must be above 0 (and at most 100)", field="soft_label_temperature"
+        )
+
+
 def rationale_examples(examples: Sequence[TrainExample]) -> list[TrainExample]:
     """The second task: for each example with a rationale, the prefixed prompt -> the rationale."""
     extra = []
