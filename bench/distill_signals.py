@@ -56,10 +56,11 @@ from bench.shared_data import shared_data  # noqa: E402
 from bench.student_model import data_root, prepare_student  # noqa: E402
 
 INSTRUCTION = "Classify the intent of this online banking customer message.\n\nMessage: {{ text }}"
-STOP = set(
+_STOP_WORDS = (
     "a an the i my me to of and or is it in on for be can do did how what why when where with "
-    "this that was has have not no you your are am will from at get got there still please".split()
+    "this that was has have not no you your are am will from at get got there still please"
 )
+STOP = frozenset(_STOP_WORDS.split())
 
 
 def load(name: str) -> list[dict[str, str]]:
@@ -103,9 +104,7 @@ def templated_rationales(rows: list[dict[str, str]]) -> dict[str, str]:
     for row in rows:
         label = row["label"]
         words = [w for w in re.findall(r"[a-z']+", row["text"].lower()) if w not in STOP]
-        typical = sorted(
-            set(words), key=lambda w: (-words_of[label][w] / (overall[w] + 1), w)
-        )[:3]
+        typical = sorted(set(words), key=lambda w: (-words_of[label][w] / (overall[w] + 1), w))[:3]
         mention = ", ".join(f"“{w}”" for w in typical) or "nothing more specific"
         out[row["text"]] = (
             f"The customer asks about {label.replace('_', ' ').strip('?').lower()}: "
@@ -114,8 +113,44 @@ def templated_rationales(rows: list[dict[str, str]]) -> dict[str, str]:
     return out
 
 
+def recipe(args: argparse.Namespace, *, teacher: bool) -> dict[str, Any]:
+    """The fine-tuning settings: SmolLM2 takes the CPU preset (LoRA); the tiny random-init
+    models are trained from scratch (full fine-tuning, more epochs; the teacher longer)."""
+    if args.quick:
+        return {"max_steps": 3}
+    if args.student == "smollm2":
+        return {}
+    return {
+        "method": "full",
+        "epochs": 20.0 if teacher else args.tiny_epochs,
+        "learning_rate": 3e-3,
+        "batch_size": 16,
+    }
+
+
+def tiny_models(work: Path, rows: dict[str, list[dict[str, str]]], labels: list[str]) -> Any:
+    """(student base, teacher base): random-init Llamas with a tokenizer trained on the rows'
+    texts (tests.helpers.tiny_model); the teacher is wider and deeper."""
+    from tests.helpers.tiny_model import build_tiny_model
+
+    texts = [r["text"] for part in rows.values() for r in part] + labels + [INSTRUCTION]
+    texts += [label.replace("_", " ") for label in labels]
+    common = {"vocab_texts": texts, "vocab_size": 1500, "initializer_range": 0.05}
+    student = build_tiny_model(work / "tiny-student", hidden_size=64, num_layers=2, **common)
+    teacher = build_tiny_model(
+        work / "tiny-teacher", hidden_size=128, num_layers=4, num_heads=4, seed=1, **common
+    )
+    return student, teacher
+
+
 def train(
-    args: argparse.Namespace, base: Path, out: Path, examples: list[Any], **options: Any
+    args: argparse.Namespace,
+    base: Path,
+    out: Path,
+    examples: list[Any],
+    *,
+    teacher: bool = False,
+    **options: Any,
 ) -> tuple[Path, dict[str, float]]:
     from worker.training import TrainSpec, run_training
 
@@ -129,7 +164,7 @@ def train(
         seed=args.seed,
         keep_checkpoints=1,
         checkpoint_every_steps=100_000,
-        **({"max_steps": 3} if args.quick else {}),
+        **recipe(args, teacher=teacher),
         **options,
     )
     result = run_training(spec)
@@ -208,12 +243,20 @@ def paired_interval(a: list[int], b: list[int], seed: int, n: int = 4000) -> tup
     return sum(diffs) / size, boots[int(0.025 * n)], boots[int(0.975 * n) - 1]
 
 
-def main() -> None:  # noqa: PLR0915 - one linear script
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", type=int, default=20)
     parser.add_argument("--teacher-rows", type=int, default=30, help="per label")
     parser.add_argument("--train-rows", type=int, default=8, help="per label (the student's)")
     parser.add_argument("--test-rows", type=int, default=15, help="per label")
+    parser.add_argument(
+        "--student",
+        choices=("tiny", "smollm2"),
+        default="tiny",
+        help="tiny: random-init Llamas trained from scratch (minutes on 2 cores); smollm2: "
+        "SmolLM2-135M student and teacher (LoRA, the CPU preset; an hour or more on 2 cores)",
+    )
+    parser.add_argument("--tiny-epochs", type=float, default=12.0)
     parser.add_argument("--preset", default="balanced")
     parser.add_argument("--soft-weight", type=float, default=0.5)
     parser.add_argument("--soft-temperature", type=float, default=2.0)
@@ -230,27 +273,33 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     from worker.training import TrainExample
 
     started = time.perf_counter()
-    base, info = prepare_student(
-        data_root() / "models" / "SmolLM2-135M-Instruct",
-        source=args.smollm2_source,
-        download=args.download,
-        random_init=False,
-    )
     labels, rows = choose(args)
+    data_root().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="distill-signals-", dir=data_root()))
+    if args.student == "smollm2":
+        base, info = prepare_student(
+            data_root() / "models" / "SmolLM2-135M-Instruct",
+            source=args.smollm2_source,
+            download=args.download,
+            random_init=False,
+        )
+        teacher_base = base
+    else:
+        base, teacher_base = tiny_models(work, rows, labels)
+        info = {"weights": "tiny random-init Llama (64 wide, 2 layers); teacher 128 wide, 4 layers"}
     task = TaskSpec(INSTRUCTION, "label", ("text",), label_set=tuple(labels))
 
     def examples(items: list[dict[str, str]]) -> list[TrainExample]:
-        return [
-            TrainExample(build_messages(task, {"text": r["text"]}), r["label"]) for r in items
-        ]
+        return [TrainExample(build_messages(task, {"text": r["text"]}), r["label"]) for r in items]
 
-    work = Path(tempfile.mkdtemp(prefix="distill-signals-", dir=data_root()))
     print(
         f"{len(labels)} labels; teacher {len(rows['teacher'])} rows, student {len(rows['train'])}"
         f" rows, test {len(rows['test'])} rows; student {info['weights']}",
         flush=True,
     )
-    teacher_dir, teacher_fig = train(args, base, work / "teacher", examples(rows["teacher"]))
+    teacher_dir, teacher_fig = train(
+        args, teacher_base, work / "teacher", examples(rows["teacher"]), teacher=True
+    )
     answers, distributions = teacher_distributions(teacher_dir, labels, rows["train"], task)
     teacher_right = [a == r["label"] for a, r in zip(answers, rows["train"], strict=True)]
     rationale = templated_rationales(rows["train"])
@@ -273,7 +322,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         f"{sum(spread) / max(len(spread), 1):.3f}); teacher trained in {teacher_fig['train_s']} s",
         flush=True,
     )
-    t_correct, t_seconds, _ = score(teacher_dir, labels, rows["test"], task)
+    t_correct, _, _ = score(teacher_dir, labels, rows["test"], task)
 
     variants: dict[str, dict[str, Any]] = {
         "answers only": {},
@@ -327,17 +376,22 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     summary = {
         "bench": "distill_signals",
         "student": info["weights"],
+        "recipe": recipe(args, teacher=False) or f"preset {args.preset}",
         "preset": args.preset,
         "labels": len(labels),
         "n_teacher_train": len(rows["teacher"]),
         "n_student_train": len(rows["train"]),
         "n_test": len(rows["test"]),
         "stand_ins": {
-            "soft_labels": "local transformers teacher (SmolLM2-135M LoRA on disjoint rows)",
+            "soft_labels": "local transformers teacher trained on disjoint rows: "
+            + ("SmolLM2-135M LoRA" if args.student == "smollm2" else "tiny random-init Llama"),
             "rationales": "templated from the gold label's name + typical message words",
         },
-        "teacher_test_accuracy": {"value": teacher_rate.value, "low": teacher_rate.low,
-                                  "high": teacher_rate.high},
+        "teacher_test_accuracy": {
+            "value": teacher_rate.value,
+            "low": teacher_rate.low,
+            "high": teacher_rate.high,
+        },
         "rows_with_distribution": with_dist,
         "soft_weight": args.soft_weight,
         "soft_temperature": args.soft_temperature,

@@ -162,11 +162,11 @@ ROWS += [{"text": f"the transfer is pending {i}", "output": "pending_transfer"} 
 def tiny_spec(
     model_dir: Path, out: Path, examples: list[TrainExample], **options: Any
 ) -> TrainSpec:
+    options.setdefault("max_steps", 24)
     return TrainSpec(
         base_model=str(model_dir),
         output_dir=str(out),
         train_examples=examples,
-        max_steps=24,
         batch_size=4,
         learning_rate=1e-2,
         device="cpu",
@@ -177,15 +177,27 @@ def tiny_spec(
     )
 
 
-def runner_up_probability(model_dir: Path) -> float:
-    """The trained model's probability of "card_linking" on a card_arrival message."""
+def runner_up_share(model_dir: Path) -> float:
+    """On a card_arrival message, after "card_": the trained model's probability of the token
+    that leads to card_linking, as a share of the two labels' tokens (constrained decoding
+    chooses between exactly these two there)."""
+    import torch
+
     from worker.inference import load_model
 
     model = load_model(model_dir, device="cpu", threads=1)
-    prompt = model.prompt(build_messages(TASK, {"text": "my card has not arrived yet 3"}))
-    scores = model.label_log_likelihoods([prompt], list(LABELS)).log_likelihoods[0]
-    total = math.log(sum(math.exp(s) for s in scores))
-    return math.exp(scores[LABELS.index("card_linking")] - total)
+    prompt = model.encode(
+        model.prompt(build_messages(TASK, {"text": "my card has not arrived yet 3"}))
+    )
+    tok = model.tokenizer
+    arrival = tok("card_arrival", add_special_tokens=False)["input_ids"]
+    linking = tok("card_linking", add_special_tokens=False)["input_ids"]
+    split = next(i for i, (a, b) in enumerate(zip(arrival, linking, strict=False)) if a != b)
+    with torch.no_grad():
+        logits = model.model(torch.tensor([prompt + arrival[:split]])).logits[0, -1]
+    probs = torch.softmax(logits.float(), dim=-1)
+    a, b = float(probs[arrival[split]]), float(probs[linking[split]])
+    return b / (a + b)
 
 
 @pytest.mark.slow
@@ -210,9 +222,11 @@ def test_a_tiny_student_learns_the_teachers_doubt_with_soft_labels(
         )
     )
     assert hard.status == soft.status == "succeeded", hard.error + soft.error
-    hard_p = runner_up_probability(Path(hard.merged_dir or ""))
-    soft_p = runner_up_probability(Path(soft.merged_dir or ""))
-    assert soft_p > 0.15 and soft_p > 5 * hard_p, (soft_p, hard_p)
+    hard_share = runner_up_share(Path(hard.merged_dir or ""))
+    soft_share = runner_up_share(Path(soft.merged_dir or ""))
+    # Hard labels teach "card_arrival" only; the KL term teaches the teacher's 40 %.
+    assert hard_share < 0.05, hard_share
+    assert 0.2 < soft_share < 0.6, soft_share
     assert soft.hyperparameters  # the run reports what it resolved
 
 
@@ -228,7 +242,13 @@ def test_a_tiny_student_with_rationales_still_answers_with_the_label_only(
     ]
     events: list[dict[str, Any]] = []
     result = run_training(
-        tiny_spec(tiny_model_dir, tmp_path / "job", examples, rationale_training="second_task"),
+        tiny_spec(
+            tiny_model_dir,
+            tmp_path / "job",
+            examples,
+            rationale_training="second_task",
+            max_steps=48,  # twice the examples: twice the steps for the same epochs
+        ),
         events.append,
     )
     assert result.status == "succeeded", result.error

@@ -112,9 +112,10 @@ def label_distribution(
     takes its share of the label-continuing mass (times the probability of the chosen path so
     far) to the labels it leads to - split evenly when it leads to several, since the API says
     nothing about what would have followed it. The chosen label keeps the chosen path's
-    probability. Labels no top-k alternative reaches get 0. The result sums to 1, and the
-    chosen label's entry equals the confidence whenever each alternative leads to one label
-    (the common case: a label's first token sets it apart).
+    probability (and what alternatives spelling it another way lead to). Labels no top-k
+    alternative reaches get 0. The result sums to 1; the chosen label's entry equals the
+    confidence when every alternative leads to one other label (the common case: a label's
+    first token sets it apart), and is at least the confidence otherwise.
     """
     if not positions:
         return None
