@@ -92,7 +92,7 @@ class TrainSpec:
     # Soft labels (label tasks): weight of the KL term toward the teacher's label distribution
     # (0: off, plain cross-entropy) and its temperature.
     soft_label_weight: float = field(default=0.0, metadata=_HYPERPARAMETER)
-    soft_label_temperature: float = field(default=2.0, metadata=_HYPERPARAMETER)
+    soft_label_temperature: float = field(default=1.0, metadata=_HYPERPARAMETER)
     merge: bool = True
     max_oom_retries: int = 3
 
