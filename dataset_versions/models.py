@@ -62,6 +62,10 @@ class DatasetItem(models.Model):
     inputs: models.JSONField[dict[str, Any]] = models.JSONField()
     output = models.TextField()
     decision_ids = models.JSONField(default=list)
+    # The teacher's reason and its distribution over the labels, as frozen (training signals;
+    # the distribution is None for edited rows, human references and teachers without one).
+    rationale = models.TextField(blank=True)
+    label_distribution = models.JSONField(null=True, blank=True)
     # Where it came from; plain ids (not foreign keys) so nothing can ever rewrite a frozen row.
     teacher_output_id = models.BigIntegerField(null=True, blank=True)
     input_row_id = models.BigIntegerField(null=True, blank=True)

@@ -135,7 +135,15 @@ def dataset_rows(*, project: Project, include_references: bool) -> list[datasets
     spec = project.task_spec()
     outputs = list(
         _accepted_outputs(project).values_list(
-            "pk", "input_id", "review_status", "parsed", "parse_error", "raw_text", "edited_value"
+            "pk",
+            "input_id",
+            "review_status",
+            "parsed",
+            "parse_error",
+            "raw_text",
+            "edited_value",
+            "rationale",
+            "label_distribution",
         )
     )
     # Per input, one teacher row: an edited output first, else the earliest approved one.
@@ -178,7 +186,8 @@ def dataset_rows(*, project: Project, include_references: bool) -> list[datasets
         .order_by()
     )
     rows: list[datasets.DatasetRow] = []
-    for input_id, (pk, _, status, parsed, parse_error, raw, edited) in chosen.items():
+    for input_id, (pk, _, status, parsed, parse_error, raw, edited, *signals) in chosen.items():
+        rationale, distribution = signals
         if input_id in references:
             continue  # the human reference is taught for this input
         rows.append(
@@ -189,6 +198,9 @@ def dataset_rows(*, project: Project, include_references: bool) -> list[datasets
                 source="teacher_edited" if status == ReviewStatus.EDITED else "teacher",
                 decision_ids=(decisions[pk],) if pk in decisions else (),
                 synthetic_input=input_id in synthetic,
+                rationale=rationale or "",
+                # A reviewer's edit is taught as given (one-hot), never as the teacher's guess.
+                label_distribution=distribution if status != ReviewStatus.EDITED else None,
             )
         )
     for input_id, reference in references.items():
@@ -367,6 +379,8 @@ def _store_version(
                 inputs=dict(r.inputs),
                 output=r.output,
                 decision_ids=list(r.decision_ids),
+                rationale=r.rationale,
+                label_distribution=dict(r.label_distribution) if r.label_distribution else None,
                 teacher_output_id=_id_after(str(r.row_id), "out-"),
                 input_row_id=_id_after(str(r.row_id), "ref-"),
                 synthetic_input=r.synthetic_input,

@@ -34,6 +34,7 @@ from finetunes.registry import (
     student_register_local,
     zip_stream,
 )
+from finetunes.signals import check_training_signals
 from finetunes.training_job import (
     MAX_EVAL_EXAMPLES,
     _train_spec,
@@ -166,6 +167,7 @@ def _validate_hyperparameters(
 ) -> dict[str, Any]:
     """The engine's own checks, run now so the form can name the field that is wrong."""
     from worker.training import TrainingConfigError, TrainSpec, resolve_hyperparameters
+    from worker.training_signals import check_signal_settings
 
     unknown = set(settings.hyperparameters) - set(HYPERPARAMETER_FIELDS)
     if unknown:
@@ -181,6 +183,9 @@ def _validate_hyperparameters(
     )
     try:
         resolve_hyperparameters(spec, n_train=n_train, device=device)
+        check_signal_settings(
+            spec.rationale_training, spec.soft_label_weight, spec.soft_label_temperature
+        )
     except TrainingConfigError as exc:
         # The engine names the setting at fault in ``field`` (and says what is wrong, without
         # it, in ``message``); one the form does not show is reported for the whole form.
@@ -238,6 +243,7 @@ def fine_tune_start(
     # "auto" is LoRA or QLoRA; both take the same hyperparameters, checked as LoRA here.
     checked = settings if settings.method != AUTO else replace(settings, method="lora")
     chosen = _validate_hyperparameters(checked, n_train=n_train, device="cuda" if gpu else "cpu")
+    check_training_signals(version=version, chosen=chosen)
     if project.output_kind == "label":
         # A distilled student learns the labels: by default it is trained (and served) without
         # the label list, which is most of a label task's prompt.

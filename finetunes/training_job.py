@@ -97,7 +97,15 @@ def _examples_from_export(path: Path) -> list[TrainExample]:
                 completion = record["completion"]
                 if isinstance(completion, list):
                     completion = "".join(m.get("content", "") for m in completion)
-                examples.append(TrainExample(messages=record["prompt"], completion=completion))
+                soft = record.get("label_distribution")
+                examples.append(
+                    TrainExample(
+                        messages=record["prompt"],
+                        completion=completion,
+                        rationale=str(record.get("rationale") or ""),
+                        soft_label={str(k): float(v) for k, v in soft.items()} if soft else None,
+                    )
+                )
     return examples
 
 
@@ -113,7 +121,12 @@ def training_examples(version: DatasetVersion, split: str) -> list[TrainExample]
         return _examples_from_export(data_path(stored))
     spec = version.project.task_spec()
     return [
-        TrainExample(messages=build_messages(spec, dict(item.inputs)), completion=item.output)
+        TrainExample(
+            messages=build_messages(spec, dict(item.inputs)),
+            completion=item.output,
+            rationale=item.rationale,
+            soft_label=item.label_distribution or None,
+        )
         for item in DatasetItem.objects.filter(version=version, split=split).order_by("id")
     ]
 

@@ -26,6 +26,8 @@ from dataset_versions.models import DatasetVersion
 from finetunes import gpu_plans, selectors, services
 from finetunes.forms import FineTuneForm, RegisterStudentForm
 from finetunes.models import FineTune, StudentModel
+from finetunes.signals import training_signals
+from finetunes.signals_form import TrainingSignalsForm
 from projects.access import project_for
 from teams.access import AnyUser, object_for, require, scoped_get, signed_in_user, team_for
 from teams.forms import apply_errors
@@ -93,16 +95,25 @@ def finetune_new(request: HttpRequest, project_id: int, version_id: int) -> Http
         if target
         else []
     )
-    if request.method == "POST" and form.is_valid():
+    signals_form = TrainingSignalsForm(
+        request.POST or None, signals=training_signals(version=version)
+    )
+    if request.method == "POST" and form.is_valid() and signals_form.is_valid():
+        settings = form.fine_tune_settings()
+        settings.hyperparameters.update(signals_form.hyperparameters())
         try:
             fine_tune = services.fine_tune_start(
                 project=project,
                 version=version,
                 user=signed_in_user(request),
-                settings=form.fine_tune_settings(),
+                settings=settings,
             )
         except ValidationError as exc:
-            apply_errors(form, exc)
+            signal_errors = getattr(exc, "error_dict", {})
+            if set(signal_errors) & set(signals_form.fields):
+                apply_errors(signals_form, exc)
+            else:
+                apply_errors(form, exc)
         else:
             messages.success(request, "The fine-tuning job is queued for a gpu-queue worker.")
             return redirect("finetunes:finetune_detail", finetune_id=fine_tune.pk)
@@ -114,6 +125,7 @@ def finetune_new(request: HttpRequest, project_id: int, version_id: int) -> Http
             "version": version,
             "membership": membership,
             "form": form,
+            "signals_form": signals_form,
             "hardware": hardware,
             "counts": counts,
             "presets": presets,
@@ -121,7 +133,7 @@ def finetune_new(request: HttpRequest, project_id: int, version_id: int) -> Http
             "gpu_target": target,
             "gpu_plans": plans,
         },
-        status=400 if form.errors else 200,
+        status=400 if form.errors or signals_form.errors else 200,
     )
 
 

@@ -34,6 +34,14 @@ class TaskSpecForm(forms.Form):
         required=False,
         help_text="A JSON Schema object",
     )
+    ask_rationale = forms.BooleanField(
+        label="Ask the teacher for a short reason after its answer",
+        required=False,
+        help_text="The teacher answers on the first line and explains in a sentence or two "
+        "after it. Only the answer is checked, reviewed and scored; the reason is shown (and "
+        "editable) in review and can be taught to the student as a second task. Students "
+        "never write it when serving. Costs a few dozen output tokens per call.",
+    )
 
     def clean_json_schema(self) -> dict[str, Any] | None:
         text = self.cleaned_data.get("json_schema", "").strip()

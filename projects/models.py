@@ -31,6 +31,9 @@ class Project(models.Model):
     )
     label_set = models.JSONField(default=list, blank=True)
     json_schema = models.JSONField(null=True, blank=True)
+    # Ask the teacher for its answer on the first line and a short reason after it; the reason
+    # is kept apart from the answer (rationale distillation, worker.taskspec.teacher_messages).
+    ask_rationale = models.BooleanField(default=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
     )
@@ -71,6 +74,7 @@ class Project(models.Model):
             system_prompt=self.system_prompt,
             label_set=tuple(self.label_set or ()),
             json_schema=self.json_schema,
+            rationale=self.ask_rationale,
         )
 
 

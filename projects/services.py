@@ -97,6 +97,7 @@ def project_update_task(
     output_kind: str,
     label_set: list[str],
     json_schema: dict[str, Any] | None,
+    ask_rationale: bool = False,
 ) -> Project:
     spec = TaskSpec(
         instruction_template=instruction_template,
@@ -105,6 +106,7 @@ def project_update_task(
         system_prompt=system_prompt,
         label_set=tuple(label_set) if output_kind == "label" else (),
         json_schema=json_schema if output_kind == "json" else None,
+        rationale=ask_rationale,
     )
     task_spec_validate(spec, sample_rows=_sample_rows(project))
     project.input_fields = list(spec.input_fields)
@@ -113,6 +115,7 @@ def project_update_task(
     project.output_kind = spec.output_kind
     project.label_set = list(spec.label_set)
     project.json_schema = spec.json_schema
+    project.ask_rationale = spec.rationale
     project.save()
     return project
 

@@ -19,7 +19,7 @@ from projects.access import project_for
 from teams.access import scoped_get, signed_in_user, team_for
 from teams.forms import apply_errors
 from worker.ingest import IngestError, check_size
-from worker.taskspec import SpecError, TaskSpec, TemplateError, build_messages
+from worker.taskspec import SpecError, TaskSpec, TemplateError, teacher_messages
 
 # Credentials -----------------------------------------------------------------------------------
 
@@ -74,6 +74,7 @@ def _task_form_initial(project: Any) -> dict[str, Any]:
         "output_kind": project.output_kind,
         "label_set": "\n".join(project.label_set or []),
         "json_schema": json.dumps(project.json_schema, indent=2) if project.json_schema else "",
+        "ask_rationale": project.ask_rationale,
     }
 
 
@@ -95,6 +96,7 @@ def task_edit(request: HttpRequest, project_id: int) -> HttpResponse:
                 output_kind=data["output_kind"],
                 label_set=services.parse_label_set(data["label_set"]),
                 json_schema=data["json_schema"],
+                ask_rationale=bool(data.get("ask_rationale")),
             )
             messages.success(request, "Task saved.")
             return redirect("projects:project_detail", project_id=project.pk)
@@ -137,6 +139,7 @@ def task_preview(request: HttpRequest, project_id: int) -> HttpResponse:
         system_prompt=data.get("system_prompt", ""),
         label_set=tuple(services.parse_label_set(data.get("label_set", ""))),
         json_schema=schema if isinstance(schema, dict) else None,
+        rationale=bool(data.get("ask_rationale")),
     )
     input_id = data.get("preview_input_id", "")
     row = selectors.preview_row(
@@ -147,7 +150,7 @@ def task_preview(request: HttpRequest, project_id: int) -> HttpResponse:
         try:
             spec.validate()
             if row is not None:
-                rendered = build_messages(spec, row.data)
+                rendered = teacher_messages(spec, row.data)
         except (SpecError, TemplateError) as exc:
             error = str(exc)
     return render(

@@ -73,6 +73,7 @@ class OutputCard:
     comments: list[ReviewComment] = field(default_factory=list)
     decide_url: str = ""
     comment_url: str = ""
+    rationale_url: str = ""
     identical_url: str = ""
     # The human reference shown next to the teacher's answer (canonical JSON when it parses).
     reference_text: str | None = None
@@ -137,6 +138,7 @@ def card_for(*, project: Project, spec: TaskSpec, output: TeacherOutput, user: U
         comments=list(output.comments.all()),
         decide_url=output_url("review_decide", project.pk, output.pk),
         comment_url=output_url("review_comment", project.pk, output.pk),
+        rationale_url=output_url("review_rationale", project.pk, output.pk),
         identical_url=output_url("review_identical", project.pk, output.pk),
         reference_text=_reference_text(spec, output.input.reference_output),
         **json_parts,

@@ -304,6 +304,36 @@ def comment_add(*, project: Project, user: User, output_id: int, text: str) -> R
     return comment
 
 
+MAX_RATIONALE_CHARS = 5000
+
+
+def rationale_edit(*, project: Project, user: User, output_id: int, text: str) -> TeacherOutput:
+    """A reviewer's correction of the teacher's reason. The answer's review is untouched: the
+    reason is taught (rationale training) but never checked or scored. Audited."""
+    text = text.strip()
+    if len(text) > MAX_RATIONALE_CHARS:
+        raise ValidationError(
+            {"rationale": f"a rationale is at most {MAX_RATIONALE_CHARS:,} characters"}
+        )
+    with transaction.atomic():
+        output = TeacherOutput.objects.select_for_update().get(pk=output_id, project=project)
+        before = output.rationale
+        if before == text:
+            return output
+        output.rationale = text
+        output.save(update_fields=["rationale"])
+        audit_record(
+            project=project,
+            actor=user,
+            action=AuditAction.DECISION,
+            output=output,
+            summary=f"{actor_name(user)} edited the rationale of output #{output.pk}",
+            before={"rationale": before},
+            after={"rationale": text},
+        )
+    return output
+
+
 # Conflicts --------------------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from review.decisions import (
     decision_undo_last,
     edit_value_parse,
     output_decide,
+    rationale_edit,
 )
 from review.models import AuditAction, ReviewSettings
 from review.rules import rule_create, rule_delete, rule_title, rules_apply
@@ -61,6 +62,7 @@ __all__ = [
     "judge_run",
     "judge_settings_update",
     "output_decide",
+    "rationale_edit",
     "review_settings_for",
     "rule_create",
     "rule_delete",

@@ -22,6 +22,11 @@ urlpatterns = [
         name="review_comment",
     ),
     path(
+        "projects/<int:project_id>/review/outputs/<int:output_id>/rationale/",
+        views.review_rationale,
+        name="review_rationale",
+    ),
+    path(
         "projects/<int:project_id>/review/outputs/<int:output_id>/identical/",
         views.review_identical,
         name="review_identical",

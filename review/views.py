@@ -236,6 +236,40 @@ def review_comment(request: HttpRequest, project_id: int, output_id: int) -> Htt
 
 
 @login_required
+def review_rationale(request: HttpRequest, project_id: int, output_id: int) -> HttpResponse:
+    """Save a reviewer's correction of the teacher's rationale (the answer is decided apart)."""
+    project, membership = project_for(user=request.user, project_id=project_id, permission="review")
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    scoped_get(TeacherOutput.objects.filter(project=project), pk=output_id)
+    error = ""
+    try:
+        services.rationale_edit(
+            project=project,
+            user=signed_in_user(request),
+            output_id=output_id,
+            text=request.POST.get("rationale", ""),
+        )
+    except ValidationError as exc:
+        error = " ".join(exc.messages)
+    if not _wants_fragment(request):
+        if error:
+            messages.error(request, error)
+        else:
+            messages.success(request, f"Saved the rationale of output #{output_id}.")
+        return _back(request, project)
+    return _card_response(
+        request,
+        project,
+        membership,
+        output_id,
+        status=400 if error else 200,
+        error=error,
+        message="" if error else "Rationale saved.",
+    )
+
+
+@login_required
 @require_http_methods(["GET", "POST"])
 def review_bulk(request: HttpRequest, project_id: int) -> HttpResponse:
     """Bulk approve/reject over the current filter. GET: a confirmation stating the count."""

@@ -12,6 +12,11 @@ Two file shapes:
   message by matching it against the task's instruction template.
 - **CSV** with a column per input field (same names, any case) and an output column.
 
+Either may carry the teacher's reason for its answer: an optional ``rationale`` column (CSV) or
+a ``"rationale"`` string at the top level of a JSONL line (or in its ``metadata``). It is stored
+apart from the answer (``TeacherOutput.rationale``); for a task that asks for a rationale, an
+output written "answer first line, reason after" is split the same way as a teacher run's.
+
 Everything is validated before anything is written; errors name the file and line. Inputs are
 created (or found) through the same content hash as uploads. One transaction: all or nothing.
 """
@@ -36,6 +41,7 @@ from worker import ingest
 from worker.taskspec import TaskSpec, TemplateError, parse_output, render_prompt
 
 MAX_IMPORT_ROWS = 500_000
+RATIONALE_COLUMN = "rationale"  # optional, any case
 
 
 @dataclass
@@ -47,6 +53,7 @@ class ImportedOutput:
     input_tokens: int = 0
     output_tokens: int = 0
     finish_reason: str = ""
+    rationale: str = ""
 
 
 def _template_matcher(spec: TaskSpec) -> re.Pattern[str] | None:
@@ -115,7 +122,13 @@ class _Reader:
                 line,
             )
         usage = _object(response, "usage", {})
+        reason = value.get("rationale")
+        if reason is None:
+            reason = _object(value, "metadata", {}).get("rationale")
+        if reason is not None and not isinstance(reason, str):
+            raise self.error('"rationale" must be a string', line)
         return ImportedOutput(
+            rationale=(reason or "").strip(),
             line=line,
             data=self._input_of(value, request, messages, line),
             raw_text=raw,
@@ -167,7 +180,11 @@ class _Reader:
         raw = ingest.as_text(record.values[key])
         if not raw.strip():
             raise self.error(f"the {output_column!r} column is empty", record.line)
-        return ImportedOutput(line=record.line, data=data, raw_text=raw, finish_reason="")
+        reason_key = lowered.get(RATIONALE_COLUMN)
+        reason = ingest.as_text(record.values[reason_key]) if reason_key is not None else ""
+        return ImportedOutput(
+            line=record.line, data=data, raw_text=raw, finish_reason="", rationale=reason.strip()
+        )
 
 
 def _object(parent: dict[str, Any], key: str, default: dict[str, Any]) -> dict[str, Any]:
@@ -325,6 +342,8 @@ def _outputs_of(
                 input_tokens=item.input_tokens,
                 output_tokens=item.output_tokens,
                 flag_codes=[f.code for f in flags],
+                # A rationale of its own wins over one split off the answer.
+                rationale=item.rationale or parsed.rationale,
             )
         )
     return outputs, flags_for

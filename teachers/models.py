@@ -32,6 +32,12 @@ class TeacherOutput(models.Model):
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     confidence = models.FloatField(null=True, blank=True)
     top_logprobs = models.JSONField(null=True, blank=True)
+    # The teacher's distribution over the label set ({label: probability}, label tasks whose
+    # teacher gave logprobs; worker.teachers.confidence.label_distribution): soft labels.
+    label_distribution = models.JSONField(null=True, blank=True)
+    # The teacher's short reason, kept apart from the answer (tasks that ask for one, imported
+    # logs that carry one); reviewers may edit it. Never checked or scored.
+    rationale = models.TextField(blank=True)
     cache_key = models.CharField(max_length=64, blank=True)
     from_cache = models.BooleanField(default=False)
     # Review state. The edited value replaces `parsed` when the output is frozen into a version.

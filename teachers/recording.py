@@ -39,6 +39,7 @@ from worker.pricing import ModelPrice
 from worker.taskspec import TaskSpec, parse_output
 from worker.teacher_runner import worst_case_cost
 from worker.teachers.base import TeacherRequest, TeacherResponse
+from worker.teachers.confidence import label_distribution
 
 # Storing results -------------------------------------------------------------------------------
 
@@ -221,6 +222,12 @@ class Recorder:
             latency_ms=response.latency_ms,
             confidence=response.label_confidence,
             top_logprobs=response.top_logprobs,
+            label_distribution=(
+                label_distribution(response.top_logprobs, self.spec.label_set)
+                if response.label_confidence is not None
+                else None
+            ),
+            rationale=parsed.rationale,
             cache_key=item.key,
             from_cache=response.from_cache,
             flag_codes=[f.code for f in flags],

@@ -10,7 +10,7 @@ from projects.models import InputRow
 from teachers.models import CachedResponse, TeacherOutput, TeacherRun
 from teachers.prices import LOCAL_PROVIDER
 from teachers.runs import resolve_local_model_path
-from worker.taskspec import TaskSpec, TemplateError, build_messages
+from worker.taskspec import TaskSpec, TemplateError, teacher_messages
 from worker.teachers.base import ProviderConfig, TeacherRequest
 
 # Building requests -----------------------------------------------------------------------------
@@ -48,7 +48,7 @@ def missing_pairs(run: TeacherRun) -> list[tuple[int, int]]:
 def _request_for(run: TeacherRun, spec: TaskSpec, input_id: int, sample: int, data: Any) -> Any:
     return TeacherRequest(
         custom_id=custom_id_for(input_id, sample),
-        messages=build_messages(spec, data),
+        messages=teacher_messages(spec, data),
         model=run.model,
         temperature=run.temperature,
         max_tokens=run.max_tokens,
@@ -57,7 +57,7 @@ def _request_for(run: TeacherRun, spec: TaskSpec, input_id: int, sample: int, da
         json_schema=spec.json_schema,
         label_set=tuple(spec.label_set),
         want_logprobs=spec.output_kind == "label"
-        and run.provider in ("openai", "openai_compatible"),
+        and run.provider in ("openai", "openai_compatible", "local_hf"),
     )
 
 

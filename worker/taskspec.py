@@ -72,6 +72,9 @@ class TaskSpec:
     system_prompt: str = ""
     label_set: tuple[str, ...] = ()
     json_schema: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    # Ask the teacher for "answer first line, short reason after" (see ``teacher_messages``);
+    # the parser keeps the reason apart (``ParsedOutput.rationale``), never in the answer.
+    rationale: bool = False
 
     def validate(self) -> None:
         """Raise SpecError/TemplateError naming the field that is wrong."""
@@ -230,6 +233,23 @@ def build_messages(spec: TaskSpec, row: dict[str, Any]) -> list[dict[str, str]]:
     return messages
 
 
+RATIONALE_INSTRUCTION = (
+    "Write the answer first, exactly as asked. Then, on a new line starting with "
+    '"Reason:", give a short reason for it (one or two sentences).'
+)
+
+
+def teacher_messages(spec: TaskSpec, row: dict[str, Any]) -> list[dict[str, str]]:
+    """The teacher's messages: ``build_messages`` plus, when the task asks for a rationale, the
+    request for one. Students are never asked for it (their prompts are ``build_messages``), so
+    serving and evaluation answer with the label/JSON only."""
+    messages = build_messages(spec, row)
+    if spec.rationale:
+        last = messages[-1]
+        last["content"] = f"{last['content']}{INSTRUCTIONS_SEPARATOR}{RATIONALE_INSTRUCTION}"
+    return messages
+
+
 def without_label_list(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """The same messages without the label-list paragraph ``build_messages`` appends for a label
     task (messages without one come back unchanged).
@@ -254,6 +274,7 @@ def without_label_list(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 class ParsedOutput:
     value: Any  # str for label/text, dict/list for json; None when unparseable
     error: str = ""
+    rationale: str = ""  # the teacher's reason, kept apart from the answer (tasks that ask)
 
     @property
     def ok(self) -> bool:
@@ -291,8 +312,53 @@ def normalise_label(raw: str, label_set: tuple[str, ...]) -> str | None:
     return None
 
 
+_RATIONALE_PREFIX = re.compile(r"^(?:reason|rationale|because|explanation)\s*[:\-]\s*", re.I)
+
+
+def split_rationale(spec: TaskSpec, raw: str) -> tuple[str, str]:
+    """(answer text, rationale) of an "answer first, short reason after" output.
+
+    Label tasks: the first line is the answer, the rest the reason. JSON tasks: the first JSON
+    value (fenced or not) is the answer, whatever follows the reason. Text tasks (whose answer
+    may span lines): the reason starts at the last line beginning with "Reason:"; without one
+    the whole text is the answer. A leading "Reason:" is dropped from the reason."""
+    text = (raw or "").strip()
+    if not text:
+        return "", ""
+    if spec.output_kind == "json":
+        answer, rest = _split_json_prefix(text)
+    elif spec.output_kind == "label":
+        answer, _, rest = text.partition("\n")
+    else:
+        starts = [m.start() for m in re.finditer(r"(?im)^reason\s*:", text)]
+        cut = starts[-1] if starts else len(text)
+        answer, rest = text[:cut], text[cut:]
+    return answer.strip(), _RATIONALE_PREFIX.sub("", rest.strip()).strip()
+
+
+def _split_json_prefix(text: str) -> tuple[str, str]:
+    if text.startswith("```"):
+        end = text.find("```", 3)
+        if end > 0:
+            return text[: end + 3], text[end + 3 :]
+    try:
+        _, consumed = json.JSONDecoder().raw_decode(text)
+    except (json.JSONDecodeError, ValueError, RecursionError):
+        return text, ""
+    return text[:consumed], text[consumed:]
+
+
 def parse_output(spec: TaskSpec, raw: str) -> ParsedOutput:
-    """Parse a raw model answer according to the task kind; never raises."""
+    """Parse a raw model answer according to the task kind; never raises. For a task that
+    asks for a rationale, the answer is parsed and the reason returned apart."""
+    if spec.rationale:
+        answer, rationale = split_rationale(spec, raw)
+        parsed = _parse_answer(spec, answer)
+        return ParsedOutput(parsed.value, parsed.error, rationale)
+    return _parse_answer(spec, raw)
+
+
+def _parse_answer(spec: TaskSpec, raw: str) -> ParsedOutput:
     text = (raw or "").strip()
     if spec.output_kind == "text":
         if not text:

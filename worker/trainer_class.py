@@ -27,9 +27,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def completion_nll(model: Any, batch: dict[str, Any], *, with_accuracy: bool = False) -> Any:
+def completion_nll(
+    model: Any,
+    batch: dict[str, Any],
+    *,
+    with_accuracy: bool = False,
+    soft: tuple[float, float] | None = None,
+) -> Any:
     """Sum of the completion tokens' negative log-likelihood, computing the LM head only where
-    there is a label. Returns (nll_sum, n_tokens, n_exact_sequences, n_sequences)."""
+    there is a label. Returns (nll_sum, n_tokens, n_exact_sequences, n_sequences).
+
+    ``soft`` = (weight, temperature): where the batch carries soft targets, the sum is the
+    mixed cross-entropy + KL loss of worker.training_signals instead."""
     import torch
     import torch.nn.functional as F
 
@@ -45,6 +54,10 @@ def completion_nll(model: Any, batch: dict[str, Any], *, with_accuracy: bool = F
     logits = head(picked.to(head.weight.dtype) if picked.dtype != head.weight.dtype else picked)
     target_ids = targets[mask]
     nll = F.cross_entropy(logits.float(), target_ids, reduction="sum")
+    if soft is not None:
+        from worker.training_signals import soft_label_loss_sum
+
+        nll = nll + soft_label_loss_sum(hidden, head, batch, weight=soft[0], temperature=soft[1])
     n_tokens = mask.sum()
     if not with_accuracy:
         return nll, n_tokens, None, None
@@ -69,9 +82,17 @@ class DistilleryTrainerMixin(_TrainerBase):  # type: ignore[misc]
         events: EventWriter,
         keep_checkpoints: int,
         autocast: tuple[str, str] | None = None,
+        soft_labels: tuple[float, float] | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        # (weight, temperature) of the soft-label KL term, or None: plain cross-entropy.
+        self.soft_labels = soft_labels
+        if soft_labels is not None:
+            from worker.training_signals import SoftLabelCollator
+
+            me: Any = self
+            me.data_collator = SoftLabelCollator(me.data_collator)
         # Our loss calls the decoder and the head directly, outside the model's forward
         # that accelerate would wrap, so mixed precision (CPU bf16; CUDA bf16/fp16) is
         # entered here: (device type, dtype name), or None for none.
@@ -117,7 +138,9 @@ class DistilleryTrainerMixin(_TrainerBase):  # type: ignore[misc]
         import torch
 
         with self._autocast():
-            nll, n_tokens, _, _ = completion_nll(model, inputs)
+            nll, n_tokens, _, _ = completion_nll(
+                model, inputs, soft=self.soft_labels if model.training else None
+            )
         if num_items_in_batch is None:
             denominator = n_tokens.clamp(min=1)
         else:
@@ -241,6 +264,7 @@ def build_trainer(
     events: EventWriter,
     progress: Any,
     keep_checkpoints: int,
+    soft_labels: tuple[float, float] | None = None,
 ) -> Any:
     from trl.trainer.sft_config import SFTConfig
 
@@ -299,6 +323,7 @@ def build_trainer(
         events=events,
         keep_checkpoints=keep_checkpoints,
         autocast=autocast_for(hp),
+        soft_labels=soft_labels,
     )
     progress.trainer = trainer
     return trainer

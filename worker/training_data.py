@@ -24,13 +24,28 @@ class TrainExample:
 
     messages: list[Message]
     completion: str
+    # Optional training signals (see worker.training_signals): the teacher's reason for the
+    # answer, and its distribution over the label set ({label: probability}).
+    rationale: str = ""
+    soft_label: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"messages": self.messages, "completion": self.completion}
+        data: dict[str, Any] = {"messages": self.messages, "completion": self.completion}
+        if self.rationale:
+            data["rationale"] = self.rationale
+        if self.soft_label:
+            data["soft_label"] = self.soft_label
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TrainExample:
-        return cls(messages=[dict(m) for m in data["messages"]], completion=str(data["completion"]))
+        soft = data.get("soft_label")
+        return cls(
+            messages=[dict(m) for m in data["messages"]],
+            completion=str(data["completion"]),
+            rationale=str(data.get("rationale") or ""),
+            soft_label={str(k): float(v) for k, v in soft.items()} if soft else None,
+        )
 
 
 def build_examples(
@@ -122,10 +137,22 @@ def render_prompt_completion(
 
 
 @dataclass(frozen=True)
+class SoftTargets:
+    """The teacher's next-token distributions along the answer's tokens, where it spread its
+    mass over more than one token: ``positions`` index ``input_ids`` (the target token's
+    index), each with the candidate token ids and their probabilities (summing to 1)."""
+
+    positions: list[int]
+    token_ids: list[list[int]]
+    probs: list[list[float]]
+
+
+@dataclass(frozen=True)
 class TokenizedExample:
     input_ids: list[int]
     labels: list[int]  # -100 on the prompt: the loss is on the completion only
     truncated: bool
+    soft: SoftTargets | None = None
 
 
 def tokenize_example(
@@ -134,6 +161,8 @@ def tokenize_example(
     *,
     max_length: int,
     inject_empty_system: bool | None = None,
+    soft_temperature: float | None = None,
+    label_ids_cache: dict[str, list[int]] | None = None,
 ) -> TokenizedExample:
     """Token ids and labels; prompt and completion are tokenized separately and joined, so the
     prompt's ids are exactly the ones inference sends (no merge across the boundary).
@@ -158,4 +187,17 @@ def tokenize_example(
             prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - tail :]
     input_ids = prompt_ids + completion_ids
     labels = [-100] * len(prompt_ids) + completion_ids
-    return TokenizedExample(input_ids=input_ids, labels=labels, truncated=truncated)
+    soft = None
+    if soft_temperature is not None and example.soft_label:
+        from worker.training_signals import soft_targets
+
+        soft = soft_targets(
+            example,
+            completion,
+            completion_ids,
+            len(prompt_ids),
+            tokenizer,
+            temperature=soft_temperature,
+            cache=label_ids_cache if label_ids_cache is not None else {},
+        )
+    return TokenizedExample(input_ids=input_ids, labels=labels, truncated=truncated, soft=soft)

@@ -68,6 +68,7 @@ from worker.training import (
     spec_from_settings,
 )
 from worker.training_data import (
+    SoftTargets,
     TrainExample,
     template_injects_default_system,
     tokenize_example,
@@ -82,6 +83,7 @@ from worker.training_model import (
     save_tokenizer,
     skip_adapter_input_casts,
 )
+from worker.training_signals import SOFT_KEYS, check_signal_settings, rationale_examples
 
 log = logging.getLogger("distillery.training")
 
@@ -121,20 +123,43 @@ def _tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def tokenize_dataset(examples: list[TrainExample], tokenizer: Any, max_length: int) -> Any:
+def tokenize_dataset(
+    examples: list[TrainExample],
+    tokenizer: Any,
+    max_length: int,
+    *,
+    soft_temperature: float | None = None,
+) -> Any:
+    """(dataset, truncated count, empty system turn injected). With ``soft_temperature``, rows
+    whose teacher spread its mass over several labels carry soft targets (three more columns,
+    worker.training_signals.SOFT_KEYS); without, or when no row has any, the columns are left
+    out and training is plain cross-entropy."""
     from datasets import Dataset
 
     inject = template_injects_default_system(tokenizer)
     ids, labels, lengths, truncated = [], [], [], 0
+    soft: list[SoftTargets | None] = []
+    cache: dict[str, list[int]] = {}
     for example in examples:
         tok = tokenize_example(
-            example, tokenizer, max_length=max_length, inject_empty_system=inject
+            example,
+            tokenizer,
+            max_length=max_length,
+            inject_empty_system=inject,
+            soft_temperature=soft_temperature,
+            label_ids_cache=cache,
         )
         ids.append(tok.input_ids)
         labels.append(tok.labels)
         lengths.append(len(tok.input_ids))
         truncated += tok.truncated
-    dataset = Dataset.from_dict({"input_ids": ids, "labels": labels, "length": lengths})
+        soft.append(tok.soft)
+    columns: dict[str, Any] = {"input_ids": ids, "labels": labels, "length": lengths}
+    if any(s is not None for s in soft):
+        columns[SOFT_KEYS[0]] = [s.positions if s else [] for s in soft]
+        columns[SOFT_KEYS[1]] = [s.token_ids if s else [] for s in soft]
+        columns[SOFT_KEYS[2]] = [s.probs if s else [] for s in soft]
+    dataset = Dataset.from_dict(columns)
     return dataset, truncated, inject
 
 
@@ -299,6 +324,12 @@ def _prepare(out: Path, timings: dict[str, float]) -> _Run:
             replace(e, messages=without_label_list(e.messages)) for e in train_examples
         ]
         eval_examples = [replace(e, messages=without_label_list(e.messages)) for e in eval_examples]
+    check_signal_settings(
+        spec.rationale_training, spec.soft_label_weight, spec.soft_label_temperature
+    )
+    if spec.rationale_training == "second_task":
+        # The second task's examples count as training examples (epochs cover them too).
+        train_examples = train_examples + rationale_examples(train_examples)
     device = str(settings.get("device", "cpu"))
     if spec.method == "qlora" and device != "cuda":
         raise TrainingConfigError("QLoRA needs a CUDA GPU; this worker has none")
@@ -341,7 +372,10 @@ def _tokenize(run: _Run) -> _Data:
 
     t0 = time.perf_counter()
     max_length = run.hp.max_length
-    train_ds, truncated, empty_system = tokenize_dataset(run.train_examples, tokenizer, max_length)
+    soft_temperature = run.spec.soft_label_temperature if run.spec.soft_label_weight > 0 else None
+    train_ds, truncated, empty_system = tokenize_dataset(
+        run.train_examples, tokenizer, max_length, soft_temperature=soft_temperature
+    )
     longest = max(train_ds["length"], default=0)
     eval_ds = None
     if run.eval_examples:
@@ -409,6 +443,11 @@ def _train_with_oom_retries(
             events=events,
             progress=progress,
             keep_checkpoints=run.spec.keep_checkpoints,
+            soft_labels=(
+                (run.spec.soft_label_weight, run.spec.soft_label_temperature)
+                if SOFT_KEYS[0] in data.train_ds.column_names
+                else None
+            ),
         )
         resume = latest_checkpoint(run.out)
         try:

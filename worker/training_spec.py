@@ -84,6 +84,15 @@ class TrainSpec:
     # prompt (False: train and serve without it; see worker.taskspec.without_label_list). The
     # choice is stored with the model (TRAINING_META_FILE) so inference renders the same prompt.
     label_list_in_prompt: bool = field(default=True, metadata=_HYPERPARAMETER)
+    # Rationale distillation (worker.training_signals): "second_task" adds a "[rationale]"
+    # example per training row that carries the teacher's reason; "off" trains on answers only.
+    rationale_training: Literal["off", "second_task"] = field(
+        default="off", metadata=_HYPERPARAMETER
+    )
+    # Soft labels (label tasks): weight of the KL term toward the teacher's label distribution
+    # (0: off, plain cross-entropy) and its temperature.
+    soft_label_weight: float = field(default=0.0, metadata=_HYPERPARAMETER)
+    soft_label_temperature: float = field(default=1.0, metadata=_HYPERPARAMETER)
     merge: bool = True
     max_oom_retries: int = 3
 

@@ -188,6 +188,11 @@
         if (result.status === 200 || result.status === 400) replaceItem(item, result.text);
         say(result.status === 200 ? "Comment added to #" + item.dataset.outputId + "." : "Comment not saved.");
       });
+    } else if (form.dataset.form === "rationale") {
+      post(form.getAttribute("action"), panelValues(form)).then(function (result) {
+        if (result.status === 200 || result.status === 400) replaceItem(item, result.text);
+        say(result.status === 200 ? "Rationale of #" + item.dataset.outputId + " saved." : "Rationale not saved.");
+      });
     }
   });
 

@@ -115,3 +115,51 @@ def test_a_missing_model_path_is_a_clear_configuration_error(tmp_path):
     provider = make_provider(config_for(tmp_path / "nothing-here"))
     with pytest.raises(TeacherConfigError, match="cannot load model"):
         asyncio.run(provider.generate(requests_for(TEXTS[:1])[0]))
+
+
+def test_a_local_teacher_gives_label_logprobs_and_a_distribution_over_the_labels(
+    tiny_model_dir: Path,
+) -> None:
+    from worker.teachers.confidence import label_distribution
+    from worker.teachers.local_hf import LOCAL_TOP_LOGPROBS
+
+    provider = LocalHFProvider(config_for(tiny_model_dir))
+    plain = provider.generate_batch(requests_for(TEXTS[:1], max_tokens=3))[0]
+    answer = plain.raw_text.strip()
+    assert answer and plain.label_confidence is None  # not asked: no logprobs
+
+    def ask(labels: tuple[str, ...]) -> object:
+        request = TeacherRequest(
+            custom_id="r0",
+            messages=build_messages(SPEC, {"text": TEXTS[0]}),
+            model="tiny-llama",
+            max_tokens=3,
+            output_kind="label",
+            label_set=labels,
+            want_logprobs=True,
+        )
+        return provider.generate_batch([request])[0]
+
+    # The tiny random model's greedy answer is made one of the labels, so it answers a label.
+    first = ask((answer, "zz-not-a-prefix"))
+    assert first.raw_text.strip() == answer  # type: ignore[attr-defined]
+    positions = first.top_logprobs  # type: ignore[attr-defined]
+    assert positions and len(positions[0]["top"]) == LOCAL_TOP_LOGPROBS
+    assert 0 < first.label_confidence <= 1  # type: ignore[attr-defined]
+    # A label the runner-up first token starts gets the teacher's mass on that token.
+    # (One that is not a prefix of the answer, nor the answer of it.)
+    runner_up = next(
+        t["token"].strip()
+        for t in positions[0]["top"]
+        if t["token"].strip()
+        and not answer.startswith(t["token"].strip())
+        and not t["token"].strip().startswith(answer)
+    )
+    labels = (answer, runner_up)
+    second = ask(labels)
+    dist = label_distribution(second.top_logprobs, labels)  # type: ignore[attr-defined]
+    assert dist is not None and sum(dist.values()) == pytest.approx(1.0)
+    assert dist[runner_up] > 0
+    # Alternatives that spell the answer another way ("o" + "r..." for "or...") count for it
+    # too, so its share is at least its confidence (the chosen tokens' share).
+    assert dist[answer] >= second.label_confidence - 1e-9  # type: ignore[attr-defined]

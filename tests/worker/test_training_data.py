@@ -209,6 +209,9 @@ def test_hyperparameter_fields_are_the_spec_settings_a_user_may_choose() -> None
         "eval_every_steps",
         "seed",
         "label_list_in_prompt",
+        "rationale_training",
+        "soft_label_weight",
+        "soft_label_temperature",
     }
     assert set(HYPERPARAMETER_FIELDS) <= set(_spec().settings_json())
 

@@ -39,7 +39,11 @@ def write_prompt_completion_jsonl(
     """Hugging Face (TRL) prompt/completion format. Conversational by default — ``prompt`` is the
     system + user messages and ``completion`` the assistant message, so the trainer applies the
     student's chat template and computes loss on the completion only. With
-    ``conversational=False``, ``prompt`` is the system prompt and user turn as plain text."""
+    ``conversational=False``, ``prompt`` is the system prompt and user turn as plain text.
+
+    A row's extra training signals ride along under their own keys, only when it has them:
+    ``rationale`` (the teacher's reason, text) and ``label_distribution`` (the teacher's
+    probabilities over the labels). Trainers that do not know them ignore them."""
     n = 0
     for row in rows:
         messages = build_messages(spec, dict(row.inputs))
@@ -54,6 +58,10 @@ def write_prompt_completion_jsonl(
                 "prompt": "\n\n".join(m["content"] for m in messages),
                 "completion": row.output,
             }
+        if row.rationale:
+            record["rationale"] = row.rationale
+        if row.label_distribution:
+            record["label_distribution"] = dict(row.label_distribution)
         fp.write(json.dumps(record, ensure_ascii=False))
         fp.write("\n")
         n += 1

@@ -143,6 +143,8 @@ def freeze(
             split,
             g,
             r.synthetic_input,
+            r.rationale,
+            _distribution(spec, r),
         )
         for r, split, g in zip(selected, splits, group_of_row, strict=True)
     ]
@@ -266,9 +268,30 @@ def _validated_rows(
                 row.source,
                 tuple(row.decision_ids),
                 bool(row.synthetic_input),
+                str(row.rationale or "").strip(),
+                row.label_distribution,
             )
         )
     return valid, skipped
+
+
+def _distribution(spec: TaskSpec, row: DatasetRow) -> dict[str, float] | None:
+    """The row's teacher distribution over the labels, kept only where it is a distribution
+    over this task's labels that gives the frozen answer some mass (an edited answer the
+    teacher never considered is taught one-hot)."""
+    given = row.label_distribution
+    if spec.output_kind != "label" or not given:
+        return None
+    labels = set(spec.label_set)
+    clean = {
+        str(k): float(v)
+        for k, v in given.items()
+        if str(k) in labels and isinstance(v, int | float) and v > 0
+    }
+    total = sum(clean.values())
+    if total <= 0 or clean.get(row.output, 0.0) <= 0:
+        return None
+    return {k: v / total for k, v in sorted(clean.items())}
 
 
 def _apply_ratio(
@@ -380,6 +403,9 @@ def content_hash(spec: TaskSpec, rows: Sequence[FrozenRow], params: FreezeParams
                 list(row.decision_ids),
                 row.split,
                 *(["synthetic_input"] if row.synthetic_input else []),
+                # Only rows that carry them add these: versions without stay hashed as before.
+                *([row.rationale] if row.rationale else []),
+                *([row.label_distribution] if row.label_distribution else []),
             ]
             for row in sorted(rows, key=lambda r: id_key(r.row_id))
         ]

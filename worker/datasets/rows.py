@@ -43,6 +43,10 @@ class DatasetRow:
     # The input was written by a teacher (synthetic inputs), not taken from production: such
     # rows go to the training split only, up to FreezeParams.max_synthetic_train_share.
     synthetic_input: bool = False
+    # Training signals beyond the answer (optional): the teacher's reason, and its distribution
+    # over the label set ({label: probability}; None for edited rows and human references).
+    rationale: str = ""
+    label_distribution: Mapping[str, float] | None = None
 
     @classmethod
     def coerce(cls, value: DatasetRow | Sequence[Any]) -> DatasetRow:
@@ -68,6 +72,8 @@ class FrozenRow:
     split: Split
     group: int  # rows sharing a group are duplicates or near-duplicates of one another
     synthetic_input: bool = False
+    rationale: str = ""
+    label_distribution: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,9 @@ from worker.teachers.base import (
     TeacherResponse,
 )
 
+# Alternatives kept per answer position (the APIs return up to 20; a local model has them all).
+LOCAL_TOP_LOGPROBS = 20
+
 
 @dataclass
 class _Pending:
@@ -172,11 +175,19 @@ class LocalHFProvider:
             kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
         else:
             kwargs.update(do_sample=False)
+        # Label tasks: the full next-token distribution is right here (raw logits, before
+        # any sampling temperature); keep its top LOCAL_TOP_LOGPROBS per position, as the APIs return them, for the label confidence and
+        # the teacher's distribution over the labels (soft labels).
+        want_scores = any(r.want_logprobs and r.output_kind == "label" for r in requests)
+        if want_scores:
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         self.batch_sizes.append(len(requests))
         started = time.perf_counter()
         with torch.inference_mode():
-            output = model.generate(**encoded, **kwargs)
+            generated_out = model.generate(**encoded, **kwargs)
         elapsed_ms = int((time.perf_counter() - started) * 1000)
+        output = generated_out.sequences if want_scores else generated_out
+        scores = generated_out.logits if want_scores else None
         prompt_len = encoded["input_ids"].shape[1]
         responses = []
         for row, request in enumerate(requests):
@@ -195,6 +206,9 @@ class LocalHFProvider:
                     break
                 kept.append(token)
             text = tokenizer.decode(kept, skip_special_tokens=True)
+            confidence, positions = None, None
+            if scores is not None and request.want_logprobs and request.output_kind == "label":
+                confidence, positions = _label_logprobs(tokenizer, scores, row, kept, request)
             responses.append(
                 TeacherResponse(
                     custom_id=request.custom_id,
@@ -204,6 +218,33 @@ class LocalHFProvider:
                     output_tokens=len(kept) + (1 if finish == "stop" else 0),
                     finish_reason=finish,
                     latency_ms=elapsed_ms,
+                    label_confidence=confidence,
+                    top_logprobs=positions,
                 )
             )
         return responses
+
+
+def _label_logprobs(
+    tokenizer: Any, scores: Any, row: int, kept: list[int], request: TeacherRequest
+) -> tuple[float | None, list[dict[str, Any]]]:
+    """(label confidence, positions) from the generation's scores, as the APIs' logprobs."""
+    import torch
+
+    from worker.teachers.confidence import TokenLogprob, label_confidence
+
+    tokens = []
+    for step, token_id in enumerate(kept[: len(scores)]):
+        logprobs = torch.log_softmax(scores[step][row].float(), dim=-1)
+        top = torch.topk(logprobs, min(LOCAL_TOP_LOGPROBS, logprobs.shape[-1]))
+        tokens.append(
+            TokenLogprob(
+                token=tokenizer.decode([token_id]),
+                logprob=float(logprobs[token_id]),
+                top=tuple(
+                    (tokenizer.decode([int(i)]), float(v))
+                    for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+                ),
+            )
+        )
+    return label_confidence(tokens, request.label_set)
