@@ -50,10 +50,23 @@ def load(path: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def data_folder(choice: str, n_train: int) -> Path:
+    """The demo's 1,200/462 rows, or the whole dataset in the shared data folder (10,003/3,080)
+    for more training rows than the demo has ("auto")."""
+    from bench.shared_data import shared_data
+
+    shared = shared_data("banking77")
+    if choice == "shared" or (choice == "auto" and n_train > len(load(DEMO / "train.jsonl"))):
+        if not (shared / "train.jsonl").is_file():
+            raise SystemExit(f"{shared}/train.jsonl is missing: set DISTILLERY_SHARED_DATA")
+        return shared
+    return DEMO
+
+
 def choose_rows(
-    n_train: int, n_test: int, seed: int
+    n_train: int, n_test: int, seed: int, folder: Path = DEMO
 ) -> tuple[list[dict[str, str]], list[dict[str, str]], list[str]]:
-    train_all, test_all = load(DEMO / "train.jsonl"), load(DEMO / "test.jsonl")
+    train_all, test_all = load(folder / "train.jsonl"), load(folder / "test.jsonl")
     labels = sorted({r["label"] for r in train_all} | {r["label"] for r in test_all})
     rng = random.Random(seed)
 
@@ -117,7 +130,8 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     stages: dict[str, float] = {}
     n_train, n_test = (48, 16) if args.quick else (args.train_rows, args.test_rows)
-    train, test, labels = choose_rows(n_train, n_test, args.seed)
+    folder = data_folder(args.data, n_train)
+    train, test, labels = choose_rows(n_train, n_test, args.seed, folder)
 
     mark = time.perf_counter()
     folder = finetune_services.smollm2_prepare(source=args.smollm2_source, download=args.download)
@@ -158,16 +172,20 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         project=project,
         user=user,
         options=dataset_services.freeze_options(
-            name="train-600", train=1.0, validation=0.0, test=0.0
+            name=f"train-{len(train)}", train=1.0, validation=0.0, test=0.0
         ),
     )
     stages["freeze_s"] = time.perf_counter() - mark
 
     # 4. Fine-tune with the CPU preset, in this process (the task's body).
-    preset = finetune_services.suggested_preset(n_train=version.row_count, gpu=False)
+    preset = args.preset or finetune_services.suggested_preset(n_train=version.row_count, gpu=False)
     hyper: dict[str, Any] = {"max_steps": 4} if args.quick else {}
     if args.keep_label_list:
         hyper["label_list_in_prompt"] = True
+    # Overrides for measuring a recipe against the preset (None: the preset's own).
+    for name in ("epochs", "learning_rate", "lora_r", "lora_alpha", "max_steps", "batch_size"):
+        if getattr(args, name) is not None:
+            hyper[name] = getattr(args, name)
     mark = time.perf_counter()
     fine_tune = finetune_services.fine_tune_start(
         project=project,
@@ -246,6 +264,7 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     return {
         "teacher": f"{teacher.name}",
+        "data": "demo" if folder == DEMO else "shared",
         "n_train": version.row_count,
         "n_test": evaluation.examples.count(),
         "labels": len(labels),
@@ -287,6 +306,20 @@ def main(argv: list[str] | None = None) -> int:
         help="train the student with the label list in its prompt (default: without, as the "
         "fine-tune form suggests for a label task)",
     )
+    parser.add_argument(
+        "--data",
+        choices=("auto", "demo", "shared"),
+        default="auto",
+        help="auto: the demo rows, or the whole shared BANKING77 for more train rows than the "
+        "demo's 1,200",
+    )
+    parser.add_argument("--preset", default=None, help="default: the one the form suggests")
+    parser.add_argument("--epochs", type=float, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--lora-r", type=int, default=None)
+    parser.add_argument("--lora-alpha", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument(
         "--data-dir",
         type=Path,
