@@ -218,6 +218,11 @@ def _fmt_n(n: float) -> str:
     return f"{n:,.0f}"
 
 
+def _rounded(n: float) -> float:
+    """``n`` as ``_fmt_n`` shows it, so the sentences' sums add up."""
+    return float(_fmt_n(n).replace(",", ""))
+
+
 @dataclass
 class _Scores:
     """Per-example scores of a curve's students (smallest training size first)."""
@@ -355,7 +360,15 @@ def _forecast_sentences(view: CurveView, fc: Any, largest: int) -> None:
             f"{level}, below the {view.target_percent} % target: more reviewed data is unlikely "
             "to reach it. A bigger student is the lever."
         )
-    elif n is None or needed["low"] is None:
+    elif n is not None and needed["low"] is None:
+        below = 100 * (1 - needed["reachable_share"])
+        view.sentences.append(
+            f"By the fitted curve the {view.target_percent} % target needs about {_fmt_n(n)} "
+            f"reviewed examples, but that is uncertain: on {below:.0f} % of resamples of the "
+            "test set the curve levels off below the target. More training sizes or test "
+            "examples would tell."
+        )
+    elif n is None:
         share = 100 * needed["reachable_share"]
         view.sentences.append(
             f"{level}. Whether more data reaches the {view.target_percent} % target is "
@@ -372,7 +385,7 @@ def _forecast_sentences(view: CurveView, fc: Any, largest: int) -> None:
         view.sentences.append(
             f"The {view.target_percent} % target needs about {_fmt_n(n)} reviewed examples "
             f"(95 % interval {_fmt_n(needed['low'])}{DASH}{_fmt_n(needed['high'])}): about "
-            f"{_fmt_n(n - largest)} more than today's {largest:,}."
+            f"{_fmt_n(_rounded(n) - largest)} more than today's {largest:,}."
         )
 
 
