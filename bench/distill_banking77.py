@@ -245,6 +245,11 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     candidates = {c.role: c for c in evaluation.candidates.all()}
     teacher, untuned, distilled = candidates["teacher"], candidates["base"], candidates["distilled"]
+    curve = None
+    if args.curve:
+        mark = time.perf_counter()
+        curve = learning_curve(args, project, user, fine_tune, teacher_run, test_ids)
+        stages["learning_curve_s"] = time.perf_counter() - mark
 
     def acc(c: Any) -> dict[str, Any]:
         a = c.metrics["quality"]["accuracy"]
@@ -289,8 +294,70 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "hardware": distilled.performance["hardware"]["description"],
         "headline_quality": evaluation.summary.get("headline_quality"),
         "headline_agreement": evaluation.summary.get("headline_agreement"),
+        "learning_curve": curve,
         "stages_s": {k: round(v, 1) for k, v in stages.items()},
     }
+
+
+def learning_curve(
+    args: argparse.Namespace,
+    project: Any,
+    user: Any,
+    fine_tune: Any,
+    teacher_run: Any,
+    test_ids: list[int],
+) -> dict[str, Any]:
+    """The product's learning curve on the same test rows: the fine-tune's recipe retrained on
+    the nested subsets ``--curve`` names (its own size is the last point), fitted by the
+    feature's own code; then the same fit on the smaller subsets only, forecasting the largest
+    size, checked against what that size measured."""
+    from evaluations import services as es
+    from evaluations.learning_curve import curve_for, curve_scores
+    from evaluations.models import Evaluation
+    from evaluations.tasks import evaluation as evaluation_task
+    from worker.learning_curve import MIN_POINTS, forecast
+
+    n = fine_tune.n_train
+    sizes = [int(s) for s in args.curve.split(",")] if not args.quick else [12, 24]
+    evaluation = es.learning_curve_start(
+        project=project,
+        user=user,
+        fine_tune=fine_tune,
+        teacher=es.TeacherChoice(run=teacher_run),
+        percents=[100 * s / n for s in sizes],
+        input_ids=test_ids,
+        options=es.EvalOptions(latency_requests=0, batch_size=16),
+    )
+    evaluation_task(evaluation.job_id)
+    evaluation = Evaluation.objects.select_related("job", "project").get(pk=evaluation.pk)
+    if evaluation.job.status != "succeeded":
+        raise RuntimeError(f"learning curve {evaluation.job.status}: {evaluation.job.error}")
+    view = curve_for(evaluation=evaluation, target_percent=args.target)
+    data = curve_scores(evaluation=evaluation)
+    assert view is not None and data is not None
+    out: dict[str, Any] = {
+        "sizes": data.sizes,
+        "percent_of_teacher": [round(p.percent, 1) for p in view.points],
+        "accuracy": [round(sum(row) / len(row), 4) for row in data.matrix],
+        "sentences": view.sentences,
+        "caveat": view.caveat,
+        "target_percent": args.target,
+    }
+    if len(set(data.sizes[:-1])) >= MIN_POINTS:
+        # Leave the largest size out, forecast it, and compare with its measurement.
+        smaller = forecast(
+            data.sizes[:-1], data.matrix[:-1], weights=data.weights, teacher=data.teacher
+        )
+        value, low, high = smaller.predict_interval(data.sizes[-1])
+        out["holdout_check"] = {
+            "fitted_on": data.sizes[:-1],
+            "forecast_percent": round(100 * value, 1),
+            "forecast_low": round(100 * low, 1),
+            "forecast_high": round(100 * high, 1),
+            "measured_percent": round(view.points[-1].percent, 1),
+            "covered": bool(low <= view.points[-1].percent / 100 <= high),
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,6 +379,15 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="auto: the demo rows, or the whole shared BANKING77 for more train rows than the "
         "demo's 1,200",
+    )
+    parser.add_argument(
+        "--curve",
+        default="",
+        help="also run a learning curve: the smaller training sizes to retrain, comma-separated "
+        "(e.g. 300,600,1200 for --train-rows 2000; --quick: 12,24)",
+    )
+    parser.add_argument(
+        "--target", type=int, default=95, help="quality target, %% of the teacher (the curve's)"
     )
     parser.add_argument("--preset", default=None, help="default: the one the form suggests")
     parser.add_argument("--epochs", type=float, default=None)
@@ -368,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         f"distilled: {result['distilled']}\nuntuned: {result['untuned']}\n"
         f"on {result['hardware']}\nstages (s): {result['stages_s']}, total {result['total_s']} s"
     )
+    if result.get("learning_curve"):
+        curve = result["learning_curve"]
+        print("learning curve:", *curve["sentences"], curve["caveat"], sep="\n  ")
+        if curve.get("holdout_check"):
+            print(f"  forecast of the largest size from the smaller ones: {curve['holdout_check']}")
     print(json.dumps(result))
     return 0
 

@@ -51,7 +51,7 @@ CURVE_SEED = 20240611  # the bootstrap's: the same stored rows give the same int
 # Starting ---------------------------------------------------------------------------------------
 
 
-def curve_sizes(n_train: int, percents: Sequence[int]) -> list[int]:
+def curve_sizes(n_train: int, percents: Sequence[float]) -> list[int]:
     """The subset sizes for these percentages of ``n_train`` rows (the 100 % point excluded).
     Raises ValidationError (field ``percents``)."""
     if any(not 0 < p < 100 for p in percents):
@@ -81,7 +81,7 @@ def learning_curve_start(
     user: User,
     fine_tune: FineTune,
     teacher: TeacherChoice,
-    percents: Sequence[int] = DEFAULT_PERCENTS,
+    percents: Sequence[float] = DEFAULT_PERCENTS,
     seed: int = 0,
     split: str = "test",
     input_ids: Sequence[int] | None = None,

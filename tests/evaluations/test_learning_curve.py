@@ -57,7 +57,7 @@ def test_the_page_and_the_report_say_what_more_reviewed_data_buys(team, owner, c
     )
     forecast = re.search(
         r"At 1,600 reviewed examples \(twice today's 800\) the student is expected to reach "
-        r"(\d+) % of the teacher \(95 % interval (\d+)–(\d+) %\)",
+        r"(\d+) % of the teacher \(95 % interval (\d+)\u2013(\d+) %\)",
         html,
     )
     assert forecast, html[:3000]
@@ -73,7 +73,7 @@ def test_the_page_and_the_report_say_what_more_reviewed_data_buys(team, owner, c
     assert data["fit"]["x"][0] < SIZES[0] and data["fit"]["x"][-1] > SIZES[-1]
     assert all(
         lo <= y <= hi
-        for lo, y, hi in zip(data["fit"]["low"], data["fit"]["y"], data["fit"]["high"])
+        for lo, y, hi in zip(data["fit"]["low"], data["fit"]["y"], data["fit"]["high"], strict=True)
     )
     assert 'data-testid="curve-chart"' in html and "js/learning_curve.js" in html
     assert "plotly-basic" in html
@@ -84,7 +84,7 @@ def test_the_page_and_the_report_say_what_more_reviewed_data_buys(team, owner, c
     assert "How much reviewed data is enough?" in report
     assert "82 % target" in report and "95 % target" not in report
     needed = re.search(
-        r"The 82 % target needs about ([\d,]+) reviewed examples \(95 % interval ([\d,]+)–([\d,]+)\)"
+        r"The 82 % target needs about ([\d,]+) reviewed examples \(95 % interval ([\d,]+)\u2013([\d,]+)\)"
         r": about ([\d,]+) more than today's 800\.",
         report,
     )
