@@ -49,7 +49,7 @@ class CurveFit:
     rmse: float
 
     def predict(self, n: float) -> float:
-        return self.a - self.b * float(n) ** (-self.c)
+        return float(self.a - self.b * float(n) ** (-self.c))
 
     def examples_for(self, quality: float) -> float | None:
         """Training examples at which the curve reaches ``quality``; None where it never does
@@ -58,7 +58,7 @@ class CurveFit:
             return None
         if self.b <= 0:
             return 1.0  # flat: already there
-        return float((self.b / (self.a - quality)) ** (1.0 / self.c))  # type: ignore[no-any-return]
+        return float((self.b / (self.a - quality)) ** (1.0 / self.c))
 
     def to_json(self) -> dict[str, float]:
         return {"a": self.a, "b": self.b, "c": self.c, "rmse": self.rmse}
