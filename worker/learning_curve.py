@@ -72,11 +72,10 @@ def _fit_arrays(ns: Any, ys: Any, ceiling: float) -> tuple[Any, Any, Any, Any]:
     cs = np.asarray(_EXPONENTS)  # (C,)
     x = np.power(np.asarray(ns, dtype=float)[None, :], -cs[:, None])  # (C, K)
     y = np.asarray(ys, dtype=float)  # (R, K)
-    k = x.shape[1]
     xm = x.mean(axis=1)  # (C,)
     ym = y.mean(axis=1)  # (R,)
     sxx = ((x - xm[:, None]) ** 2).sum(axis=1)  # (C,)
-    sxy = np.einsum("ck,rk->rc", x - xm[:, None], y) - 0.0  # (R, C)
+    sxy = np.einsum("ck,rk->rc", x - xm[:, None], y)  # (R, C)
     slope = sxy / np.where(sxx > 0, sxx, np.inf)[None, :]  # y = a + slope*x → b = -slope
     b = np.maximum(-slope, 0.0)
     a = ym[:, None] + b * xm[None, :]
@@ -91,7 +90,6 @@ def _fit_arrays(ns: Any, ys: Any, ceiling: float) -> tuple[Any, Any, Any, Any]:
     sse = ((pred - y[:, None, :]) ** 2).sum(axis=2)  # (R, C)
     best = sse.argmin(axis=1)
     rows = np.arange(y.shape[0])
-    del k
     return a[rows, best], b[rows, best], cs[best], sse[rows, best]
 
 
