@@ -20,6 +20,10 @@ students' latency/throughput and the wall time of each stage; the last line is J
 
     nice .venv/bin/python bench/distill_banking77.py            # 600 / 300 rows (~15-25 min on 2 cores)
     nice .venv/bin/python bench/distill_banking77.py --quick    # 48 / 16 rows, 4 steps: a smoke run
+    # 2,000 rows (more than the demo's 1,200: the whole BANKING77 from the shared data folder),
+    # then the product's learning curve at 300/600/1,200 rows on the same 300 test rows, and
+    # the forecast of the 2,000-row point from the three smaller ones:
+    nice .venv/bin/python bench/distill_banking77.py --train-rows 2000 --curve 300,600,1200
 """
 
 from __future__ import annotations
