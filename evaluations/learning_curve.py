@@ -180,7 +180,7 @@ def curve_train(*, evaluation: Evaluation, progress: Progress) -> None:
         candidate.evaluation = evaluation
         candidate.position = evaluation.candidates.count()
         candidate.save()
-        have.add(candidate.student_model_id)
+        have.add(fine_tune.result_model_id or 0)
 
 
 # Reading ----------------------------------------------------------------------------------------
@@ -255,14 +255,12 @@ def curve_scores(*, evaluation: Evaluation) -> _Scores | None:
             result_model__in=[c.student_model_id for c in candidates if c.student_model_id]
         ).values_list("result_model_id", "n_train")
     )
-    students = sorted(
-        (
-            c
-            for c in candidates
-            if c.role == CandidateRole.DISTILLED and c.student_model_id in sizes
-        ),
-        key=lambda c: sizes[c.student_model_id],
-    )
+    size_of = {
+        c.pk: sizes[c.student_model_id]
+        for c in candidates
+        if c.role == CandidateRole.DISTILLED and c.student_model_id in sizes
+    }
+    students = sorted((c for c in candidates if c.pk in size_of), key=lambda c: size_of[c.pk])
     examples, outputs = load_scored(evaluation)
     scored, weights = scored_examples(examples, evaluation.project.output_kind)
     if not scored or not students:
@@ -272,7 +270,7 @@ def curve_scores(*, evaluation: Evaluation) -> _Scores | None:
         teacher_scores = None  # a teacher that scores 0 everywhere gives no share to speak of
     return _Scores(
         students=students,
-        sizes=[int(sizes[c.student_model_id]) for c in students],
+        sizes=[int(size_of[c.pk]) for c in students],
         matrix=[stored_scores(scored, outputs, c) for c in students],
         weights=weights,
         teacher=teacher_scores,
