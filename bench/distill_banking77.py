@@ -20,6 +20,10 @@ students' latency/throughput and the wall time of each stage; the last line is J
 
     nice .venv/bin/python bench/distill_banking77.py            # 600 / 300 rows (~15-25 min on 2 cores)
     nice .venv/bin/python bench/distill_banking77.py --quick    # 48 / 16 rows, 4 steps: a smoke run
+    # 2,000 rows (more than the demo's 1,200: the whole BANKING77 from the shared data folder),
+    # then the product's learning curve at 300/600/1,200 rows on the same 300 test rows, and
+    # the forecast of the 2,000-row point from the three smaller ones:
+    nice .venv/bin/python bench/distill_banking77.py --train-rows 2000 --curve 300,600,1200
 """
 
 from __future__ import annotations
@@ -50,10 +54,23 @@ def load(path: Path) -> list[dict[str, str]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def data_folder(choice: str, n_train: int) -> Path:
+    """The demo's 1,200/462 rows, or the whole dataset in the shared data folder (10,003/3,080)
+    for more training rows than the demo has ("auto")."""
+    from bench.shared_data import shared_data
+
+    shared = shared_data("banking77")
+    if choice == "shared" or (choice == "auto" and n_train > len(load(DEMO / "train.jsonl"))):
+        if not (shared / "train.jsonl").is_file():
+            raise SystemExit(f"{shared}/train.jsonl is missing: set DISTILLERY_SHARED_DATA")
+        return shared
+    return DEMO
+
+
 def choose_rows(
-    n_train: int, n_test: int, seed: int
+    n_train: int, n_test: int, seed: int, folder: Path = DEMO
 ) -> tuple[list[dict[str, str]], list[dict[str, str]], list[str]]:
-    train_all, test_all = load(DEMO / "train.jsonl"), load(DEMO / "test.jsonl")
+    train_all, test_all = load(folder / "train.jsonl"), load(folder / "test.jsonl")
     labels = sorted({r["label"] for r in train_all} | {r["label"] for r in test_all})
     rng = random.Random(seed)
 
@@ -117,7 +134,8 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     stages: dict[str, float] = {}
     n_train, n_test = (48, 16) if args.quick else (args.train_rows, args.test_rows)
-    train, test, labels = choose_rows(n_train, n_test, args.seed)
+    folder = data_folder(args.data, n_train)
+    train, test, labels = choose_rows(n_train, n_test, args.seed, folder)
 
     mark = time.perf_counter()
     folder = finetune_services.smollm2_prepare(source=args.smollm2_source, download=args.download)
@@ -158,16 +176,20 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         project=project,
         user=user,
         options=dataset_services.freeze_options(
-            name="train-600", train=1.0, validation=0.0, test=0.0
+            name=f"train-{len(train)}", train=1.0, validation=0.0, test=0.0
         ),
     )
     stages["freeze_s"] = time.perf_counter() - mark
 
     # 4. Fine-tune with the CPU preset, in this process (the task's body).
-    preset = finetune_services.suggested_preset(n_train=version.row_count, gpu=False)
+    preset = args.preset or finetune_services.suggested_preset(n_train=version.row_count, gpu=False)
     hyper: dict[str, Any] = {"max_steps": 4} if args.quick else {}
     if args.keep_label_list:
         hyper["label_list_in_prompt"] = True
+    # Overrides for measuring a recipe against the preset (None: the preset's own).
+    for name in ("epochs", "learning_rate", "lora_r", "lora_alpha", "max_steps", "batch_size"):
+        if getattr(args, name) is not None:
+            hyper[name] = getattr(args, name)
     mark = time.perf_counter()
     fine_tune = finetune_services.fine_tune_start(
         project=project,
@@ -227,6 +249,11 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     candidates = {c.role: c for c in evaluation.candidates.all()}
     teacher, untuned, distilled = candidates["teacher"], candidates["base"], candidates["distilled"]
+    curve = None
+    if args.curve:
+        mark = time.perf_counter()
+        curve = learning_curve(args, project, user, fine_tune, teacher_run, test_ids)
+        stages["learning_curve_s"] = time.perf_counter() - mark
 
     def acc(c: Any) -> dict[str, Any]:
         a = c.metrics["quality"]["accuracy"]
@@ -246,6 +273,7 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     return {
         "teacher": f"{teacher.name}",
+        "data": "demo" if folder == DEMO else "shared",
         "n_train": version.row_count,
         "n_test": evaluation.examples.count(),
         "labels": len(labels),
@@ -270,8 +298,70 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "hardware": distilled.performance["hardware"]["description"],
         "headline_quality": evaluation.summary.get("headline_quality"),
         "headline_agreement": evaluation.summary.get("headline_agreement"),
+        "learning_curve": curve,
         "stages_s": {k: round(v, 1) for k, v in stages.items()},
     }
+
+
+def learning_curve(
+    args: argparse.Namespace,
+    project: Any,
+    user: Any,
+    fine_tune: Any,
+    teacher_run: Any,
+    test_ids: list[int],
+) -> dict[str, Any]:
+    """The product's learning curve on the same test rows: the fine-tune's recipe retrained on
+    the nested subsets ``--curve`` names (its own size is the last point), fitted by the
+    feature's own code; then the same fit on the smaller subsets only, forecasting the largest
+    size, checked against what that size measured."""
+    from evaluations import services as es
+    from evaluations.learning_curve import curve_for, curve_scores
+    from evaluations.models import Evaluation
+    from evaluations.tasks import evaluation as evaluation_task
+    from worker.learning_curve import MIN_POINTS, forecast
+
+    n = fine_tune.n_train
+    sizes = [int(s) for s in args.curve.split(",")] if not args.quick else [12, 24]
+    evaluation = es.learning_curve_start(
+        project=project,
+        user=user,
+        fine_tune=fine_tune,
+        teacher=es.TeacherChoice(run=teacher_run),
+        percents=[100 * s / n for s in sizes],
+        input_ids=test_ids,
+        options=es.EvalOptions(latency_requests=0, batch_size=16),
+    )
+    evaluation_task(evaluation.job_id)
+    evaluation = Evaluation.objects.select_related("job", "project").get(pk=evaluation.pk)
+    if evaluation.job.status != "succeeded":
+        raise RuntimeError(f"learning curve {evaluation.job.status}: {evaluation.job.error}")
+    view = curve_for(evaluation=evaluation, target_percent=args.target)
+    data = curve_scores(evaluation=evaluation)
+    assert view is not None and data is not None
+    out: dict[str, Any] = {
+        "sizes": data.sizes,
+        "percent_of_teacher": [round(p.percent, 1) for p in view.points],
+        "accuracy": [round(sum(row) / len(row), 4) for row in data.matrix],
+        "sentences": view.sentences,
+        "caveat": view.caveat,
+        "target_percent": args.target,
+    }
+    if len(set(data.sizes[:-1])) >= MIN_POINTS:
+        # Leave the largest size out, forecast it, and compare with its measurement.
+        smaller = forecast(
+            data.sizes[:-1], data.matrix[:-1], weights=data.weights, teacher=data.teacher
+        )
+        value, low, high = smaller.predict_interval(data.sizes[-1])
+        out["holdout_check"] = {
+            "fitted_on": data.sizes[:-1],
+            "forecast_percent": round(100 * value, 1),
+            "forecast_low": round(100 * low, 1),
+            "forecast_high": round(100 * high, 1),
+            "measured_percent": round(view.points[-1].percent, 1),
+            "covered": bool(low <= view.points[-1].percent / 100 <= high),
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,6 +377,29 @@ def main(argv: list[str] | None = None) -> int:
         help="train the student with the label list in its prompt (default: without, as the "
         "fine-tune form suggests for a label task)",
     )
+    parser.add_argument(
+        "--data",
+        choices=("auto", "demo", "shared"),
+        default="auto",
+        help="auto: the demo rows, or the whole shared BANKING77 for more train rows than the "
+        "demo's 1,200",
+    )
+    parser.add_argument(
+        "--curve",
+        default="",
+        help="also run a learning curve: the smaller training sizes to retrain, comma-separated "
+        "(e.g. 300,600,1200 for --train-rows 2000; --quick: 12,24)",
+    )
+    parser.add_argument(
+        "--target", type=int, default=95, help="quality target, %% of the teacher (the curve's)"
+    )
+    parser.add_argument("--preset", default=None, help="default: the one the form suggests")
+    parser.add_argument("--epochs", type=float, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--lora-r", type=int, default=None)
+    parser.add_argument("--lora-alpha", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -335,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         f"distilled: {result['distilled']}\nuntuned: {result['untuned']}\n"
         f"on {result['hardware']}\nstages (s): {result['stages_s']}, total {result['total_s']} s"
     )
+    if result.get("learning_curve"):
+        curve = result["learning_curve"]
+        print("learning curve:", *curve["sentences"], curve["caveat"], sep="\n  ")
+        if curve.get("holdout_check"):
+            print(f"  forecast of the largest size from the smaller ones: {curve['holdout_check']}")
     print(json.dumps(result))
     return 0
 

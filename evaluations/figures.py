@@ -49,7 +49,9 @@ def _field_count(reference: str) -> int:
     return len(flatten_json(reference_value(reference)))
 
 
-def _scored(examples: list[EvalExample], kind: str) -> tuple[list[EvalExample], list[float]]:
+def scored_examples(
+    examples: list[EvalExample], kind: str
+) -> tuple[list[EvalExample], list[float]]:
     """The examples the metric was computed on (those with a reference) and each one's weight."""
     scored = [e for e in examples if e.reference is not None]
     if kind == "json":
@@ -57,7 +59,7 @@ def _scored(examples: list[EvalExample], kind: str) -> tuple[list[EvalExample], 
     return scored, [1.0] * len(scored)
 
 
-def _scores(
+def stored_scores(
     scored: list[EvalExample], outputs: dict[tuple[int, int], EvalOutput], candidate: EvalCandidate
 ) -> list[float]:
     """The stored per-example score of each scored example (no answer scores 0)."""
@@ -83,12 +85,12 @@ def quality_rows(
     outputs: dict[tuple[int, int], EvalOutput],
 ) -> list[QualityRow]:
     kind = evaluation.project.output_kind
-    scored, weights = _scored(examples, kind)
+    scored, weights = scored_examples(examples, kind)
     teacher = next((r.candidate for r in results if r.is_teacher), None)
-    teacher_scores = _scores(scored, outputs, teacher) if teacher is not None else None
+    teacher_scores = stored_scores(scored, outputs, teacher) if teacher is not None else None
     rows = []
     for result in results:
-        scores = _scores(scored, outputs, result.candidate)
+        scores = stored_scores(scored, outputs, result.candidate)
         pct = None
         if teacher_scores is not None and not result.is_teacher and result.headline is not None:
             pct = bootstrap_ratio(

@@ -20,8 +20,9 @@ from evaluations.choices import (
 )
 from evaluations.estimates import evaluation_estimates
 from evaluations.experiment import EXPERIMENT_SAMPLE, SAMPLE_LIMIT
+from evaluations.learning_curve import DEFAULT_PERCENTS
 from evaluations.models import CandidateRole, CandidateSource
-from finetunes.models import StudentKind, StudentModel
+from finetunes.models import FineTune, StudentKind, StudentModel
 from projects.models import Project
 from teachers.models import TeacherRun
 from teams.models import ProviderCredential
@@ -240,3 +241,74 @@ class VoteForm(forms.Form):
     choice = forms.CharField(max_length=12)
     a = forms.IntegerField()
     b = forms.IntegerField()
+
+
+class LearningCurveForm(forms.Form):
+    """A learning curve: a finished fine-tune's recipe retrained on smaller, nested shares of its
+    training rows; every student answers the version's test split."""
+
+    fine_tune = forms.ModelChoiceField(
+        queryset=FineTune.objects.none(),
+        label="Fine-tune whose recipe to retrain",
+        help_text="Its student is the 100 % point; the same settings train the smaller ones.",
+    )
+    teacher_source = forms.ChoiceField(
+        choices=[
+            (CandidateSource.STORED, "The teacher's stored answers"),
+            (CandidateSource.REFERENCES, "Human reference outputs (stand-in for a teacher)"),
+        ],
+        initial=CandidateSource.STORED,
+    )
+    teacher_run = forms.ModelChoiceField(
+        queryset=TeacherRun.objects.none(),
+        required=False,
+        empty_label="The latest stored answer for each input",
+    )
+    percents = forms.CharField(
+        max_length=100,
+        initial=", ".join(str(p) for p in DEFAULT_PERCENTS),
+        label="Smaller shares of the training rows (%)",
+        help_text="Comma-separated, e.g. 25, 50. Each share is trained from scratch, nested "
+        "(the 25 % rows are among the 50 %); a fourth size makes the forecast firmer.",
+    )
+    seed = forms.IntegerField(min_value=0, initial=0, help_text="Which rows each share takes.")
+    batch_size = forms.IntegerField(
+        min_value=1, max_value=BATCH_SIZE_LIMIT, initial=DEFAULT_BATCH_SIZE
+    )
+    name = forms.CharField(max_length=200, required=False)
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.project = project
+        self.fields["fine_tune"].queryset = (  # type: ignore[attr-defined]
+            FineTune.objects.filter(
+                project=project, job__status="succeeded", result_model__isnull=False
+            )
+            .select_related("dataset_version")
+            .order_by("-created_at")
+        )
+        self.fields["fine_tune"].label_from_instance = lambda ft: (  # type: ignore[attr-defined]
+            f"#{ft.pk} {ft.base_model_name} on {ft.dataset_version.name} "
+            f"({ft.n_train:,} training rows, {ft.preset or 'custom'})"
+        )
+        self.fields["teacher_run"].queryset = project.teacher_runs.order_by("-created_at")  # type: ignore[attr-defined]
+        preselect_only_choice(self, "fine_tune")
+
+    def clean_percents(self) -> list[int]:
+        text = self.cleaned_data.get("percents") or ""
+        try:
+            values = [
+                int(part.strip().rstrip("%").strip()) for part in text.split(",") if part.strip()
+            ]
+        except ValueError:
+            raise forms.ValidationError(
+                "whole percentages separated by commas, e.g. 25, 50"
+            ) from None
+        return values
+
+    def teacher(self) -> TeacherChoice:
+        d = self.cleaned_data
+        return TeacherChoice(source=d["teacher_source"], run=d.get("teacher_run"))
+
+    def options(self) -> EvalOptions:
+        return EvalOptions(batch_size=self.cleaned_data.get("batch_size") or DEFAULT_BATCH_SIZE)

@@ -7,6 +7,9 @@ from django.db import models
 class EvaluationKind(models.TextChoices):
     EVALUATION = "evaluation", "Evaluation"
     EXPERIMENT = "experiment", "Weekend experiment"
+    # One fine-tune's recipe retrained on nested subsets of its train split, every student
+    # scored on the same test examples (evaluations.learning_curve).
+    CURVE = "curve", "Learning curve"
 
 
 class Evaluation(models.Model):

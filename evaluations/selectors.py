@@ -66,6 +66,12 @@ def latest_evaluation(*, project: Project, succeeded: bool = True) -> Evaluation
     return rows.first()
 
 
+def latest_learning_curve(*, project: Project) -> Evaluation | None:
+    """The project's latest finished learning curve."""
+    rows = evaluations_for_project(project=project, kind=EvaluationKind.CURVE)
+    return rows.filter(job__status="succeeded").first()
+
+
 def candidates_of(*, evaluation: Evaluation) -> list[EvalCandidate]:
     return list(
         evaluation.candidates.select_related("student_model", "teacher_run").order_by("position")

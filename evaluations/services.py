@@ -8,6 +8,8 @@ The public entry point of the app's writes; the work is in modules named by what
   with the job, ``experiment`` does so for the weekend experiment;
 - ``answers``, ``run_teacher``, ``run_local`` and ``run_endpoint``: each candidate answers every
   example and the answers are stored;
+- ``learning_curve``: one fine-tune's recipe retrained on nested subsets, its students trained
+  inside the job before they answer, and the curve fitted to their stored scores;
 - ``scoring``: ``evaluation_score`` recomputes every metric from the stored outputs; the job calls
   it at the end, and anyone can call it again and get the same numbers.
 """
@@ -29,12 +31,14 @@ from evaluations.choices import (
     TeacherChoice,
 )
 from evaluations.experiment import EXPERIMENT_SAMPLE, experiment_input_ids, experiment_start
+from evaluations.learning_curve import curve_train, learning_curve_start
 from evaluations.models import (
     CandidateSource,
     EvalCandidate,
     EvalExample,
     EvalOutput,
     Evaluation,
+    EvaluationKind,
     EvalVote,
     VoteChoice,
 )
@@ -57,6 +61,7 @@ __all__ = [
     "evaluation_start",
     "experiment_input_ids",
     "experiment_start",
+    "learning_curve_start",
     "primary_student",
     "reference_sentence",
     "vote_cast",
@@ -73,6 +78,10 @@ def evaluation_job_run(*, job: Job) -> dict[str, Any]:
     spec = project.task_spec()
     options = EvalOptions.from_json(evaluation.options)
     examples = list(evaluation.examples.order_by("position"))
+    if evaluation.kind == EvaluationKind.CURVE:
+        # The students of a learning curve are trained first, inside this job.
+        planned = len(evaluation.options["curve"]["sizes"]) + evaluation.candidates.count()
+        curve_train(evaluation=evaluation, progress=Progress(job, len(examples) * planned))
     candidates = list(evaluation.candidates.order_by("position"))
     progress = Progress(job, len(examples) * len(candidates))
     timings: dict[str, float] = {}

@@ -39,7 +39,7 @@ def create_evaluation(
     split: str = "",
     extra_options: dict[str, Any] | None = None,
 ) -> Evaluation:
-    job_kind = JobKind.EVALUATION if kind == EvaluationKind.EVALUATION else JobKind.EXPERIMENT
+    job_kind = JobKind.EXPERIMENT if kind == EvaluationKind.EXPERIMENT else JobKind.EVALUATION
     with transaction.atomic():
         job = job_services.job_create(
             team=project.team,

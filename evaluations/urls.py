@@ -7,6 +7,11 @@ app_name = "evaluations"
 urlpatterns = [
     path("projects/<int:project_id>/evaluations/", views.evaluation_list, name="evaluations"),
     path("projects/<int:project_id>/evaluations/new/", views.evaluation_new, name="evaluation_new"),
+    path(
+        "projects/<int:project_id>/evaluations/learning-curve/",
+        views.learning_curve_new,
+        name="learning_curve_new",
+    ),
     path("projects/<int:project_id>/experiment/", views.experiment, name="experiment"),
     path("evaluations/<int:evaluation_id>/", views.evaluation_detail, name="evaluation"),
     path(

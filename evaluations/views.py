@@ -19,7 +19,8 @@ from django.views.decorators.http import require_http_methods
 
 from evaluations import selectors, services
 from evaluations.figures import figures_for
-from evaluations.forms import EvaluationForm, ExperimentForm, VoteForm
+from evaluations.forms import EvaluationForm, ExperimentForm, LearningCurveForm, VoteForm
+from evaluations.learning_curve import curve_for
 from evaluations.models import EvalCandidate, EvalExample, Evaluation, EvaluationKind, VoteChoice
 from jobs.models import JobStatus
 from jobs.services import job_live_view, job_request_cancel
@@ -89,6 +90,36 @@ def evaluation_new(request: HttpRequest, project_id: int) -> HttpResponse:
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
+def learning_curve_new(request: HttpRequest, project_id: int) -> HttpResponse:
+    project, membership = project_for(user=request.user, project_id=project_id, permission="write")
+    form = LearningCurveForm(request.POST or None, project=project)
+    if request.method == "POST" and form.is_valid():
+        try:
+            evaluation = services.learning_curve_start(
+                project=project,
+                user=signed_in_user(request),
+                fine_tune=form.cleaned_data["fine_tune"],
+                teacher=form.teacher(),
+                percents=form.cleaned_data["percents"],
+                seed=form.cleaned_data["seed"],
+                options=form.options(),
+                name=form.cleaned_data.get("name") or "",
+            )
+        except ValidationError as exc:
+            apply_errors(form, exc)
+        else:
+            messages.success(request, "The learning curve is queued on the GPU queue.")
+            return redirect("evaluations:evaluation", evaluation_id=evaluation.pk)
+    return render(
+        request,
+        "evaluations/learning_curve_new.html",
+        {"project": project, "membership": membership, "form": form},
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
 def evaluation_detail(request: HttpRequest, evaluation_id: int) -> HttpResponse:
     evaluation, membership = evaluation_for(user=request.user, evaluation_id=evaluation_id)
     results = selectors.candidate_results(evaluation=evaluation)
@@ -106,6 +137,7 @@ def evaluation_detail(request: HttpRequest, evaluation_id: int) -> HttpResponse:
             "figures": figures_for(evaluation=evaluation, results=results),
             "confusion": selectors.confusion_for(candidate=student.candidate) if student else None,
             "student": student,
+            "curve": curve_for(evaluation=evaluation),
         },
     )
 

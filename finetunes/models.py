@@ -93,6 +93,11 @@ class FineTune(models.Model):
     output_dir = models.CharField(max_length=500)  # relative to DATA_DIR
     n_train = models.PositiveIntegerField(default=0)
     n_eval = models.PositiveIntegerField(default=0)
+    # A learning curve's point: train on the first ``train_limit`` rows of the train split in a
+    # seeded order (nested: a smaller limit with the same seed is a subset of a larger one).
+    # None: the whole split.
+    train_limit = models.PositiveIntegerField(null=True, blank=True)
+    subset_seed = models.PositiveIntegerField(default=0)
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     resumed_from_step = models.PositiveIntegerField(default=0)

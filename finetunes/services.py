@@ -40,6 +40,7 @@ from finetunes.training_job import (
     _train_spec,
     code_version,
     fine_tune_execute,
+    nested_subset,
     terminate_training_children,
     training_examples,
 )
@@ -68,6 +69,8 @@ __all__ = [
     "fine_tune_execute",
     "fine_tune_resume",
     "fine_tune_start",
+    "fine_tune_subset_run",
+    "nested_subset",
     "preset_table",
     "resolve_hf_cached",
     "resolve_local_model",
@@ -283,6 +286,79 @@ def fine_tune_start(
         job.params = {**job.params, "fine_tune_id": fine_tune.pk}
         job.save(update_fields=["params"])
     return fine_tune
+
+
+def fine_tune_subset_run(*, parent: FineTune, n_train: int, seed: int, host: str) -> FineTune:
+    """``parent``'s recipe (base model, method, preset, the settings the user chose) trained
+    again on the first ``n_train`` rows of the same train split in a seeded order: one point of
+    a learning curve. Runs inline, inside the running job ``host`` names, which holds this
+    machine's compute. A succeeded run of the same recipe, size and seed is reused.
+
+    Returns the succeeded fine-tune; raises JobCancelled, or RuntimeError when training fails."""
+    done = (
+        FineTune.objects.filter(
+            project=parent.project,
+            dataset_version=parent.dataset_version,
+            base_model=parent.base_model,
+            method=parent.method,
+            preset=parent.preset,
+            hyperparameters=parent.hyperparameters,
+            train_limit=n_train,
+            subset_seed=seed,
+            job__status=JobStatus.SUCCEEDED,
+            result_model__isnull=False,
+        )
+        .order_by("-id")
+        .first()
+    )
+    if done is not None:
+        return done
+    with transaction.atomic():
+        job = job_services.job_create_running(
+            team=parent.project.team,
+            project=parent.project,
+            kind=JobKind.FINE_TUNE,
+            user=parent.job.created_by,
+            worker=host,
+            params={"dataset_version_id": parent.dataset_version_id, "method": parent.method},
+        )
+        fine_tune = FineTune.objects.create(
+            job=job,
+            project=parent.project,
+            dataset_version=parent.dataset_version,
+            base_model=parent.base_model,
+            base_model_name=parent.base_model_name,
+            method=parent.method,
+            preset=parent.preset,
+            hyperparameters=parent.hyperparameters,
+            output_dir="",
+            n_train=n_train,
+            n_eval=parent.n_eval,
+            train_limit=n_train,
+            subset_seed=seed,
+        )
+        fine_tune.output_dir = (
+            f"{FINETUNES_DIR}/team-{parent.project.team_id}/project-{parent.project_id}/"
+            f"finetune-{fine_tune.pk}"
+        )
+        fine_tune.save(update_fields=["output_dir"])
+        job.params = {**job.params, "fine_tune_id": fine_tune.pk}
+        job.save(update_fields=["params"])
+    try:
+        result = fine_tune_execute(job=job)
+    except job_services.JobCancelled:
+        job_services.job_mark_cancelled(job=job)
+        raise
+    except job_services.JobHandedOff:
+        # The worker is stopping: this inline run cannot be re-queued on its own (its host
+        # job is what resumes), so it is retired; the host's next attempt starts it again.
+        job_services.job_fail_running(job_ids=[job.pk], error="the worker stopped")
+        raise RuntimeError(f"training on {n_train:,} rows: the worker stopped") from None
+    except Exception as exc:
+        job_services.job_fail(job=job, error=str(exc) or exc.__class__.__name__)
+        raise RuntimeError(f"training on {n_train:,} rows: {exc}") from exc
+    job_services.job_succeed(job=job, result=result)
+    return FineTune.objects.select_related("result_model", "job").get(pk=fine_tune.pk)
 
 
 def fine_tune_cancel(*, fine_tune: FineTune) -> Job:

@@ -131,13 +131,28 @@ def training_examples(version: DatasetVersion, split: str) -> list[TrainExample]
     ]
 
 
+def nested_subset(examples: list[TrainExample], limit: int | None, seed: int) -> list[TrainExample]:
+    """The first ``limit`` examples in a seeded order (all of them for None). The same seed gives
+    nested subsets: the 500 rows of a smaller limit are among the 1,000 of a larger one, so a
+    learning curve's points differ only in how much data they saw."""
+    import random
+
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    return [examples[i] for i in sorted(order[:limit])]
+
+
 def _train_spec(fine_tune: FineTune) -> TrainSpec:
     import random
 
     from worker.training import TrainSpec
 
     version = fine_tune.dataset_version
-    train = training_examples(version, "train")
+    train = nested_subset(
+        training_examples(version, "train"), fine_tune.train_limit, fine_tune.subset_seed
+    )
     evals = training_examples(version, "validation")
     if len(evals) > MAX_EVAL_EXAMPLES:
         evals = random.Random(0).sample(evals, MAX_EVAL_EXAMPLES)

@@ -65,6 +65,9 @@ def _more_data(report: Report) -> Lever:
                 f"Quality already meets the target: {pct.shown} of the teacher's, target "
                 f"{target} %."
             )
+    if report.curve is not None and report.curve.fitted:
+        # The learning curve's forecast, against this report's target (its last sentence).
+        lever.sentences.append(f"Learning curve: {report.curve.sentences[-1]}")
     fine_tune = _fine_tune(report)
     if fine_tune is not None:
         lever.sentences.append(

@@ -7,6 +7,8 @@
   cost of distilling, each with where it came from.
 - Break-even: worker.economics (Decimal), for any monthly volume.
 - On a No-go, what would change it (reports.change), with the numbers behind each lever.
+- How much data is enough: the latest finished learning curve (evaluations.learning_curve),
+  read against the report's quality target.
 """
 
 from __future__ import annotations
@@ -18,8 +20,14 @@ from typing import Any
 from django.db.models import Count
 
 from evaluations import units
+from evaluations.learning_curve import CurveView, curve_for
 from evaluations.models import CandidateRole, Evaluation, EvaluationKind
-from evaluations.selectors import CandidateResult, candidate_results, latest_evaluation
+from evaluations.selectors import (
+    CandidateResult,
+    candidate_results,
+    latest_evaluation,
+    latest_learning_curve,
+)
 from finetunes.models import FineTune
 from jobs.models import JobStatus
 from projects.models import InputRow, Project
@@ -106,6 +114,8 @@ class Report:
     verdict: Verdict | None = None
     quality: Quality | None = None
     changes: list[Lever] = field(default_factory=list)
+    # The latest finished learning curve, read against this report's quality target.
+    curve: CurveView | None = None
 
     @property
     def costs_known(self) -> bool:
@@ -156,6 +166,11 @@ def report_for(*, project: Project) -> Report:
                 report.student = result
         report.quality = quality_for(
             evaluation=evaluation, results=report.results, student=report.student
+        )
+    curve_evaluation = latest_learning_curve(project=project)
+    if curve_evaluation is not None:
+        report.curve = curve_for(
+            evaluation=curve_evaluation, target_percent=settings.quality_target_percent
         )
     report.ledger = teacher_ledger(project=project)
     report.teacher_per_1k = teacher_per_1k(settings, report.ledger)
