@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "dataset_versions",
     "finetunes",
     "evaluations",
+    "serving",
     "reports",
 ]
 

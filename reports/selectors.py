@@ -33,6 +33,7 @@ from reports.costs import (
 )
 from reports.models import ReportSettings
 from reports.quality import Quality, quality_for
+from serving.selectors import ServingFigures, serving_figures
 from teachers.models import ReviewStatus, TeacherOutput
 from teams.models import Team
 from worker import economics
@@ -106,6 +107,8 @@ class Report:
     verdict: Verdict | None = None
     quality: Quality | None = None
     changes: list[Lever] = field(default_factory=list)
+    # Latency and throughput as the serving process measured them (its request log).
+    serving: ServingFigures | None = None
 
     @property
     def costs_known(self) -> bool:
@@ -157,6 +160,7 @@ def report_for(*, project: Project) -> Report:
         report.quality = quality_for(
             evaluation=evaluation, results=report.results, student=report.student
         )
+    report.serving = serving_figures(project=project)
     report.ledger = teacher_ledger(project=project)
     report.teacher_per_1k = teacher_per_1k(settings, report.ledger)
     report.student_per_1k = student_per_1k(settings, report.student, report.ledger)
