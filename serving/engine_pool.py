@@ -222,7 +222,7 @@ class RequestLog:
 def answer_payload(answer: Answer) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if answer.confidence is not None:
-        extra["confidence"] = round(answer.confidence, 6)
+        extra["confidence"] = float(f"{answer.confidence:.6g}")
     if answer.attempts > 1:
         extra["attempts"] = answer.attempts
     return extra
