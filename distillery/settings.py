@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "ninja",  # the REST API's schema and docs page (static files of its docs)
     # One app per stage of the journey, in the order data flows (imports only go down this list).
     "teams",
     "jobs",
@@ -70,6 +71,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "teams.api_middleware.ApiRateLimitMiddleware",
+    "teams.api_middleware.ApiIdempotencyMiddleware",
 ]
 
 ROOT_URLCONF = "distillery.urls"
@@ -259,3 +262,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# REST API (/api/v1/): requests per token per minute (0: no limit).
+API_RATE_LIMIT_PER_MINUTE = env_int("DISTILLERY_API_RATE_PER_MINUTE", 1200)
+# Inputs one API call may create (one all-or-nothing write).
+API_MAX_BATCH_ROWS = env_int("DISTILLERY_API_MAX_BATCH_ROWS", 10_000)

@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
+from distillery.api import api, api_not_found
 from distillery.errors import favicon
 from distillery.outages import healthz
 
@@ -12,6 +13,8 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    path("api/v1/", api.urls),
+    re_path(r"^api/(?P<rest>.*)$", api_not_found, name="api_not_found"),
     path("favicon.ico", favicon, name="favicon"),
     path("", include("teams.urls")),
     path("", include("jobs.urls")),

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.utils.text import slugify
 
 from worker.taskspec import TaskSpec
 
@@ -17,6 +18,9 @@ class OutputKind(models.TextChoices):
 class Project(models.Model):
     team = models.ForeignKey("teams.Team", on_delete=models.CASCADE, related_name="projects")
     name = models.CharField(max_length=200)
+    # How the API, the CLI and the gateway name the project inside its team; filled from the
+    # name when the project is first saved (project_slug_for), never changed after.
+    slug = models.SlugField(max_length=80, blank=True)
     description = models.TextField(blank=True)
     # The task spec. input_fields are the named fields of each input row that the template uses.
     input_fields = models.JSONField(default=list)
@@ -35,9 +39,21 @@ class Project(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["team", "slug"],
+                condition=~models.Q(slug=""),
+                name="project_slug_unique_per_team",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.slug:
+            self.slug = project_slug_for(self.team_id, self.name)
+        super().save(*args, **kwargs)
 
     @property
     def metric_name(self) -> str:
@@ -56,6 +72,21 @@ class Project(models.Model):
             label_set=tuple(self.label_set or ()),
             json_schema=self.json_schema,
         )
+
+
+def project_slug_for(team_id: int, name: str) -> str:
+    """A slug for a new project: the name's, made unique in the team with -2, -3…"""
+    base = slugify(name)[:70] or "project"
+    taken = set(
+        Project.objects.filter(team_id=team_id, slug__startswith=base).values_list(
+            "slug", flat=True
+        )
+    )
+    slug, n = base, 1
+    while slug in taken:
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
 
 
 class InputRow(models.Model):

@@ -325,3 +325,89 @@ def inputs_import_run(*, job: Job, progress: Callable[[int, int], None]) -> dict
         "duplicates_in_file": duplicates_in_file,
         "already_present": rows_read - duplicates_in_file - imported,
     }
+
+
+class InputRowsError(Exception):
+    """Rows of a batch that cannot be inputs; nothing of the batch was written. ``errors`` are
+    ``{"row": n (1-based), "field": name or None, "message": …}``, at most MAX_ROW_ERRORS."""
+
+    MAX_ROW_ERRORS = 50
+
+    def __init__(self, errors: list[dict[str, Any]], total: int) -> None:
+        self.errors = errors
+        self.total = total
+        shown = f" (first {len(errors)} shown)" if total > len(errors) else ""
+        super().__init__(f"{total} row(s) are not valid inputs{shown}; nothing was written")
+
+
+def _batch_row_data(
+    row: Mapping[str, Any], number: int, fields: list[str], errors: list[dict[str, Any]]
+) -> dict[str, str] | None:
+    unknown = sorted(set(row) - set(fields))
+    if unknown:
+        errors.append(
+            {
+                "row": number,
+                "field": unknown[0],
+                "message": f"unknown field {unknown[0]!r}; the input fields are "
+                + ", ".join(fields),
+            }
+        )
+        return None
+    missing = [name for name in fields if row.get(name) is None]
+    if missing:
+        errors.append({"row": number, "field": missing[0], "message": "missing"})
+        return None
+    data = {name: ingest.as_text(row[name]) for name in fields}
+    if not any(value.strip() for value in data.values()):
+        errors.append({"row": number, "field": None, "message": "every input field is empty"})
+        return None
+    return data
+
+
+def inputs_create(
+    *, project: Project, rows: list[Mapping[str, Any]], references: list[str | None] | None = None
+) -> dict[str, int]:
+    """Add a batch of input rows (each a mapping of the task's input fields) in ONE write:
+    any invalid row writes nothing and raises InputRowsError naming each row and field. Rows
+    already in the project (same content) and repeats inside the batch are skipped and counted.
+    The same rows as the file import stores (content hash, search text), without a source line."""
+    if not project.has_task:
+        raise ValidationError({"rows": "define the task's input fields before adding inputs"})
+    fields = list(project.input_fields)
+    errors: list[dict[str, Any]] = []
+    total_errors = 0
+    pending: dict[str, InputRow] = {}
+    for number, row in enumerate(rows, start=1):
+        before = len(errors)
+        data = _batch_row_data(row, number, fields, errors)
+        if data is None:
+            total_errors += 1
+            del errors[max(before, InputRowsError.MAX_ROW_ERRORS) :]
+            continue
+        digest = content_hash(data)
+        if digest not in pending:
+            reference = references[number - 1] if references else None
+            pending[digest] = InputRow(
+                project=project,
+                data=data,
+                reference_output=reference,
+                content_hash=digest,
+                search_text=" ".join(data.values()).lower(),
+            )
+    if total_errors:
+        raise InputRowsError(errors, total_errors)
+    with transaction.atomic():
+        present = set(
+            InputRow.objects.filter(project=project, content_hash__in=list(pending)).values_list(
+                "content_hash", flat=True
+            )
+        )
+        new = [row for digest, row in pending.items() if digest not in present]
+        InputRow.objects.bulk_create(new, batch_size=2000, ignore_conflicts=True)
+    return {
+        "received": len(rows),
+        "created": len(new),
+        "duplicates_in_batch": len(rows) - len(pending),
+        "already_present": len(present),
+    }

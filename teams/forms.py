@@ -7,7 +7,7 @@ from django.contrib.auth.forms import UserCreationForm
 from django.contrib.auth.models import User
 
 from teams.errors import field_and_message
-from teams.models import BASE_URL_MAX_LENGTH, ProviderKind, Role
+from teams.models import BASE_URL_MAX_LENGTH, ProviderKind, Role, TokenScope
 
 
 class TeamForm(forms.Form):
@@ -52,6 +52,16 @@ class CredentialEditForm(forms.Form):
         help_text="Leave empty to keep the stored key. Required when the base URL changes.",
     )
     allow_private_network = forms.BooleanField(required=False)
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=80, help_text="e.g. nightly-ingest, ci-gate")
+    scopes = forms.MultipleChoiceField(
+        choices=TokenScope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        initial=[TokenScope.READ],
+        help_text="A token never does more than your role allows.",
+    )
 
 
 class InviteForm(forms.Form):

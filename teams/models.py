@@ -148,3 +148,95 @@ class ProviderCredential(models.Model):
             allow_private_network=self.allow_private_network,
             **options,
         )
+
+
+class TokenScope(models.TextChoices):
+    READ = "read", "Read: list and fetch everything the creator's role may see"
+    WRITE = "write", "Write: the changes the creator's role may make (implies read)"
+    SERVE = "serve", "Serve: call served students and the task gateway"
+
+
+#: What each scope lets a token do, in the role permissions' words. A token never does more than
+#: its creator's role allows: the two sets are intersected on every request (teams.api_tokens).
+SCOPE_PERMISSIONS: dict[str, frozenset[str]] = {
+    TokenScope.READ: frozenset({"read"}),
+    TokenScope.WRITE: frozenset({"read", "vote", "review", "write", "manage"}),
+    TokenScope.SERVE: frozenset({"serve"}),
+}
+
+#: Role permissions that a scope needs before a member may create a token with it.
+SCOPE_REQUIRES: dict[str, str] = {
+    TokenScope.READ: "read",
+    TokenScope.WRITE: "review",
+    TokenScope.SERVE: "write",
+}
+
+
+class ApiToken(models.Model):
+    """A team API token: ``Authorization: Bearer dst_…`` on /api/v1/ and the serving endpoint.
+
+    Only a SHA-256 of the token is stored; the token itself is shown once, when created. It acts
+    as its creator, inside the creator's current role: when the creator leaves the team or is
+    demoted, the token loses what the role lost."""
+
+    team = models.ForeignKey("teams.Team", on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=80)
+    scopes = models.JSONField(default=list)
+    # The first characters of the token, shown in lists so a user can tell tokens apart.
+    prefix = models.CharField(max_length=16)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["team", "name"],
+                condition=models.Q(revoked_at__isnull=True),
+                name="active_token_name_unique_per_team",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+class IdempotentRequest(models.Model):
+    """The first response to a write sent with an ``Idempotency-Key`` header, so that a retried
+    request gets the same answer and starts nothing twice. Keyed by the token's hash (the
+    middleware runs before authentication) and the key; ``status_code`` is null while the first
+    request is still being answered."""
+
+    token_hash = models.CharField(max_length=64)
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=500)
+    request_hash = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    content_type = models.CharField(max_length=100, blank=True)
+    body = models.BinaryField(default=bytes)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["token_hash", "key"], name="one_response_per_key")
+        ]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} ({self.key})"

@@ -34,5 +34,11 @@ urlpatterns = [
         views.credential_delete,
         name="credential_delete",
     ),
+    path("teams/<int:team_id>/tokens/", views.api_tokens, name="api_tokens"),
+    path(
+        "teams/<int:team_id>/tokens/<int:token_id>/revoke/",
+        views.api_token_revoke,
+        name="api_token_revoke",
+    ),
     path("invites/<str:token>/", views.invite_accept, name="invite_accept"),
 ]

@@ -14,6 +14,8 @@ from django.views.decorators.http import require_http_methods
 
 from teams import forms, selectors, services
 from teams.access import scoped_get, signed_in_user, team_for
+from teams.api_tokens import api_token_create, api_token_may_revoke, api_tokens_visible
+from teams.api_tokens import api_token_revoke as api_token_revoke_service
 from teams.models import Invite, ProviderKind, Role
 
 
@@ -214,3 +216,48 @@ def credential_delete(request: HttpRequest, team_id: int, credential_id: int) ->
     credential.delete()
     messages.success(request, f"Credential {credential.name!r} deleted.")
     return redirect("teams:credentials", team_id=team.pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_tokens(request: HttpRequest, team_id: int) -> HttpResponse:
+    team, membership = team_for(user=request.user, team_id=team_id)
+    form = forms.ApiTokenForm(request.POST or None)
+    new_token = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            token, raw = api_token_create(
+                team=team, user=signed_in_user(request), **form.cleaned_data
+            )
+            new_token = {"name": token.name, "secret": raw}
+            form = forms.ApiTokenForm()
+        except ValidationError as exc:
+            forms.apply_errors(form, exc)
+    tokens = api_tokens_visible(team=team, membership=membership)
+    response = render(
+        request,
+        "teams/api_tokens.html",
+        {
+            "team": team,
+            "membership": membership,
+            "tokens": [(t, api_token_may_revoke(token=t, membership=membership)) for t in tokens],
+            "form": form,
+            "new_token": new_token,
+        },
+    )
+    # The page carrying a token's secret must not linger in a cache.
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+def api_token_revoke(request: HttpRequest, team_id: int, token_id: int) -> HttpResponse:
+    team, membership = team_for(user=request.user, team_id=team_id)
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    token = scoped_get(api_tokens_visible(team=team, membership=membership), pk=token_id)
+    if not api_token_may_revoke(token=token, membership=membership):
+        team_for(user=request.user, team_id=team_id, permission="manage")
+    api_token_revoke_service(token=token, user=signed_in_user(request))
+    messages.success(request, f"Token {token.name!r} revoked: it stops working now.")
+    return redirect("teams:api_tokens", team_id=team.pk)

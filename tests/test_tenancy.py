@@ -35,11 +35,13 @@ def iter_patterns(resolver: URLResolver, prefix: str = ""):  # type: ignore[no-u
             yield entry, prefix + str(entry.pattern)
 
 
-def object_url_patterns() -> list[tuple[str, list[str]]]:
-    """(route, kwarg names) for every pattern with a URL argument, excluding the admin."""
+def object_url_patterns(*, api: bool = False) -> list[tuple[str, list[str]]]:
+    """(route, kwarg names) for every pattern with a URL argument, excluding the admin: the
+    pages' (signed-in sessions), or with ``api`` the REST API's (bearer tokens,
+    tests/test_tenancy_api.py)."""
     found = []
     for pattern, route in iter_patterns(get_resolver()):
-        if route.startswith("admin/"):
+        if route.startswith("admin/") or route.startswith("api/") != api:
             continue
         names = list(pattern.pattern.converters)
         if names:
@@ -77,6 +79,9 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         api_key="sk-test-12345678",
     )
     invite = team_services.invite_create(team=team, role="viewer", user=owner)
+    from teams.api_tokens import api_token_create
+
+    token, _ = api_token_create(team=team, user=owner, name="victim-token", scopes=["read"])
     job = job_create(team=team, project=project, kind=JobKind.IMPORT_INPUTS, user=owner, params={})
     from teachers import services as teacher_services
 
@@ -144,6 +149,8 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         "invite_id": invite.pk,
         "credential_id": credential.pk,
         "project_id": project.pk,
+        "slug": project.slug,
+        "token_id": token.pk,
         "input_id": row.pk,
         "upload_id": upload.pk,
         "job_id": job.pk,
