@@ -154,14 +154,14 @@ def measure_served(url: str, slug: str, token: str, texts: list[str]) -> dict[st
             reply.usage.prompt_tokens,
         )
 
-    client = OpenAI(base_url=url, api_key=token, max_retries=0, timeout=120)
+    client = OpenAI(base_url=url, api_key=token, max_retries=0, timeout=600)
     t0 = time.perf_counter()
     ask(client, texts[0])  # the first call loads (and on first use converts) the student
     first_call_s = time.perf_counter() - t0
     for text in texts[:5]:
         ask(client, text)
     sequential = [ask(client, t) for t in texts]
-    clients = [OpenAI(base_url=url, api_key=token, max_retries=0, timeout=120) for _ in range(8)]
+    clients = [OpenAI(base_url=url, api_key=token, max_retries=0, timeout=600) for _ in range(8)]
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         concurrent_answers = list(
