@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "dataset_versions",
     "finetunes",
     "evaluations",
+    "serving",
     "reports",
 ]
 

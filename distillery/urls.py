@@ -24,5 +24,6 @@ urlpatterns = [
     path("", include("dataset_versions.urls")),
     path("", include("finetunes.urls")),
     path("", include("evaluations.urls")),
+    path("", include("serving.urls")),
     path("", include("reports.urls")),
 ]

@@ -41,6 +41,7 @@ from reports.costs import (
 )
 from reports.models import ReportSettings
 from reports.quality import Quality, quality_for
+from serving.selectors import ServingFigures, serving_figures
 from teachers.models import ReviewStatus, TeacherOutput
 from teams.models import Team
 from worker import economics
@@ -116,6 +117,8 @@ class Report:
     changes: list[Lever] = field(default_factory=list)
     # The latest finished learning curve, read against this report's quality target.
     curve: CurveView | None = None
+    # Latency and throughput as the serving process measured them (its request log).
+    serving: ServingFigures | None = None
 
     @property
     def costs_known(self) -> bool:
@@ -172,6 +175,7 @@ def report_for(*, project: Project) -> Report:
         report.curve = curve_for(
             evaluation=curve_evaluation, target_percent=settings.quality_target_percent
         )
+    report.serving = serving_figures(project=project)
     report.ledger = teacher_ledger(project=project)
     report.teacher_per_1k = teacher_per_1k(settings, report.ledger)
     report.student_per_1k = student_per_1k(settings, report.student, report.ledger)

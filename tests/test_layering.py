@@ -27,6 +27,7 @@ JOURNEY = (
     "dataset_versions",
     "finetunes",
     "evaluations",
+    "serving",
     "reports",
 )
 RANK = {app: i for i, app in enumerate(JOURNEY)}

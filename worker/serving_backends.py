@@ -1,0 +1,399 @@
+"""Inference backends for the serving process: the same four token-level operations on three
+engines, so the answering logic (worker.serving_engine) is written once.
+
+- ``CT2Backend``: CTranslate2 with int8 weights on CPU (PyPI wheels, no compiler). The student is
+  converted once into ``<cache>/ct2-int8`` and loaded from there afterwards. Chosen by
+  measurement on CPU (bench/serve_latency.py prints both engines' figures).
+- ``TransformersBackend``: plain PyTorch + transformers, a hand-written greedy loop over the KV
+  cache (so log-probabilities come for free). The fallback when ctranslate2 is not installed.
+- ``VLLMBackend``: on a CUDA machine with vllm installed (not exercised on CPU machines).
+
+Every backend answers: ``greedy`` (a batch of prompts, greedy, with each chosen token's
+log-probability), ``next_logprobs`` (log-probabilities of given tokens after given sequences, for
+the label-constrained fallback), ``stream`` (one prompt, token by token, greedy or sampled) and
+``sample`` (a batch, sampled, for JSON retries). Heavy libraries are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from worker.inference_hardware import available_cores
+from worker.model_loading import load_causal_lm, load_tokenizer
+
+CT2_DIR = "ct2-int8"
+CT2_MARK = "distillery_ct2_source.txt"
+
+
+@dataclass(frozen=True)
+class Generated:
+    tokens: list[int]  # generated ids, the end token excluded
+    logprobs: list[float]  # one per generated id, plus the end token's when it ended
+    ended: bool  # stopped on an end token (else: the token budget ran out)
+
+    @property
+    def logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+
+class Backend(Protocol):
+    name: str
+    eos_token_ids: tuple[int, ...]
+
+    def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Generated]: ...
+
+    def next_logprobs(
+        self, sequences: Sequence[Sequence[int]], wanted: Sequence[int]
+    ) -> list[list[float]]: ...
+
+    def stream(
+        self, prompt: Sequence[int], max_new_tokens: int, temperature: float = 0.0
+    ) -> Iterator[tuple[int, float]]: ...
+
+    def continuation_logprob(self, prompt: Sequence[int], continuation: Sequence[int]) -> float: ...
+
+    def sample(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
+    ) -> list[Generated]: ...
+
+
+def eos_ids_of(model_dir: Path, tokenizer: Any) -> tuple[int, ...]:
+    """The end-of-turn ids, from generation_config.json (as evaluation reads them)."""
+    import json
+
+    ids: list[int] = []
+    try:
+        config = json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8"))
+        eos = config.get("eos_token_id")
+        ids = [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
+    except (OSError, ValueError):
+        pass
+    if not ids and tokenizer.eos_token_id is not None:
+        ids = [int(tokenizer.eos_token_id)]
+    if not ids:
+        raise ValueError(f"{model_dir}: the model has no end-of-sequence token")
+    return tuple(ids)
+
+
+def _finish(tokens: list[int], logprobs: list[float], eos: tuple[int, ...]) -> Generated:
+    """Cut at the first end token (its log-probability stays: P(answer, then stop))."""
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return Generated(tokens[:i], logprobs[: i + 1], True)
+    return Generated(tokens, logprobs[: len(tokens)], False)
+
+
+def stepwise_continuation_logprob(
+    backend: Backend, prompt: Sequence[int], continuation: Sequence[int]
+) -> float:
+    """log P(continuation | prompt), one next-token query per token (engines without scoring)."""
+    seq, total = list(prompt), 0.0
+    for token in continuation:
+        total += backend.next_logprobs([seq], [token])[0][0]
+        seq.append(token)
+    return total
+
+
+# -- CTranslate2 ---------------------------------------------------------------------------------
+
+
+def ct2_available() -> bool:
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def convert_to_ct2(model_dir: Path, cache_dir: Path) -> Path:
+    """Convert the merged student to CTranslate2 int8 once; later calls reuse the folder (the
+    mark file records which model folder it came from, so a re-trained student converts anew)."""
+    from ctranslate2.converters import TransformersConverter
+
+    out = cache_dir / CT2_DIR
+    source = str(model_dir.resolve())
+    mark = out / CT2_MARK
+    if mark.is_file() and mark.read_text(encoding="utf-8") == source:
+        return out
+    tmp = cache_dir / (CT2_DIR + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    TransformersConverter(source, low_cpu_mem_usage=True).convert(
+        str(tmp), quantization="int8", force=True
+    )
+    (tmp / CT2_MARK).write_text(source, encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # a half-written conversion is never loaded
+    return out
+
+
+class CT2Backend:
+    name = "ctranslate2-int8"
+
+    def __init__(self, model_dir: Path, cache_dir: Path, *, threads: int | None = None) -> None:
+        import ctranslate2
+
+        self.tokenizer = load_tokenizer(model_dir)
+        self.eos_token_ids = eos_ids_of(model_dir, self.tokenizer)
+        self.path = convert_to_ct2(model_dir, cache_dir)
+        self.generator = ctranslate2.Generator(
+            str(self.path),
+            device="cpu",
+            compute_type="int8",
+            intra_threads=threads or available_cores(),
+            inter_threads=1,
+        )
+        self._end = [self.tokenizer.convert_ids_to_tokens(e) for e in self.eos_token_ids]
+
+    def _tokens(self, ids: Sequence[int]) -> list[str]:
+        return list(self.tokenizer.convert_ids_to_tokens(list(ids)))
+
+    def _run(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
+    ) -> list[Generated]:
+        results = self.generator.generate_batch(
+            [self._tokens(p) for p in prompts],
+            max_length=max_new_tokens,
+            sampling_topk=1 if temperature <= 0 else 0,
+            sampling_temperature=max(temperature, 1e-6),
+            beam_size=1,
+            include_prompt_in_result=False,
+            end_token=self._end,
+            return_end_token=True,
+            return_scores=True,
+            length_penalty=0.0,  # the score is then the plain sum of log-probabilities
+        )
+        out = []
+        for r in results:
+            ids = [int(i) for i in r.sequences_ids[0]]
+            # The score is the sequence's summed log-probability (end token included): kept as
+            # a total on the last token (the engine reads .logprob).
+            total = float(r.scores[0]) if r.scores else 0.0
+            logprobs = [0.0] * len(ids)
+            if logprobs:
+                logprobs[-1] = total
+            out.append(_finish(ids, logprobs, self.eos_token_ids))
+        return out
+
+    def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Generated]:
+        return self._run(prompts, max_new_tokens, 0.0)
+
+    def sample(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
+    ) -> list[Generated]:
+        return self._run(prompts, max_new_tokens, temperature)
+
+    def next_logprobs(
+        self, sequences: Sequence[Sequence[int]], wanted: Sequence[int]
+    ) -> list[list[float]]:
+        import numpy as np
+
+        out = []
+        for seq in sequences:  # the rare path (constrained fallback): one at a time
+            logits = np.asarray(self.generator.forward_batch([list(seq)]), dtype=np.float32)
+            last = logits[0, -1]
+            norm = last - (last.max() + np.log(np.exp(last - last.max()).sum()))
+            out.append([float(norm[t]) for t in wanted])
+        return out
+
+    def continuation_logprob(self, prompt: Sequence[int], continuation: Sequence[int]) -> float:
+        # score_batch gives each token's log-probability given the ones before it.
+        result = self.generator.score_batch([self._tokens(list(prompt) + list(continuation))])[0]
+        return float(sum(result.log_probs[-len(continuation) :]))
+
+    def stream(
+        self, prompt: Sequence[int], max_new_tokens: int, temperature: float = 0.0
+    ) -> Iterator[tuple[int, float]]:
+        for step in self.generator.generate_tokens(
+            self._tokens(prompt),
+            max_length=max_new_tokens,
+            sampling_topk=1 if temperature <= 0 else 0,
+            sampling_temperature=max(temperature, 1e-6),
+            end_token=self._end,
+            return_log_prob=True,
+        ):
+            yield int(step.token_id), float(step.log_prob or 0.0)
+            if step.token_id in self.eos_token_ids:
+                return
+
+
+# -- transformers --------------------------------------------------------------------------------
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, model_dir: Path, *, threads: int | None = None) -> None:
+        import torch
+
+        torch.set_num_threads(threads or available_cores())
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_causal_lm(model_dir, dtype="float32", attention="sdpa")
+        self.model.to(self.device)
+        self.model.eval()
+        self.eos_token_ids = eos_ids_of(model_dir, self.tokenizer)
+
+    def stream(
+        self, prompt: Sequence[int], max_new_tokens: int, temperature: float = 0.0
+    ) -> Iterator[tuple[int, float]]:
+        torch = self.torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        x = torch.tensor([list(prompt)], device=self.device)
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                out = self.model(input_ids=x, past_key_values=cache, use_cache=True)
+                logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+                if temperature > 0:
+                    probs = torch.softmax(out.logits[0, -1].float() / temperature, dim=-1)
+                    token = int(torch.multinomial(probs, 1))
+                else:
+                    token = int(torch.argmax(logprobs))
+                yield token, float(logprobs[token])
+                if token in self.eos_token_ids:
+                    return
+                x = torch.tensor([[token]], device=self.device)
+
+    def continuation_logprob(self, prompt: Sequence[int], continuation: Sequence[int]) -> float:
+        torch = self.torch
+        ids = list(prompt) + list(continuation)
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0]
+            lp = torch.log_softmax(logits[len(prompt) - 1 : -1].float(), dim=-1)
+            picked = lp.gather(1, torch.tensor(list(continuation), device=self.device)[:, None])
+        return float(picked.sum())
+
+    def _collect(self, prompt: Sequence[int], max_new: int, temperature: float) -> Generated:
+        tokens, logprobs = [], []
+        for token, lp in self.stream(prompt, max_new, temperature):
+            tokens.append(token)
+            logprobs.append(lp)
+        return _finish(tokens, logprobs, self.eos_token_ids)
+
+    def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Generated]:
+        return [self._collect(p, max_new_tokens, 0.0) for p in prompts]
+
+    def sample(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
+    ) -> list[Generated]:
+        return [self._collect(p, max_new_tokens, temperature) for p in prompts]
+
+    def next_logprobs(
+        self, sequences: Sequence[Sequence[int]], wanted: Sequence[int]
+    ) -> list[list[float]]:
+        torch = self.torch
+        out = []
+        with torch.inference_mode():
+            for seq in sequences:
+                x = torch.tensor([list(seq)], device=self.device)
+                logits = self.model(input_ids=x, logits_to_keep=1).logits[0, -1].float()
+                lp = torch.log_softmax(logits, dim=-1)
+                out.append([float(lp[t]) for t in wanted])
+        return out
+
+
+# -- vLLM (CUDA) ---------------------------------------------------------------------------------
+
+
+def vllm_available() -> bool:
+    try:
+        import torch
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+class VLLMBackend:
+    """vLLM on a GPU worker: the merged student folder as is (no conversion)."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: Path) -> None:
+        from vllm import LLM
+
+        self.tokenizer = load_tokenizer(model_dir)
+        self.eos_token_ids = eos_ids_of(model_dir, self.tokenizer)
+        self.llm = LLM(model=str(model_dir), dtype="auto", enforce_eager=False)
+
+    def _params(self, max_new: int, temperature: float, logprobs: int | None = 1) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            max_tokens=max_new,
+            temperature=temperature,
+            stop_token_ids=list(self.eos_token_ids),
+            logprobs=logprobs,
+            skip_special_tokens=False,
+        )
+
+    def _run(self, prompts: Sequence[Sequence[int]], max_new: int, temp: float) -> list[Generated]:
+        from vllm.inputs import TokensPrompt
+
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], self._params(max_new, temp)
+        )
+        done = []
+        for o in outputs:
+            c = o.outputs[0]
+            ids = [int(t) for t in c.token_ids]
+            lps = [float(step[t].logprob) for t, step in zip(ids, c.logprobs or [], strict=False)]
+            done.append(_finish(ids, lps + [0.0] * (len(ids) - len(lps)), self.eos_token_ids))
+        return done
+
+    def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Generated]:
+        return self._run(prompts, max_new_tokens, 0.0)
+
+    def sample(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
+    ) -> list[Generated]:
+        return self._run(prompts, max_new_tokens, temperature)
+
+    def next_logprobs(
+        self, sequences: Sequence[Sequence[int]], wanted: Sequence[int]
+    ) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=20)
+        out = []
+        for o in self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params
+        ):
+            step = (o.outputs[0].logprobs or [{}])[0]
+            out.append([float(step[t].logprob) if t in step else -math.inf for t in wanted])
+        return out
+
+    def continuation_logprob(self, prompt: Sequence[int], continuation: Sequence[int]) -> float:
+        return stepwise_continuation_logprob(self, prompt, continuation)
+
+    def stream(
+        self, prompt: Sequence[int], max_new_tokens: int, temperature: float = 0.0
+    ) -> Iterator[tuple[int, float]]:
+        # The offline LLM answers whole; the server streams it chunk by chunk.
+        g = self._run([prompt], max_new_tokens, temperature)[0]
+        yield from zip(g.tokens, g.logprobs, strict=False)
+
+
+def open_backend(model_dir: Path, cache_dir: Path, *, engine: str = "auto") -> Backend:
+    """The engine for this machine: vLLM on a CUDA machine where installed, else CTranslate2
+    int8 where installed, else transformers. ``engine`` forces one (DISTILLERY_SERVE_ENGINE)."""
+    engine = engine or os.environ.get("DISTILLERY_SERVE_ENGINE", "auto")
+    if engine == "auto":
+        engine = "vllm" if vllm_available() else ("ct2" if ct2_available() else "transformers")
+    if engine == "vllm":
+        return VLLMBackend(model_dir)
+    if engine == "ct2":
+        return CT2Backend(model_dir, cache_dir)
+    if engine == "transformers":
+        return TransformersBackend(model_dir)
+    raise ValueError(f"engine must be auto, vllm, ct2 or transformers, not {engine!r}")

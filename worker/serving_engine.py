@@ -1,0 +1,298 @@
+"""Answering chat requests with a served student, Django-free (the serving process calls it).
+
+What a client sends is the task's *input*, not a prompt: the last user message's content is the
+input text (a task with one input field), or a JSON object of the input fields. The engine
+renders the task's prompt exactly as the student was trained on it (``build_messages``, then
+``student_messages`` so no default system prompt sneaks in, then without the label list where
+the student was trained without it), so a served student sees what it learnt on.
+
+- label tasks: greedy decoding, **constrained to the label set**. Fast path: free greedy; when
+  it produced exactly one label's tokens and then stopped, constrained greedy gives the same
+  tokens (every free choice was an allowed one). Otherwise the label trie is walked, a step at
+  a time, choosing the best allowed token. ``confidence`` is P(label, then end of turn) under
+  the student: the product of the chosen tokens' probabilities.
+- json tasks: **validate and retry**: greedy, parsed and checked against the task's JSON Schema;
+  if invalid, up to ``JSON_RETRIES`` sampled attempts; never an invalid answer (an error instead).
+- text tasks: greedy, free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from worker.label_trie import LabelTrie
+from worker.serving_backends import Backend, Generated, open_backend
+from worker.taskspec import TaskSpec, build_messages, parse_output, without_label_list
+from worker.training_data import student_messages
+
+JSON_RETRIES = 2
+JSON_RETRY_TEMPERATURE = 0.7
+DEFAULT_MAX_TOKENS = {"label": 0, "json": 512, "text": 256}
+
+
+class ServeError(Exception):
+    """A request the engine refuses; ``status``/``type``/``param``/``code`` fill OpenAI's shape."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.type = type
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # stop | length
+    confidence: float | None = None  # label tasks: P(label, then end of turn)
+    attempts: int = 1  # json tasks: 1 + retries used
+
+
+def task_row(task: TaskSpec, messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The task's input row from a client's chat messages (the last user message)."""
+    users = [m for m in messages if isinstance(m, Mapping) and m.get("role") == "user"]
+    if not users:
+        raise ServeError("messages must include a user message with the input", param="messages")
+    content = users[-1].get("content")
+    if isinstance(content, list):  # OpenAI's content parts: join the text parts
+        content = "".join(
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, Mapping) and p.get("type") == "text"
+        )
+    if not isinstance(content, str) or not content.strip():
+        raise ServeError("the last user message has no text", param="messages")
+    if len(task.input_fields) == 1:
+        return {task.input_fields[0]: content}
+    try:
+        row = json.loads(content)
+    except ValueError:
+        row = None
+    if not isinstance(row, dict):
+        raise ServeError(
+            "this task has several input fields: send a JSON object with "
+            + ", ".join(task.input_fields),
+            param="messages",
+        )
+    missing = [f for f in task.input_fields if f not in row]
+    if missing:
+        raise ServeError(f"input field {missing[0]!r} is missing", param="messages")
+    return {f: row[f] for f in task.input_fields}
+
+
+def _label_list_in_prompt(model_dir: Path) -> bool:
+    from worker.training_loop import TRAINING_META_FILE
+
+    try:
+        meta = json.loads((model_dir / TRAINING_META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    fmt = meta.get("prompt_format") if isinstance(meta, dict) else None
+    return not (isinstance(fmt, dict) and fmt.get("label_list") is False)
+
+
+def context_limit_of(model_dir: Path) -> int:
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        return int(config.get("max_position_embeddings") or 2048)
+    except (OSError, ValueError, TypeError):
+        return 2048
+
+
+@dataclass
+class ServedStudent:
+    """One student loaded for serving: its task, its backend, its label trie."""
+
+    task: TaskSpec
+    model_dir: Path
+    backend: Backend
+    context_limit: int
+    label_list_in_prompt: bool
+    trie: LabelTrie | None = None
+    _injects: bool | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(
+        cls, *, task: TaskSpec, model_dir: Path, cache_dir: Path, engine: str = "auto"
+    ) -> ServedStudent:
+        backend = open_backend(model_dir, cache_dir, engine=engine)
+        served = cls(
+            task=task,
+            model_dir=model_dir,
+            backend=backend,
+            context_limit=context_limit_of(model_dir),
+            label_list_in_prompt=_label_list_in_prompt(model_dir),
+        )
+        if task.output_kind == "label":
+            tok = backend.tokenizer  # type: ignore[attr-defined]
+            sequences = [
+                [int(t) for t in tok(label, add_special_tokens=False)["input_ids"]]
+                for label in task.label_set
+            ]
+            served.trie = LabelTrie.build(tuple(task.label_set), sequences)
+        return served
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.backend.tokenizer  # type: ignore[attr-defined]
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    def prompt_messages(self, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+        row = task_row(self.task, messages)
+        try:
+            rendered = build_messages(self.task, row)
+        except ValueError as exc:
+            raise ServeError(f"the input does not fit the task: {exc}", param="messages") from exc
+        out = student_messages(rendered, self.tokenizer)
+        return out if self.label_list_in_prompt else without_label_list(out)
+
+    def encode(self, messages: Sequence[Mapping[str, Any]], max_tokens: int) -> list[int]:
+        """The prompt's token ids; ServeError 400 naming the limit when it does not fit."""
+        encoded = self.tokenizer.apply_chat_template(
+            self.prompt_messages(messages),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+        )
+        ids = [int(t) for t in encoded["input_ids"]]
+        if len(ids) + max_tokens > self.context_limit:
+            raise ServeError(
+                f"this model's context is {self.context_limit} tokens; the prompt has "
+                f"{len(ids)} tokens and {max_tokens} more were asked for (max_tokens)",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return ids
+
+    def max_tokens(self, asked: int | None) -> int:
+        """The completion budget: a label task needs its longest label + the end token."""
+        if self.trie is not None:
+            return self.trie.max_depth + 1
+        if asked is not None and asked < 1:
+            raise ServeError("max_tokens must be at least 1", param="max_tokens")
+        return asked or DEFAULT_MAX_TOKENS[self.task.output_kind]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True)).strip()
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def answer_batch(self, prompts: Sequence[list[int]], max_tokens: int) -> list[Answer]:
+        """Answers for prompts of this student, batched where the engine can."""
+        if self.task.output_kind == "label":
+            return self._labels(prompts)
+        generated = self.backend.greedy(prompts, max_tokens)
+        answers = []
+        for prompt, g in zip(prompts, generated, strict=True):
+            answer = self._answer(prompt, g)
+            if self.task.output_kind == "json":
+                answer = self._json_checked(prompt, answer, max_tokens)
+            answers.append(answer)
+        return answers
+
+    def _answer(self, prompt: Sequence[int], g: Generated) -> Answer:
+        return Answer(
+            text=self.decode(g.tokens),
+            prompt_tokens=len(prompt),
+            completion_tokens=len(g.tokens) + (1 if g.ended else 0),
+            finish_reason="stop" if g.ended else "length",
+        )
+
+    def _labels(self, prompts: Sequence[list[int]]) -> list[Answer]:
+        trie = self.trie
+        assert trie is not None
+        generated = self.backend.greedy(prompts, trie.max_depth + 1)
+        answers = []
+        for prompt, g in zip(prompts, generated, strict=True):
+            node = 0
+            for t in g.tokens:
+                node = trie.children[node].get(t, -1)
+                if node < 0:
+                    break
+            if g.ended and node > 0 and trie.label_at[node] is not None:
+                label, logprob = trie.label_at[node], g.logprob
+            else:  # free greedy left the label set: walk the trie, allowed tokens only
+                label, logprob, node = self._constrained(prompt)
+            answers.append(
+                Answer(
+                    text=str(label),
+                    prompt_tokens=len(prompt),
+                    completion_tokens=trie.depth[node] + 1,
+                    finish_reason="stop",
+                    confidence=math.exp(logprob),
+                )
+            )
+        return answers
+
+    def _constrained(self, prompt: Sequence[int]) -> tuple[str, float, int]:
+        trie = self.trie
+        assert trie is not None
+        eos = self.backend.eos_token_ids
+        node, seq = 0, list(prompt)
+        while True:
+            allowed = list(trie.children[node])
+            ending = trie.label_at[node] is not None
+            wanted = allowed + (list(eos) if ending else [])
+            if len(wanted) == 1:  # one way on: no choice to make, no model call
+                token = wanted[0]
+            else:
+                scores = self.backend.next_logprobs([seq], wanted)[0]
+                token = wanted[max(range(len(wanted)), key=lambda k: (scores[k], -wanted[k]))]
+            if token in eos and ending:
+                break
+            node = trie.children[node][token]
+            seq.append(token)
+        # The answer's probability, forced steps included: one scoring pass over the whole label.
+        logprob = self.backend.continuation_logprob(list(prompt), [*seq[len(prompt) :], token])
+        return str(trie.label_at[node]), logprob, node
+
+    def _json_checked(self, prompt: list[int], answer: Answer, max_tokens: int) -> Answer:
+        attempts = 1
+        while parse_output(self.task, answer.text).error:
+            if attempts > JSON_RETRIES:
+                raise ServeError(
+                    f"the student gave no JSON valid against the task's schema in {attempts} "
+                    f"attempts: {parse_output(self.task, answer.text).error}",
+                    status=502,
+                    type="invalid_model_output",
+                    code="schema_validation_failed",
+                )
+            g = self.backend.sample([prompt], max_tokens, JSON_RETRY_TEMPERATURE)[0]
+            answer = self._answer(prompt, g)
+            attempts += 1
+        answer.attempts = attempts
+        return answer
+
+    def stream_text(self, prompt: list[int], max_tokens: int) -> Iterator[str]:
+        """Text deltas as they are generated (text tasks); stops when the caller stops reading."""
+        eos = self.backend.eos_token_ids
+        ids: list[int] = []
+        sent = ""
+        for token, _ in self.backend.stream(prompt, max_tokens):
+            if token in eos:
+                return
+            ids.append(token)
+            text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
+            if text.endswith("\ufffd"):  # half a multi-byte character: wait for the rest
+                continue
+            if len(text) > len(sent):
+                yield text[len(sent) :]
+                sent = text
