@@ -131,17 +131,23 @@ def test_export_bundle_files_load_back_and_a_broken_quant_is_flagged(
     reference = checks["unquantised"]
     assert reference["metric"] == "accuracy" and reference["n"] == 6
     assert reference["value"] >= 0.8, reference
-    for name in ("F16", "Q8_0", "Q4_K_M"):
-        assert not checks[name]["do_not_use"], checks[name]
+    # F16 and 8-bit keep what the student learned; Q4_K_M is judged by its own numbers (on a
+    # random 256-wide model, 4 bits may or may not cost a test row); TQ1_0 breaks it.
+    for name in ("F16", "Q8_0"):
+        assert not checks[name]["do_not_use"], checks
+    q4 = checks["Q4_K_M"]
+    assert q4["delta_points"] == round(100 * (q4["value"] - reference["value"]), 2)
+    assert q4["do_not_use"] == (q4["delta_points"] < -bundle.margin_points)
     broken = checks["TQ1_0"]
-    assert broken["do_not_use"] and broken["delta_points"] < -bundle.margin_points, broken
+    assert broken["do_not_use"] and broken["delta_points"] < -bundle.margin_points, checks
     page = client.get(reverse("finetunes:export_detail", args=[bundle.pk])).content.decode()
     assert 'data-testid="do-not-use-TQ1_0"' in page
     assert f"{round(100 * broken['value'], 1)} % vs {round(100 * reference['value'], 1)} %" in page
     assert 'data-testid="do-not-use-Q8_0"' not in page
     # The Modelfile loads the smallest quant that passed.
-    assert bundle.ollama_gguf == "Q4_K_M"
-    assert bundle.modelfile.splitlines()[1] == f"FROM ./gguf/{slug}-Q4_K_M.gguf"
+    expected = "Q8_0" if q4["do_not_use"] else "Q4_K_M"
+    assert bundle.ollama_gguf == expected
+    assert bundle.modelfile.splitlines()[1] == f"FROM ./gguf/{slug}-{expected}.gguf"
 
     # The GGUF loads in llama.cpp and answers with its own embedded chat template and
     # tokenizer, as Ollama would run it.
@@ -152,12 +158,15 @@ def test_export_bundle_files_load_back_and_a_broken_quant_is_flagged(
     )
     from finetunes.training_job import training_examples
 
+    from worker.taskspec import without_label_list
+
+    # The prompt as the student was trained to read it (its label list left out).
     example = training_examples(version, "test")[0]
-    prompt = [{"role": "system", "content": version.project.system_prompt}] + [
-        m for m in example.messages if m["role"] == "user"
-    ]
+    prompt = without_label_list(list(example.messages))
+    assert prompt[0] == {"role": "system", "content": version.project.system_prompt}
     answer = llm.create_chat_completion(messages=prompt, temperature=0, max_tokens=8)
-    assert answer["choices"][0]["message"]["content"].strip() in LABELS
+    text = answer["choices"][0]["message"]["content"].strip()
+    assert text in LABELS and text == checks["Q8_0"]["outputs"][0]
     llm.close()
 
     # The adapter alone loads with peft on the base and answers like the merged model.
@@ -180,7 +189,7 @@ def test_export_bundle_files_load_back_and_a_broken_quant_is_flagged(
 
     # Modelfile and commands, from the student's real chat template and the task.
     modelfile = bundle.modelfile
-    assert '{{ if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n' in modelfile
+    assert '{{ else if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n' in modelfile
     assert f'SYSTEM """{version.project.system_prompt}"""' in modelfile
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and "PARAMETER temperature 0" in modelfile
     assert bundle.commands["ollama"].startswith(
