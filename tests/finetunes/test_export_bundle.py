@@ -157,7 +157,6 @@ def test_export_bundle_files_load_back_and_a_broken_quant_is_flagged(
         model_path=str(folder / f"gguf/{slug}-Q8_0.gguf"), n_ctx=512, verbose=False, seed=0
     )
     from finetunes.training_job import training_examples
-
     from worker.taskspec import without_label_list
 
     # The prompt as the student was trained to read it (its label list left out).
