@@ -13,7 +13,8 @@ PORT ?= 8000
 
 # llama.cpp for export bundles (GGUF conversion, quantisation, the quant check). PyPI's
 # llama-cpp-python is an sdist only: pip compiles llama.cpp with cmake and a C/C++ compiler
-# (measured: see README "Deploy your student"; only once per version, it has its own stamp).
+# (measured: see README "Deploy your student"; once per version: it has its own stamp, and pip
+# keeps the built wheel in its cache).
 # Its wheel carries the quantiser and the GGUF runtime; llama.cpp's converter
 # (convert_hf_to_gguf.py with its conversion/ and gguf-py/ folders) is unpacked from the same
 # sdist into $(LLAMA_CPP_DIR), where worker/export looks for it.
@@ -33,10 +34,10 @@ $(LLAMA_CPP_STAMP):
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	@command -v cmake >/dev/null && command -v c++ >/dev/null || $(MAKE) build-deps
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(PY) -m pip install --quiet "llama-cpp-python==$(LLAMA_CPP_PYTHON)"
 	rm -rf $(VENV)/sdist && $(PY) -m pip download --quiet --no-deps --no-binary :all: \
 	  "llama-cpp-python==$(LLAMA_CPP_PYTHON)" -d $(VENV)/sdist
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-	  $(PY) -m pip install --quiet $(VENV)/sdist/$(LLAMA_CPP_SDIST).tar.gz
 	rm -rf $(LLAMA_CPP_DIR) && mkdir -p $(LLAMA_CPP_DIR)
 	tar -xzf $(VENV)/sdist/$(LLAMA_CPP_SDIST).tar.gz -C $(LLAMA_CPP_DIR) --strip-components=3 \
 	  $(LLAMA_CPP_SDIST)/vendor/llama.cpp/convert_hf_to_gguf.py \
