@@ -67,7 +67,11 @@ def role_frames(tokenizer: Any) -> RoleFrames:
     generation_prompt = with_prompt[len(two) :] if with_prompt.startswith(two) else ""
     bos = str(getattr(tokenizer, "bos_token", "") or "")
     system_before = cuts[0]
-    lead = bos if bos and system_before.startswith(bos) else ""
+    # A BOS the template itself writes ({{ bos_token }}, as Llama 3's): llama.cpp and Ollama add
+    # it from the GGUF, so the TEMPLATE leaves it out. (SmolLM2's bos_token is <|im_start|>,
+    # which its template writes as a turn marker, not as a BOS: that stays.)
+    template_text = str(getattr(tokenizer, "chat_template", "") or "")
+    lead = bos if bos and system_before.startswith(bos) and "bos_token" in template_text else ""
     frames = RoleFrames(
         before={
             "system": system_before[len(lead) :],
@@ -121,7 +125,7 @@ def _go_text(text: str) -> str:
 
 def ollama_template(frames: RoleFrames) -> str:
     """One line, no ``{{-`` trimming: the role frames' own newlines are part of the prompt."""
-    parts = [_go_text(frames.bos), "{{ range .Messages }}"]
+    parts = ["{{ range .Messages }}"]  # no frames.bos: the runtime adds the BOS token
     for i, role in enumerate(("system", "user", "assistant")):
         keyword = "if" if i == 0 else "else if"
         parts.append(

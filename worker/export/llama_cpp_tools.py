@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,21 +69,23 @@ def _run(args: list[str], *, step: str, check: Callable[[], None] | None, timeou
     raise, which stops the child."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
-    with subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
-    ) as child:
-        try:
-            while child.poll() is None:
-                if check is not None:
-                    check()
-                if time.monotonic() - started > timeout_s:
-                    raise ExportToolError(step, f"{step} took longer than {timeout_s:.0f} s")
-                time.sleep(0.5)
-        except BaseException:
-            child.kill()
-            child.wait()
-            raise
-        output = child.stdout.read() if child.stdout else ""
+    # The tools log a line per tensor: into a file, since a pipe nobody reads while the child
+    # runs fills up (64 KiB) and blocks it for ever.
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as log:
+        with subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env) as child:
+            try:
+                while child.poll() is None:
+                    if check is not None:
+                        check()
+                    if time.monotonic() - started > timeout_s:
+                        raise ExportToolError(step, f"{step} took longer than {timeout_s:.0f} s")
+                    time.sleep(0.5)
+            except BaseException:
+                child.kill()
+                child.wait()
+                raise
+        log.seek(0)
+        output = log.read()
     if child.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-12:])
         raise ExportToolError(step, f"{step} failed (exit {child.returncode}):\n{tail}")
