@@ -127,6 +127,11 @@ def test_export_bundle_files_load_back_and_a_broken_quant_is_flagged(
 
     # The quant check: the unquantised student, then each GGUF; TQ1_0 is marked "do not use".
     checks = {c["name"]: c for c in bundle.quant_checks}
+    print(  # the measured figures, in the test log
+        "export bundle:",
+        {k: round(100 * c["value"], 1) for k, c in checks.items()},
+        bundle.timings,
+    )
     assert list(checks) == ["unquantised", "F16", "Q8_0", "Q4_K_M", "TQ1_0"]
     reference = checks["unquantised"]
     assert reference["metric"] == "accuracy" and reference["n"] == 6
