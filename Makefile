@@ -13,7 +13,7 @@ PORT ?= 8000
 
 # llama.cpp for export bundles (GGUF conversion, quantisation, the quant check). PyPI's
 # llama-cpp-python is an sdist only: pip compiles llama.cpp with cmake and a C/C++ compiler
-# (measured: see README "Deploy your student"; once per version: it has its own stamp, and pip
+# (measured 32-36 min on 2 busy shared cores; once per version: it has its own stamp, and pip
 # keeps the built wheel in its cache).
 # Its wheel carries the quantiser and the GGUF runtime; llama.cpp's converter
 # (convert_hf_to_gguf.py with its conversion/ and gguf-py/ folders) is unpacked from the same
