@@ -9,16 +9,46 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut 
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-gpu venv lint services system-deps worker smollm2 serve bench clean
+.PHONY: run test test-gpu venv lint services system-deps build-deps worker smollm2 serve bench clean
+
+# llama.cpp for export bundles (GGUF conversion, quantisation, the quant check). PyPI's
+# llama-cpp-python is an sdist only: pip compiles llama.cpp with cmake and a C/C++ compiler
+# (measured 32-36 min on 2 busy shared cores; once per version: it has its own stamp, and pip
+# keeps the built wheel in its cache).
+# Its wheel carries the quantiser and the GGUF runtime; llama.cpp's converter
+# (convert_hf_to_gguf.py with its conversion/ and gguf-py/ folders) is unpacked from the same
+# sdist into $(LLAMA_CPP_DIR), where worker/export looks for it.
+LLAMA_CPP_PYTHON := 0.3.36
+LLAMA_CPP_SDIST := llama_cpp_python-$(LLAMA_CPP_PYTHON)
+LLAMA_CPP_DIR := $(VENV)/share/llama.cpp
+LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-$(LLAMA_CPP_PYTHON)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LLAMA_CPP_STAMP)
+	$(PY) -m pip install --quiet -e '.[ml,export,dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+$(LLAMA_CPP_STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e '.[ml,dev]'
-	@rm -f $(VENV)/.installed-*; touch $@
+	@command -v cmake >/dev/null && command -v c++ >/dev/null || $(MAKE) build-deps
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(PY) -m pip install --quiet "llama-cpp-python==$(LLAMA_CPP_PYTHON)"
+	rm -rf $(VENV)/sdist && $(PY) -m pip download --quiet --no-deps --no-binary :all: \
+	  "llama-cpp-python==$(LLAMA_CPP_PYTHON)" -d $(VENV)/sdist
+	rm -rf $(LLAMA_CPP_DIR) && mkdir -p $(LLAMA_CPP_DIR)
+	tar -xzf $(VENV)/sdist/$(LLAMA_CPP_SDIST).tar.gz -C $(LLAMA_CPP_DIR) --strip-components=3 \
+	  $(LLAMA_CPP_SDIST)/vendor/llama.cpp/convert_hf_to_gguf.py \
+	  $(LLAMA_CPP_SDIST)/vendor/llama.cpp/conversion $(LLAMA_CPP_SDIST)/vendor/llama.cpp/gguf-py
+	rm -rf $(VENV)/sdist
+	@rm -f $(VENV)/.llama-cpp-*; touch $@
+
+# cmake and a C/C++ compiler for llama-cpp-python (Debian packages; needs root or sudo).
+build-deps:
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq cmake g++ >/dev/null
 
 # Debian packages the tests and the CPU training path use: Chromium for browser tests,
 # tcmalloc for the training subprocess. Installed only when missing (needs root or sudo).

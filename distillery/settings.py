@@ -237,6 +237,12 @@ TRAINING_THREADS = env_int("DISTILLERY_TRAINING_THREADS", 0)
 TEACHER_LOCAL_MODEL_ROOTS = env_list("DISTILLERY_TEACHER_MODEL_ROOTS", [])
 # Seconds between polls of a provider batch (OpenAI Batch API, Anthropic Message Batches).
 TEACHER_BATCH_POLL_S = env_int("DISTILLERY_TEACHER_BATCH_POLL_S", 30)
+# Export bundles: a GGUF quant whose task metric on the test split falls more than this many
+# points below the unquantised student's is marked "do not use"; the check answers at most
+# EXPORT_QUANT_CHECK_MAX_EXAMPLES test rows (a seeded sample past that); the quants made.
+EXPORT_QUANT_MARGIN_POINTS = float(env_str("DISTILLERY_EXPORT_QUANT_MARGIN_POINTS", "2"))
+EXPORT_QUANT_CHECK_MAX_EXAMPLES = env_int("DISTILLERY_EXPORT_QUANT_CHECK_MAX_EXAMPLES", 200)
+EXPORT_QUANT_TYPES = env_list("DISTILLERY_EXPORT_QUANT_TYPES", ["Q8_0", "Q4_K_M"])
 
 if PRODUCTION:
     SESSION_COOKIE_SECURE = True

@@ -156,3 +156,35 @@ class TrainingPoint(models.Model):
 
     def __str__(self) -> str:
         return f"step {self.step}"
+
+
+class ExportBundle(models.Model):
+    """A student packaged for deployment (Ollama, vLLM, llama.cpp), built by a job: part of the
+    student's lineage. ``files`` lists every file of ``folder`` (relative to DATA_DIR) with its
+    size and sha256; ``quant_checks`` each GGUF's metric on the test split next to the
+    unquantised student's (with the answers, so the figures can be recomputed)."""
+
+    student = models.ForeignKey(
+        "finetunes.StudentModel", on_delete=models.CASCADE, related_name="export_bundles"
+    )
+    job = models.OneToOneField("jobs.Job", on_delete=models.CASCADE, related_name="export_bundle")
+    folder = models.CharField(max_length=500)  # relative to DATA_DIR
+    slug = models.CharField(max_length=80)  # the model name in Ollama / vLLM
+    margin_points = models.FloatField()  # a quant losing more than this is "do not use"
+    files = models.JSONField(default=list, blank=True)  # [{name, size, sha256, kind}]
+    quant_checks = models.JSONField(default=list, blank=True)
+    commands = models.JSONField(default=dict, blank=True)
+    modelfile = models.TextField(blank=True)
+    ollama_gguf = models.CharField(max_length=16, blank=True)  # the quant the Modelfile loads
+    timings = models.JSONField(default=dict, blank=True)
+    notes = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"export bundle #{self.pk} of {self.student}"

@@ -7,7 +7,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from dataset_versions.models import DatasetVersion
-from finetunes.models import FineTune, StudentKind, StudentModel, TrainingPoint
+from finetunes.models import ExportBundle, FineTune, StudentKind, StudentModel, TrainingPoint
 from jobs import services as job_services
 from jobs.models import JobStatus, WorkerInfo
 from jobs.workers import gpu_workers
@@ -131,3 +131,43 @@ def hardware_status() -> dict[str, Any]:
         "has_gpu": bool(gpus),
         "gpu_queue_workers": [w for w in running if "gpu" in (w.queues or [])],
     }
+
+
+# Export bundles ---------------------------------------------------------------------------------
+
+
+def export_bundles_for_student(*, student: StudentModel) -> QuerySet[ExportBundle]:
+    return ExportBundle.objects.filter(student=student).select_related("job", "created_by")
+
+
+def export_live(*, bundle: ExportBundle) -> dict[str, Any]:
+    """The export page's status card: status, phase, progress, error."""
+    job = job_services.job_live_view(bundle.job)
+    live = job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+    total = job.progress_total
+    return {
+        "status": job.status,
+        "status_label": job.get_status_display(),
+        "is_live": live,
+        "cancel_requested": job.cancel_requested,
+        "phase": (job.figures or {}).get("phase", "") if job.status == JobStatus.RUNNING else "",
+        "percent": 100
+        if job.status == JobStatus.SUCCEEDED
+        else (min(100, int(100 * job.progress_done / total)) if total else 0),
+        "error": job.error,
+        "waiting": job.waiting,
+    }
+
+
+def export_quant_rows(*, bundle: ExportBundle) -> list[dict[str, Any]]:
+    """The quant check as the page shows it: points, and the verdict."""
+    rows = []
+    for check in bundle.quant_checks:
+        rows.append(
+            {
+                **{k: v for k, v in check.items() if k != "outputs"},
+                "points": round(100 * float(check["value"]), 1),
+                "reference": check["name"] == "unquantised",
+            }
+        )
+    return rows

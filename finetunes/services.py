@@ -3,7 +3,7 @@
 A fine-tune trains a registered base student on a frozen dataset version's train split (its
 validation split is the eval set), in a subprocess the gpu-queue worker spawns
 (worker.training). Running it is finetunes.training_job; the student model registry and its
-downloads are finetunes.registry. Both are re-exported here, the app's public entry point.
+downloads are finetunes.registry; export bundles are finetunes.export_job. All are re-exported here, the app's public entry point.
 """
 
 from __future__ import annotations
@@ -16,6 +16,13 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from dataset_versions.models import DatasetItem, DatasetVersion
+from finetunes.export_job import (
+    export_bundle_file,
+    export_cancel,
+    export_execute,
+    export_slug,
+    export_start,
+)
 from finetunes.gpu_plans import AUTO, gpu_target, resolve_method
 from finetunes.models import FineTune, FineTuneMethod, StudentModel, StudentSource
 from finetunes.registry import (
@@ -65,6 +72,11 @@ __all__ = [
     "_train_spec",
     "artifact_folder_name",
     "code_version",
+    "export_bundle_file",
+    "export_cancel",
+    "export_execute",
+    "export_slug",
+    "export_start",
     "fine_tune_cancel",
     "fine_tune_execute",
     "fine_tune_resume",

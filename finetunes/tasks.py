@@ -20,6 +20,13 @@ def fine_tune(job_id: int) -> None:
     run_claimed(job_id, lambda job: fine_tune_execute(job=job))
 
 
+@shared_task(name="jobs.export_bundle", acks_late=True)  # type: ignore[untyped-decorator]  # celery ships no types
+def export_bundle(job_id: int) -> None:
+    from finetunes.services import export_execute
+
+    run_claimed(job_id, lambda job: export_execute(job=job))
+
+
 @worker_shutting_down.connect  # type: ignore[untyped-decorator]  # celery ships no types
 def stop_training_children(sender: Any = None, **kwargs: Any) -> None:
     """Training subprocesses checkpoint and stop; their jobs go back to the queue."""

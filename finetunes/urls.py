@@ -28,4 +28,9 @@ urlpatterns = [
         views.student_file,
         name="student_file",
     ),
+    path("students/<int:student_id>/exports/", views.export_start, name="export_start"),
+    path("exports/<int:export_id>/", views.export_detail, name="export_detail"),
+    path("exports/<int:export_id>/status/", views.export_status, name="export_status"),
+    path("exports/<int:export_id>/cancel/", views.export_cancel, name="export_cancel"),
+    path("exports/<int:export_id>/files/<path:name>", views.export_file, name="export_file"),
 ]

@@ -25,7 +25,7 @@ from django.views.decorators.http import require_http_methods
 from dataset_versions.models import DatasetVersion
 from finetunes import gpu_plans, selectors, services
 from finetunes.forms import FineTuneForm, RegisterStudentForm
-from finetunes.models import FineTune, StudentModel
+from finetunes.models import ExportBundle, FineTune, StudentModel
 from finetunes.signals import training_signals
 from finetunes.signals_form import TrainingSignalsForm
 from projects.access import project_for
@@ -290,6 +290,8 @@ def student_detail(request: HttpRequest, student_id: int) -> HttpResponse:
             .select_related("job", "dataset_version")
             .first(),
             "derived": student.derived.all(),
+            "export_bundles": selectors.export_bundles_for_student(student=student),
+            "can_write": membership.can("write"),
         },
     )
 
@@ -319,3 +321,85 @@ def student_file(
     if path is None:
         raise Http404
     return FileResponse(path.open("rb"), as_attachment=True, filename=filename)
+
+
+# Export bundles ---------------------------------------------------------------------------------
+
+
+def export_for(
+    *, user: AnyUser, export_id: int, permission: str = "read"
+) -> tuple[ExportBundle, Membership]:
+    return object_for(
+        ExportBundle.objects.select_related("student__team", "job", "created_by"),
+        user=user,
+        team_path="student__team",
+        permission=permission,
+        pk=export_id,
+    )
+
+
+@login_required
+def export_start(request: HttpRequest, student_id: int) -> HttpResponse:
+    student, _ = student_for(user=request.user, student_id=student_id, permission="write")
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    try:
+        bundle = services.export_start(student=student, user=signed_in_user(request))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("finetunes:student_detail", student_id=student.pk)
+    messages.success(request, "The export bundle is queued for a gpu-queue worker.")
+    return redirect("finetunes:export_detail", export_id=bundle.pk)
+
+
+@login_required
+def export_detail(request: HttpRequest, export_id: int) -> HttpResponse:
+    bundle, membership = export_for(user=request.user, export_id=export_id)
+    return render(
+        request,
+        "finetunes/export_detail.html",
+        {
+            "bundle": bundle,
+            "student": bundle.student,
+            "team": bundle.student.team,
+            "membership": membership,
+            "live": selectors.export_live(bundle=bundle),
+            "quant_rows": selectors.export_quant_rows(bundle=bundle),
+            "can_write": membership.can("write"),
+        },
+    )
+
+
+@login_required
+def export_status(request: HttpRequest, export_id: int) -> HttpResponse:
+    """The status card the export page polls (htmx) while the job is queued or running."""
+    bundle, membership = export_for(user=request.user, export_id=export_id)
+    return render(
+        request,
+        "finetunes/export_status.html",
+        {
+            "bundle": bundle,
+            "live": selectors.export_live(bundle=bundle),
+            "can_write": membership.can("write"),
+        },
+    )
+
+
+@login_required
+def export_cancel(request: HttpRequest, export_id: int) -> HttpResponse:
+    bundle, _ = export_for(user=request.user, export_id=export_id, permission="write")
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    services.export_cancel(bundle=bundle)
+    messages.success(request, "Cancelling: the export stops at its next step.")
+    return redirect("finetunes:export_detail", export_id=bundle.pk)
+
+
+@login_required
+def export_file(request: HttpRequest, export_id: int, name: str) -> FileResponse:
+    """One file of a bundle, by the name its manifest lists."""
+    bundle, _ = export_for(user=request.user, export_id=export_id)
+    path = services.export_bundle_file(bundle=bundle, name=name)
+    if path is None:
+        raise Http404
+    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)

@@ -14,6 +14,8 @@ class JobKind(models.TextChoices):
     # Review and dataset versions
     REVIEW_CHECKS = "review_checks", "Review checks"
     DATASET_FREEZE = "dataset_freeze", "Dataset freeze"
+    # Shipping a student
+    EXPORT_BUNDLE = "export_bundle", "Export bundle"
 
 
 class JobStatus(models.TextChoices):

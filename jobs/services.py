@@ -38,6 +38,8 @@ TASK_FOR_KIND: dict[str, tuple[str, str]] = {
     JobKind.EXPERIMENT: ("jobs.experiment", "gpu"),
     # Fine-tuning (jobs.finetune_services)
     JobKind.FINE_TUNE: ("jobs.fine_tune", "gpu"),
+    # Export bundles (GGUF conversion, quantisation and the quant check: heavy, on gpu workers)
+    JobKind.EXPORT_BUNDLE: ("jobs.export_bundle", "gpu"),
 }
 
 
@@ -350,7 +352,9 @@ def jobs_reap_stale(
 # One heavy job per machine -----------------------------------------------------------------------
 
 #: Jobs that use the whole machine (every core, or a GPU): a worker runs one at a time.
-HEAVY_KINDS = frozenset({JobKind.FINE_TUNE, JobKind.EVALUATION, JobKind.EXPERIMENT})
+HEAVY_KINDS = frozenset(
+    {JobKind.FINE_TUNE, JobKind.EVALUATION, JobKind.EXPERIMENT, JobKind.EXPORT_BUNDLE}
+)
 #: How often a heavy job that found the machine busy asks again.
 COMPUTE_RETRY_S = 5.0
 

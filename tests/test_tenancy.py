@@ -131,7 +131,10 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         method="lora",
         output_dir="finetunes/victim",
     )
-    # A distilled student of the project, served (its files need not exist either).
+    # A distilled student of the project, served and exported (its model files need not exist;
+    # the export's one listed file does: an outsider must get 404 although the file is there).
+    from finetunes.models import ExportBundle
+    from jobs.storage import data_path
     from serving import services as serving_services
 
     distilled = StudentModel.objects.create(
@@ -141,7 +144,18 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         source="fine_tune",
         path="finetunes/victim/merged",
         project=project,
+        dataset_version=version,
     )
+    bundle = ExportBundle.objects.create(
+        student=distilled,
+        job=job_create(team=team, project=project, kind=JobKind.EXPORT_BUNDLE, user=owner),
+        folder="exports/victim-bundle",
+        slug="tiny-distilled",
+        margin_points=2.0,
+        files=[{"name": "Modelfile", "size": 5, "sha256": "x", "kind": "ollama"}],
+    )
+    data_path(bundle.folder).mkdir(parents=True, exist_ok=True)
+    (data_path(bundle.folder) / "Modelfile").write_text("FROM x")
     served = serving_services.student_serve(student=distilled, user=owner)
     # An evaluation of the victim's input, and its example (what votes are cast on).
     from evaluations import services as evaluation_services
@@ -176,6 +190,8 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         "student_id": student.pk,
         "artifact": "model",
         "filename": "config.json",
+        "export_id": bundle.pk,
+        "name": "Modelfile",
     }
 
 
