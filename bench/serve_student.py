@@ -99,6 +99,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latency-requests", type=int, default=20)
     p.add_argument("--keep-label-list", action="store_true")
+    # The journey's recipe options (bench/distill_banking77.py): the preset's own by default.
+    p.add_argument("--data", choices=("auto", "demo", "shared"), default="auto")
+    p.add_argument("--preset", default=None)
+    for name in ("--epochs", "--learning-rate"):
+        p.add_argument(name, type=float, default=None)
+    for name in ("--lora-r", "--lora-alpha", "--max-steps", "--batch-size"):
+        p.add_argument(name, type=int, default=None)
+    p.set_defaults(curve="", target=95)
     p.add_argument(
         "--data-dir",
         type=Path,
