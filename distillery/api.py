@@ -8,6 +8,7 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 
+from gateway.api import router as gateway_router
 from projects.api import router as projects_router
 from teams.api_kit import TokenAuth, error_response, install_error_handlers
 
@@ -28,6 +29,7 @@ api = NinjaAPI(
 install_error_handlers(api)
 
 api.add_router("/projects", projects_router)
+api.add_router("/projects", gateway_router)
 
 
 def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
