@@ -33,6 +33,7 @@ from reports.costs import (
 )
 from reports.models import ReportSettings
 from reports.quality import Quality, quality_for
+from gateway.selectors import production_summary
 from serving.selectors import ServingFigures, serving_figures
 from teachers.models import ReviewStatus, TeacherOutput
 from teams.models import Team
@@ -109,6 +110,8 @@ class Report:
     changes: list[Lever] = field(default_factory=list)
     # Latency and throughput as the serving process measured them (its request log).
     serving: ServingFigures | None = None
+    # This month's production traffic through the gateway (its request log).
+    production: dict[str, Any] | None = None
 
     @property
     def costs_known(self) -> bool:
@@ -161,6 +164,7 @@ def report_for(*, project: Project) -> Report:
             evaluation=evaluation, results=report.results, student=report.student
         )
     report.serving = serving_figures(project=project)
+    report.production = production_summary(project=project)
     report.ledger = teacher_ledger(project=project)
     report.teacher_per_1k = teacher_per_1k(settings, report.ledger)
     report.student_per_1k = student_per_1k(settings, report.student, report.ledger)
