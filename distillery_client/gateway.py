@@ -1,12 +1,12 @@
 """Calling a task through Distillery's gateway from an application: plain httpx, no Django.
 
-    from distillery_client import Distillery
+from distillery_client import Distillery
 
-    d = Distillery("https://distillery.example.com", token="dst_…")   # a token with `serve`
-    r = d.infer("ticket-intents", {"text": "my card has not arrived"})
-    r.answer, r.answered_by, r.latency_ms, r.cost_usd
+d = Distillery("https://distillery.example.com", token="dst_…")   # a token with `serve`
+r = d.infer("ticket-intents", {"text": "my card has not arrived"})
+r.answer, r.answered_by, r.latency_ms, r.cost_usd
 
-    d.infer_batch("ticket-intents", [{"text": "…"}, …])   # up to 100 inputs
+d.infer_batch("ticket-intents", [{"text": "…"}, …])   # up to 100 inputs
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import httpx
 class DistilleryError(Exception):
     """The API refused or failed: ``status``, ``detail`` and per-field ``errors``."""
 
-    def __init__(self, status: int, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, status: int, detail: str, errors: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(f"{status}: {detail}")
         self.status = status
         self.detail = detail
@@ -60,9 +62,7 @@ class Distillery:
         self.base = url.rstrip("/")
         if not self.base.endswith("/api/v1"):
             self.base += "/api/v1"
-        self.http = httpx.Client(
-            headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-        )
+        self.http = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
@@ -95,5 +95,7 @@ class Distillery:
                 data = reply.json()
             except ValueError:
                 data = {"detail": reply.text[:500]}
-            raise DistilleryError(reply.status_code, str(data.get("detail", "")), data.get("errors"))
+            raise DistilleryError(
+                reply.status_code, str(data.get("detail", "")), data.get("errors")
+            )
         return [InferResult.from_json(r) for r in reply.json()["results"]]

@@ -54,7 +54,11 @@ def infer(request: HttpRequest, slug: str, body: InferIn) -> dict[str, Any]:
     project = project_of(request, slug, permission="serve")
     items = body.inputs if isinstance(body.inputs, list) else [body.inputs]
     if not items:
-        raise ApiError(400, "inputs is empty", errors=[{"field": "inputs", "row": None, "message": "give at least one input"}])
+        raise ApiError(
+            400,
+            "inputs is empty",
+            errors=[{"field": "inputs", "row": None, "message": "give at least one input"}],
+        )
     if len(items) > MAX_BATCH:
         raise ApiError(
             400,

@@ -37,7 +37,7 @@ class PolicyForm(forms.ModelForm):  # type: ignore[type-arg]
             "canary_percent": "Canary share (%)",
             "cascade_threshold": "Cascade confidence threshold",
             "record_inputs": "Record real inputs and teacher answers into the project",
-            "sample_rate": "Sampling rate (0–1)",
+            "sample_rate": "Sampling rate (0 to 1)",
             "retention_days": "Keep the request log (days)",
             "agreement_target_percent": "Agreement target (%)",
             "monthly_budget_usd": "Monthly teacher budget (USD)",

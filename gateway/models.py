@@ -25,7 +25,11 @@ class GatewayPolicy(models.Model):
     mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.TEACHER)
     # The teacher: a team credential and the model name sent with it.
     credential = models.ForeignKey(
-        "teams.ProviderCredential", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "teams.ProviderCredential",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
     )
     teacher_model = models.CharField(max_length=200, blank=True)
     teacher_max_tokens = models.PositiveIntegerField(default=256)
@@ -112,9 +116,7 @@ class GatewayRequest(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [
-            models.Index(fields=["project", "created_at"], name="gateway_req_project_time")
-        ]
+        indexes = [models.Index(fields=["project", "created_at"], name="gateway_req_project_time")]
 
     def __str__(self) -> str:
         return f"{self.answered_by} in {self.latency_ms:.0f} ms"

@@ -140,7 +140,7 @@ def count_drop(*, project_id: int, cost: Decimal) -> None:
         last_dropped_at=now,
     )
     if not updated:
-        drops, created = GatewayDrops.objects.get_or_create(
+        _, created = GatewayDrops.objects.get_or_create(
             project_id=project_id,
             defaults={"dropped": 1, "dropped_cost_usd": cost, "last_dropped_at": now},
         )

@@ -157,7 +157,9 @@ def load_snapshot(project: Project) -> Snapshot:
         monthly_budget_usd=policy.monthly_budget_usd,
         budget_fallback_to_student=policy.budget_fallback_to_student,
         loaded_at=time.monotonic(),
-        month_spent_usd=month_spent(project.pk) if policy.monthly_budget_usd is not None else Decimal(0),
+        month_spent_usd=month_spent(project.pk)
+        if policy.monthly_budget_usd is not None
+        else Decimal(0),
     )
 
 

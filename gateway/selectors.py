@@ -48,7 +48,12 @@ def traffic_figures(*, project: Project, since: Any = None) -> dict[str, Any]:
     since = since or month_start()
     rows = list(
         GatewayRequest.objects.filter(project=project, created_at__gte=since).values(
-            "answered_by", "latency_ms", "cost_usd", "agrees", "teacher_ms", "from_cache",
+            "answered_by",
+            "latency_ms",
+            "cost_usd",
+            "agrees",
+            "teacher_ms",
+            "from_cache",
             "created_at",
         )
     )
@@ -129,7 +134,9 @@ def threshold_curve(*, project: Project, target_percent: int) -> dict[str, Any]:
         if not kept:
             continue
         agreement = 100 * sum(kept) / len(kept)
-        points.append({"threshold": t, "share": 100 * len(kept) / len(pairs), "agreement": agreement})
+        points.append(
+            {"threshold": t, "share": 100 * len(kept) / len(pairs), "agreement": agreement}
+        )
         if suggested is None and agreement >= target_percent:
             suggested = t
     return {"n": len(pairs), "points": points, "suggested": suggested, "target": target_percent}
@@ -153,7 +160,11 @@ def drift(*, project: Project, policy: GatewayPolicy) -> dict[str, Any]:
         unseen=[r["unseen_share"] for r in recent if r["unseen_share"] is not None],
     )
     agreement = agreement_interval(recent)
-    below = agreement is not None and agreement.n >= 20 and agreement.high < policy.agreement_target_percent
+    below = (
+        agreement is not None
+        and agreement.n >= 20
+        and agreement.high < policy.agreement_target_percent
+    )
     found["agreement"] = agreement
     found["agreement_below_target"] = below
     found["moved"] = below or any(s["moved"] for s in found["signals"])

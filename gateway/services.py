@@ -29,7 +29,13 @@ from gateway.student_leg import StudentAnswer, StudentUnavailable, student_answe
 from gateway.teacher_leg import TeacherAnswer, TeacherUnavailable, teacher_answer
 from projects.models import Project
 from projects.services import content_hash
-from worker.taskspec import ParsedOutput, TemplateError, build_messages, canonical_output, parse_output
+from worker.taskspec import (
+    ParsedOutput,
+    TemplateError,
+    build_messages,
+    canonical_output,
+    parse_output,
+)
 from worker.teachers.base import TeacherRequest
 
 
@@ -56,8 +62,8 @@ class Answer:
 
 # Background legs (shadow student calls, sampled teacher calls): a few threads, and a bound on
 # how many may wait, so a slow leg never piles up memory. Skipped legs are marked on the row.
-_BACKGROUND = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway-bg")
-_BACKGROUND_SLOTS = threading.BoundedSemaphore(256)
+_BACKGROUND = ThreadPoolExecutor(max_workers=64, thread_name_prefix="gateway-bg")
+_BACKGROUND_SLOTS = threading.BoundedSemaphore(1024)
 _IN_FLIGHT = [0]
 _IN_FLIGHT_LOCK = threading.Lock()
 
@@ -88,7 +94,9 @@ def gateway_infer(
         return [f.result() for f in futures]
 
 
-def _in_thread(snap: routing.Snapshot, token: str, item: dict[str, Any], deadline_s: float, row: int) -> Answer:
+def _in_thread(
+    snap: routing.Snapshot, token: str, item: dict[str, Any], deadline_s: float, row: int
+) -> Answer:
     try:
         return _answer_one(snap, token, item, deadline_s, row=row)
     finally:
@@ -132,8 +140,11 @@ def _answer_one(
             _maybe_check_with_teacher(snap, record, messages, over_budget)
             return result
         if over_budget:
-            raise GatewayError(_budget_message(snap) + " and the student could not answer",
-                               status=402, field="monthly_budget_usd")
+            raise GatewayError(
+                _budget_message(snap) + " and the student could not answer",
+                status=402,
+                field="monthly_budget_usd",
+            )
     if not snap.has_teacher:
         raise GatewayError(
             "no teacher is set for this project's gateway (choose a credential and a model with "
@@ -191,7 +202,10 @@ def _student(
 
 
 def _keep_student(
-    snap: routing.Snapshot, parsed: ParsedOutput, student: StudentAnswer | None, entry: GatewayRequest
+    snap: routing.Snapshot,
+    parsed: ParsedOutput,
+    student: StudentAnswer | None,
+    entry: GatewayRequest,
 ) -> bool:
     if not parsed.ok:
         entry.reason = "student_unparsable"
@@ -212,10 +226,14 @@ def _keep_student(
     return True
 
 
-def _teacher(snap: routing.Snapshot, messages: list[dict[str, str]], deadline_s: float) -> TeacherAnswer:
+def _teacher(
+    snap: routing.Snapshot, messages: list[dict[str, str]], deadline_s: float
+) -> TeacherAnswer:
     assert snap.teacher_config is not None and snap.price is not None
     if deadline_s <= 0:
-        raise GatewayError("the deadline passed before the teacher was called", status=504, field="deadline_ms")
+        raise GatewayError(
+            "the deadline passed before the teacher was called", status=504, field="deadline_ms"
+        )
     request = TeacherRequest(
         custom_id="gw",
         messages=messages,
@@ -296,7 +314,9 @@ def _background(record: Record, work: Any) -> None:
     _BACKGROUND.submit(run)
 
 
-def _shadow(snap: routing.Snapshot, token: str, messages: list[dict[str, str]], record: Record) -> None:
+def _shadow(
+    snap: routing.Snapshot, token: str, messages: list[dict[str, str]], record: Record
+) -> None:
     _, parsed = _student(snap, token, messages, record.row)
     if parsed is not None:
         record.row.agrees = _agrees(record.row)

@@ -38,7 +38,9 @@ def _client() -> httpx.Client:
     global _CLIENT
     with _CLIENT_LOCK:
         if _CLIENT is None:
-            _CLIENT = httpx.Client(limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+            _CLIENT = httpx.Client(
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)
+            )
         return _CLIENT
 
 

@@ -12,9 +12,9 @@ the database connection) and written behind the answer (gateway.recorder).
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from decimal import Decimal

@@ -21,6 +21,7 @@ from evaluations import units
 from evaluations.models import CandidateRole, Evaluation, EvaluationKind
 from evaluations.selectors import CandidateResult, candidate_results, latest_evaluation
 from finetunes.models import FineTune
+from gateway.selectors import production_summary
 from jobs.models import JobStatus
 from projects.models import InputRow, Project
 from reports.change import Lever, what_would_change_it
@@ -33,7 +34,6 @@ from reports.costs import (
 )
 from reports.models import ReportSettings
 from reports.quality import Quality, quality_for
-from gateway.selectors import production_summary
 from serving.selectors import ServingFigures, serving_figures
 from teachers.models import ReviewStatus, TeacherOutput
 from teams.models import Team

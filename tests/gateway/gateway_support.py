@@ -54,13 +54,21 @@ class Wired:
     api: Api
 
     def infer(self, inputs: Any, **body: Any) -> Any:
-        return self.api.post(f"/api/v1/projects/{self.project.slug}/infer", {"inputs": inputs, **body})
+        return self.api.post(
+            f"/api/v1/projects/{self.project.slug}/infer", {"inputs": inputs, **body}
+        )
 
     def policy(self, **values: Any) -> None:
         services.policy_update(project=self.project, user=self.owner, values=values)
 
 
-def wire(project: Any, owner: Any, teacher: FakeProviderServer, student: FakeProviderServer, settings: Any) -> Wired:
+def wire(
+    project: Any,
+    owner: Any,
+    teacher: FakeProviderServer,
+    student: FakeProviderServer,
+    settings: Any,
+) -> Wired:
     team = project.team
     settings.GATEWAY_STUDENT_URL = student.openai_base_url
     credential = team_services.credential_create(

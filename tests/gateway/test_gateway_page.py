@@ -28,7 +28,9 @@ def test_the_page_shows_live_figures_after_real_traffic(gw, client_for):  # type
     assert "gateway-charts" in html and "plotly" in html
 
 
-def test_engineers_change_the_policy_on_the_page_and_it_is_audited(gw, client_for, member_with_role):  # type: ignore[no-untyped-def]
+def test_engineers_change_the_policy_on_the_page_and_it_is_audited(
+    gw, client_for, member_with_role
+):  # type: ignore[no-untyped-def]
     engineer = member_with_role(Role.ENGINEER)
     policy = GatewayPolicy.objects.get(project=gw.project)
     form = {
@@ -70,4 +72,6 @@ def test_engineers_change_the_policy_on_the_page_and_it_is_audited(gw, client_fo
 def test_outsiders_get_404(gw, client_for, outsider):  # type: ignore[no-untyped-def]
     c = client_for(outsider)
     assert c.get(f"/projects/{gw.project.pk}/gateway/").status_code == 404
-    assert c.post(f"/projects/{gw.project.pk}/gateway/policy/", {"mode": "student"}).status_code == 404
+    assert (
+        c.post(f"/projects/{gw.project.pk}/gateway/policy/", {"mode": "student"}).status_code == 404
+    )

@@ -70,9 +70,7 @@ def test_sampling_and_the_recording_switch(gw):  # type: ignore[no-untyped-def]
     for t in texts:
         assert gw.infer({"text": t}).status_code == 200
     flush()
-    expected = sum(
-        1 for r in GatewayRequest.objects.filter(project=gw.project) if r.sampled
-    )
+    expected = sum(1 for r in GatewayRequest.objects.filter(project=gw.project) if r.sampled)
     assert 0 < expected < 30
     assert InputRow.objects.filter(project=gw.project).count() == expected
 

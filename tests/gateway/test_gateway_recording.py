@@ -20,7 +20,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def _second_connection() -> psycopg.Connection:
     s = connection.settings_dict
     return psycopg.connect(
-        dbname=s["NAME"], user=s["USER"], password=s["PASSWORD"], host=s["HOST"], port=s["PORT"] or None
+        dbname=s["NAME"],
+        user=s["USER"],
+        password=s["PASSWORD"],
+        host=s["HOST"],
+        port=s["PORT"] or None,
     )
 
 

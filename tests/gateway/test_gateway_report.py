@@ -24,9 +24,7 @@ def project(team, owner):  # type: ignore[no-untyped-def]
 
 def test_the_report_shows_production_traffic_next_to_the_evaluation(gw, owner, client_for):  # type: ignore[no-untyped-def]
     metered_teacher(gw.project)
-    finished_evaluation(
-        gw.project, owner, ROWS, student_model=trained_student(gw.project, owner)
-    )
+    finished_evaluation(gw.project, owner, ROWS, student_model=trained_student(gw.project, owner))
     gw.policy(mode="cascade", cascade_threshold=0.9)
     for text in ["lost card", "stolen card", "card not here", "unsure if lost"]:
         assert gw.infer({"text": text}).status_code == 200
