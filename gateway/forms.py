@@ -46,10 +46,12 @@ class PolicyForm(forms.ModelForm):  # type: ignore[type-arg]
 
     def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["credential"].queryset = ProviderCredential.objects.filter(team=project.team)
-        self.fields["served_model"].queryset = ServedModel.objects.filter(
-            team=project.team, project=project
-        )
+        credential = self.fields["credential"]
+        served = self.fields["served_model"]
+        assert isinstance(credential, forms.ModelChoiceField)
+        assert isinstance(served, forms.ModelChoiceField)
+        credential.queryset = ProviderCredential.objects.filter(team=project.team)
+        served.queryset = ServedModel.objects.filter(team=project.team, project=project)
 
     def clean_sample_rate(self) -> float:
         value = float(self.cleaned_data["sample_rate"])

@@ -6,6 +6,7 @@ suggested by the confidence/agreement curve of traffic where both answered."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -32,7 +33,7 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def agreement_interval(rows: list[dict[str, Any]]) -> Interval | None:
+def agreement_interval(rows: Sequence[Mapping[str, Any]]) -> Interval | None:
     judged = [r["agrees"] for r in rows if r["agrees"] is not None]
     if not judged:
         return None
@@ -119,13 +120,14 @@ def threshold_curve(*, project: Project, target_percent: int) -> dict[str, Any]:
     """Share answered by the student vs agreement with the teacher, for each confidence
     threshold, from recent requests where the student's confidence and both answers are known
     (shadow, cascade and sampled traffic); and the lowest threshold keeping the target."""
-    pairs = list(
-        GatewayRequest.objects.filter(
+    pairs = [
+        (float(c or 0), bool(a))  # both filtered non-null
+        for c, a in GatewayRequest.objects.filter(
             project=project, student_confidence__isnull=False, agrees__isnull=False
         )
         .order_by("-created_at")
         .values_list("student_confidence", "agrees")[:RECENT]
-    )
+    ]
     points = []
     suggested = None
     for step in range(0, 101, 5):

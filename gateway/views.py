@@ -49,7 +49,7 @@ def policy_edit(request: HttpRequest, project_id: int) -> HttpResponse:
     policy = services.policy_for(project=project)
     form = PolicyForm(request.POST, instance=policy, project=project)
     if not form.is_valid():
-        errors = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+        errors = "; ".join(f"{k}: {' '.join(str(e) for e in v)}" for k, v in form.errors.items())
         messages.error(request, f"The policy was not changed: {errors}")
         return redirect("gateway:gateway", project_id=project.pk)
     # The form filled the instance in place; the service compares against the stored row.
