@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut 
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-gpu venv lint services system-deps worker smollm2 bench clean
+.PHONY: run test test-gpu venv lint services system-deps worker smollm2 serve bench clean
 
 venv: $(STAMP)
 
@@ -46,6 +46,12 @@ QUEUES ?= default,gpu
 CONCURRENCY ?= 2
 worker: venv
 	REMAP_SIGTERM=SIGQUIT $(VENV)/bin/celery -A distillery worker -Q $(QUEUES) --concurrency $(CONCURRENCY) -l info
+
+# The OpenAI-compatible endpoint for served students (a process of its own, no Celery).
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 8001
+serve: venv
+	$(PY) manage.py serve --host $(SERVE_HOST) --port $(SERVE_PORT)
 
 services:
 	@bash .ci/services

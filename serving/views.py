@@ -7,9 +7,8 @@ import os
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
 
 from finetunes.models import StudentModel
 from serving import selectors, services
@@ -57,7 +56,6 @@ def serving_page(request: HttpRequest, team_id: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
 def student_serve(request: HttpRequest, student_id: int) -> HttpResponse:
     student, _ = object_for(
         StudentModel.objects.select_related("team", "project"),
@@ -65,6 +63,8 @@ def student_serve(request: HttpRequest, student_id: int) -> HttpResponse:
         permission="write",
         pk=student_id,
     )
+    if request.method != "POST":  # after the lookup: an outsider gets 404 whatever the method
+        return HttpResponseNotAllowed(["POST"])
     try:
         served = services.student_serve(student=student, user=signed_in_user(request))
     except services.ServingError as exc:
@@ -93,18 +93,20 @@ def served_detail(request: HttpRequest, served_id: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
 def served_stop(request: HttpRequest, served_id: int) -> HttpResponse:
     served, _ = served_for(user=request.user, served_id=served_id, permission="write")
+    if request.method != "POST":  # after the lookup: an outsider gets 404 whatever the method
+        return HttpResponseNotAllowed(["POST"])
     services.served_stop(served=served, user=signed_in_user(request))
     messages.success(request, f"Stopped serving “{served.slug}”: calls to it now get 404.")
     return redirect("serving:served_detail", served_id=served.pk)
 
 
 @login_required
-@require_POST
 def served_settings(request: HttpRequest, served_id: int) -> HttpResponse:
     served, _ = served_for(user=request.user, served_id=served_id, permission="write")
+    if request.method != "POST":  # after the lookup: an outsider gets 404 whatever the method
+        return HttpResponseNotAllowed(["POST"])
     services.served_log_inputs_set(
         served=served,
         user=signed_in_user(request),

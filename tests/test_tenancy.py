@@ -131,6 +131,18 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         method="lora",
         output_dir="finetunes/victim",
     )
+    # A distilled student of the project, served (its files need not exist either).
+    from serving import services as serving_services
+
+    distilled = StudentModel.objects.create(
+        team=team,
+        name="tiny distilled",
+        kind="distilled",
+        source="fine_tune",
+        path="finetunes/victim/merged",
+        project=project,
+    )
+    served = serving_services.student_serve(student=distilled, user=owner)
     # An evaluation of the victim's input, and its example (what votes are cast on).
     from evaluations import services as evaluation_services
 
@@ -151,6 +163,7 @@ def victim_objects(team, owner, teammate, project):  # type: ignore[no-untyped-d
         "project_id": project.pk,
         "slug": project.slug,
         "token_id": token.pk,
+        "served_id": served.pk,
         "input_id": row.pk,
         "upload_id": upload.pk,
         "job_id": job.pk,

@@ -56,6 +56,8 @@ class Backend(Protocol):
         self, prompt: Sequence[int], max_new_tokens: int, temperature: float = 0.0
     ) -> Iterator[tuple[int, float]]: ...
 
+    def continuation_logprob(self, prompt: Sequence[int], continuation: Sequence[int]) -> float: ...
+
     def sample(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
     ) -> list[Generated]: ...
@@ -85,6 +87,17 @@ def _finish(tokens: list[int], logprobs: list[float], eos: tuple[int, ...]) -> G
         if t in eos:
             return Generated(tokens[:i], logprobs[: i + 1], True)
     return Generated(tokens, logprobs[: len(tokens)], False)
+
+
+def stepwise_continuation_logprob(
+    backend: Backend, prompt: Sequence[int], continuation: Sequence[int]
+) -> float:
+    """log P(continuation | prompt), one next-token query per token (engines without scoring)."""
+    seq, total = list(prompt), 0.0
+    for token in continuation:
+        total += backend.next_logprobs([seq], [token])[0][0]
+        seq.append(token)
+    return total
 
 
 # -- CTranslate2 ---------------------------------------------------------------------------------
@@ -189,6 +202,11 @@ class CT2Backend:
             out.append([float(norm[t]) for t in wanted])
         return out
 
+    def continuation_logprob(self, prompt: Sequence[int], continuation: Sequence[int]) -> float:
+        # score_batch gives each token's log-probability given the ones before it.
+        result = self.generator.score_batch([self._tokens(list(prompt) + list(continuation))])[0]
+        return float(sum(result.log_probs[-len(continuation) :]))
+
     def stream(
         self, prompt: Sequence[int], max_new_tokens: int, temperature: float = 0.0
     ) -> Iterator[tuple[int, float]]:
@@ -244,6 +262,15 @@ class TransformersBackend:
                 if token in self.eos_token_ids:
                     return
                 x = torch.tensor([[token]], device=self.device)
+
+    def continuation_logprob(self, prompt: Sequence[int], continuation: Sequence[int]) -> float:
+        torch = self.torch
+        ids = list(prompt) + list(continuation)
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0]
+            lp = torch.log_softmax(logits[len(prompt) - 1 : -1].float(), dim=-1)
+            picked = lp.gather(1, torch.tensor(list(continuation), device=self.device)[:, None])
+        return float(picked.sum())
 
     def _collect(self, prompt: Sequence[int], max_new: int, temperature: float) -> Generated:
         tokens, logprobs = [], []
@@ -345,6 +372,9 @@ class VLLMBackend:
             step = (o.outputs[0].logprobs or [{}])[0]
             out.append([float(step[t].logprob) if t in step else -math.inf for t in wanted])
         return out
+
+    def continuation_logprob(self, prompt: Sequence[int], continuation: Sequence[int]) -> float:
+        return stepwise_continuation_logprob(self, prompt, continuation)
 
     def stream(
         self, prompt: Sequence[int], max_new_tokens: int, temperature: float = 0.0

@@ -246,19 +246,23 @@ class ServedStudent:
         trie = self.trie
         assert trie is not None
         eos = self.backend.eos_token_ids
-        node, seq, total = 0, list(prompt), 0.0
+        node, seq = 0, list(prompt)
         while True:
             allowed = list(trie.children[node])
             ending = trie.label_at[node] is not None
             wanted = allowed + (list(eos) if ending else [])
-            scores = self.backend.next_logprobs([seq], wanted)[0]
-            best = max(range(len(wanted)), key=lambda k: (scores[k], -wanted[k]))
-            total += scores[best]
-            token = wanted[best]
+            if len(wanted) == 1:  # one way on: no choice to make, no model call
+                token = wanted[0]
+            else:
+                scores = self.backend.next_logprobs([seq], wanted)[0]
+                token = wanted[max(range(len(wanted)), key=lambda k: (scores[k], -wanted[k]))]
             if token in eos and ending:
-                return str(trie.label_at[node]), total, node
+                break
             node = trie.children[node][token]
             seq.append(token)
+        # The answer's probability, forced steps included: one scoring pass over the whole label.
+        logprob = self.backend.continuation_logprob(list(prompt), [*seq[len(prompt) :], token])
+        return str(trie.label_at[node]), logprob, node
 
     def _json_checked(self, prompt: list[int], answer: Answer, max_tokens: int) -> Answer:
         attempts = 1
