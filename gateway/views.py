@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
 
 from gateway import selectors, services
 from gateway.forms import PolicyForm
@@ -43,9 +42,10 @@ def gateway_page(request: HttpRequest, project_id: int) -> HttpResponse:
 
 
 @login_required
-@require_POST
 def policy_edit(request: HttpRequest, project_id: int) -> HttpResponse:
     project, _ = project_for(user=request.user, project_id=project_id, permission="write")
+    if request.method != "POST":  # after the lookup: an outsider gets 404 whatever the method
+        return HttpResponseNotAllowed(["POST"])
     policy = services.policy_for(project=project)
     form = PolicyForm(request.POST, instance=policy, project=project)
     if not form.is_valid():
