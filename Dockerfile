@@ -30,4 +30,4 @@ COPY . .
 RUN DISTILLERY_ENV=development python manage.py collectstatic --noinput
 
 EXPOSE 8000
-CMD ["gunicorn", "distillery.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--timeout", "120"]
+CMD ["gunicorn", "distillery.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--threads", "16", "--timeout", "120"]

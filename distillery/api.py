@@ -11,6 +11,7 @@ from ninja import NinjaAPI
 from dataset_versions.api import router as dataset_versions_router
 from evaluations.api import router as evaluations_router
 from finetunes.api import router as finetunes_router
+from gateway.api import router as gateway_router
 from jobs.api import router as jobs_router
 from projects.api import router as projects_router
 from reports.api import router as reports_router
@@ -48,6 +49,8 @@ api.add_router("", dataset_versions_router)
 api.add_router("", finetunes_router)
 api.add_router("", evaluations_router)
 api.add_router("", reports_router)
+# The task gateway: /projects/{slug}/infer (scope serve).
+api.add_router("/projects", gateway_router)
 
 
 def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:

@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "finetunes",
     "evaluations",
     "serving",
+    "gateway",
     "reports",
 ]
 
@@ -273,3 +274,11 @@ LOGGING = {
 API_RATE_LIMIT_PER_MINUTE = env_int("DISTILLERY_API_RATE_PER_MINUTE", 1200)
 # Inputs one API call may create (one all-or-nothing write).
 API_MAX_BATCH_ROWS = env_int("DISTILLERY_API_MAX_BATCH_ROWS", 10_000)
+
+# The task gateway (gateway app). The served student is reached over HTTP at the serving
+# process's OpenAI-compatible endpoint, so the gateway answers whether or not it runs.
+GATEWAY_STUDENT_URL = env_str("DISTILLERY_SERVE_URL", "http://127.0.0.1:8001/v1")
+# Records waiting to be written behind the answers; beyond this they are dropped and counted.
+GATEWAY_QUEUE_SIZE = env_int("DISTILLERY_GATEWAY_QUEUE_SIZE", 10_000)
+# How long a policy read is reused: a change on the page takes effect within this many seconds.
+GATEWAY_POLICY_CACHE_S = env_int("DISTILLERY_GATEWAY_POLICY_CACHE_S", 2)

@@ -25,5 +25,6 @@ urlpatterns = [
     path("", include("finetunes.urls")),
     path("", include("evaluations.urls")),
     path("", include("serving.urls")),
+    path("", include("gateway.urls")),
     path("", include("reports.urls")),
 ]

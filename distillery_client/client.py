@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from distillery_client.gateway import InferResult
+
 API_PREFIX = "/api/v1"
 #: Job statuses after which a job never changes again.
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
@@ -80,6 +82,12 @@ class Distillery:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> Distillery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- HTTP ------------------------------------------------------------------------------------
 
     def request(
@@ -92,12 +100,13 @@ class Distillery:
         files: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        idempotent: bool = True,
     ) -> Any:
         """The decoded JSON answer; raises ApiError for any error status. Writes carry an
         Idempotency-Key (a fresh one unless given), so retrying after a lost connection or a 429
         never starts anything twice."""
         headers = {}
-        if method != "GET":
+        if method != "GET" and idempotent:
             headers["Idempotency-Key"] = idempotency_key or uuid.uuid4().hex
         params = {k: v for k, v in (params or {}).items() if v is not None and v != ""}
         for attempt in range(self.retries + 1):
@@ -184,7 +193,22 @@ class Distillery:
 
     # -- the task gateway ------------------------------------------------------------------------
 
-    def infer(self, project: str, inputs: dict[str, Any] | list[dict[str, Any]]) -> Any:
-        """Ask the project's task (the gateway decides who answers): one input or a batch."""
+    def infer(
+        self, project: str, inputs: dict[str, Any], *, deadline_ms: int | None = None
+    ) -> InferResult:
+        """Ask the project's task (``project`` is its slug; the gateway decides who answers)."""
+        return self._infer(project, inputs, deadline_ms)[0]
+
+    def infer_batch(
+        self, project: str, inputs: list[dict[str, Any]], *, deadline_ms: int | None = None
+    ) -> list[InferResult]:
+        """Answers to up to 100 inputs, in order."""
+        return self._infer(project, inputs, deadline_ms)
+
+    def _infer(self, project: str, inputs: Any, deadline_ms: int | None) -> list[InferResult]:
         body: dict[str, Any] = {"inputs": inputs}
-        return self.post(f"/projects/{project}/infer", body)
+        if deadline_ms is not None:
+            body["deadline_ms"] = deadline_ms
+        # Inference starts nothing to repeat: no Idempotency-Key (and no row stored per call).
+        reply = self.request("POST", f"/projects/{project}/infer", json=body, idempotent=False)
+        return [InferResult.from_json(r) for r in reply["results"]]

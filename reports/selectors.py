@@ -29,6 +29,7 @@ from evaluations.selectors import (
     latest_learning_curve,
 )
 from finetunes.models import FineTune
+from gateway.selectors import production_summary
 from jobs.models import JobStatus
 from projects.models import InputRow, Project
 from reports.change import Lever, what_would_change_it
@@ -119,6 +120,8 @@ class Report:
     curve: CurveView | None = None
     # Latency and throughput as the serving process measured them (its request log).
     serving: ServingFigures | None = None
+    # This month's production traffic through the gateway (its request log).
+    production: dict[str, Any] | None = None
 
     @property
     def costs_known(self) -> bool:
@@ -176,6 +179,7 @@ def report_for(*, project: Project) -> Report:
             evaluation=curve_evaluation, target_percent=settings.quality_target_percent
         )
     report.serving = serving_figures(project=project)
+    report.production = production_summary(project=project)
     report.ledger = teacher_ledger(project=project)
     report.teacher_per_1k = teacher_per_1k(settings, report.ledger)
     report.student_per_1k = student_per_1k(settings, report.student, report.ledger)

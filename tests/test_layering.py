@@ -28,6 +28,7 @@ JOURNEY = (
     "finetunes",
     "evaluations",
     "serving",
+    "gateway",
     "reports",
 )
 RANK = {app: i for i, app in enumerate(JOURNEY)}

@@ -24,7 +24,7 @@ from tests.test_tenancy import snapshot as full_snapshot
 __all__ = ["victim_objects"]  # the fixture, shared with the pages' sweep
 
 #: Routes a token with only the `serve` scope may call (inference); every other GET needs `read`.
-SERVE_ROUTES: set[str] = set()
+SERVE_ROUTES: set[str] = {"/api/v1/projects/{slug}/infer"}
 #: Request bodies the schema-driven generator cannot make valid (route, METHOD) → body.
 EXAMPLE_BODIES: dict[tuple[str, str], Any] = {
     ("/api/v1/projects/{slug}/task", "PUT"): {
@@ -34,6 +34,7 @@ EXAMPLE_BODIES: dict[tuple[str, str], Any] = {
         "label_set": ["a", "b"],
     },
     ("/api/v1/projects/{slug}/inputs", "POST"): {"rows": [{"inputs": {"text": "hello"}}]},
+    ("/api/v1/projects/{slug}/infer", "POST"): {"inputs": {"text": "hello"}},
 }
 
 

@@ -67,7 +67,9 @@ class OpenAIWire(FakeServerCore):
                     }
                 )
             logprobs = {"content": content, "refusal": None}
+        extra = dict(answer.extra_body or {})
         return 200, {
+            **extra,
             "id": self._ids("chatcmpl-"),
             "object": "chat.completion",
             "created": int(time.time()),

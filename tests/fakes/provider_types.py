@@ -47,6 +47,8 @@ class FakeAnswer:
     finish_reason: str | None = None  # OpenAI words: "stop" | "length" | "content_filter"
     error_status: int | None = None
     error_message: str = "fake failure"
+    # Extra top-level fields of an OpenAI answer (e.g. a served student's "distillery").
+    extra_body: dict[str, Any] | None = None
 
 
 Responder = Callable[[FakeRequest], "str | FakeAnswer"]

@@ -1,0 +1,55 @@
+"""The write-behind queue: answers never wait for the database; when the queue is full the drop
+is counted in the database, and recorded rows + counted drops = requests."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from django.db import connection
+
+from gateway import recorder as recorder_module
+from gateway.models import GatewayDrops, GatewayRequest
+from gateway.recorder import Recorder
+from tests.gateway.gateway_support import flush
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _second_connection() -> psycopg.Connection:
+    s = connection.settings_dict
+    return psycopg.connect(
+        dbname=s["NAME"],
+        user=s["USER"],
+        password=s["PASSWORD"],
+        host=s["HOST"],
+        port=s["PORT"] or None,
+    )
+
+
+def test_a_full_queue_answers_anyway_and_counts_every_drop(gw, monkeypatch):  # type: ignore[no-untyped-def]
+    assert gw.infer({"text": "warm up"}).status_code == 200  # the policy's rows exist
+    flush()
+    monkeypatch.setattr(recorder_module, "_RECORDER", Recorder(2))
+    blocker = _second_connection()
+    try:
+        # The database is stuck for the request log (a long lock): the drainer waits on it.
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE gateway_gatewayrequest IN ACCESS EXCLUSIVE MODE")
+        timings = []
+        for i in range(8):
+            started = time.perf_counter()
+            reply = gw.infer({"text": f"ticket {i} about my card"})
+            timings.append(time.perf_counter() - started)
+            assert reply.status_code == 200
+        assert max(timings) < 5  # answered without waiting for the stuck database
+        drops = GatewayDrops.objects.get(project=gw.project)
+        assert drops.dropped >= 5  # one in the drainer's hands, two queued, the rest dropped
+        assert drops.dropped_cost_usd > 0  # what the dropped teacher calls cost is known too
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    flush()
+    written = GatewayRequest.objects.filter(project=gw.project).count() - 1  # minus the warm-up
+    assert written + GatewayDrops.objects.get(project=gw.project).dropped == 8
