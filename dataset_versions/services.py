@@ -133,58 +133,10 @@ def freeze_candidates_count(*, project: Project, include_references: bool) -> di
 def dataset_rows(*, project: Project, include_references: bool) -> list[datasets.DatasetRow]:
     """The candidate rows for a freeze, with the decisions that let each teacher row in."""
     spec = project.task_spec()
-    outputs = list(
-        _accepted_outputs(project).values_list(
-            "pk",
-            "input_id",
-            "review_status",
-            "parsed",
-            "parse_error",
-            "raw_text",
-            "edited_value",
-            "rationale",
-            "label_distribution",
-        )
-    )
-    # Per input, one teacher row: an edited output first, else the earliest approved one.
-    outputs.sort(key=lambda o: (o[1], o[2] != ReviewStatus.EDITED, o[0]))
-    chosen: dict[int, tuple[Any, ...]] = {}
-    for row in outputs:
-        chosen.setdefault(row[1], row)
-    references: dict[int, str] = {}
-    if include_references:
-        references = {
-            pk: reference or ""
-            for pk, reference in InputRow.objects.filter(
-                project=project, reference_output__isnull=False
-            )
-            .exclude(reference_output="")
-            .values_list("pk", "reference_output")
-        }
-    needed = set(chosen) | set(references)
-    data: dict[int, Any] = {}
-    synthetic: set[int] = set()
-    for pk, values, is_synthetic in (
-        InputRow.objects.filter(project=project, pk__in=needed).values_list(
-            "pk", "data", "synthetic"
-        )
-        if len(needed) < 20000
-        else InputRow.objects.filter(project=project).values_list("pk", "data", "synthetic")
-    ):
-        data[pk] = values
-        if is_synthetic:
-            synthetic.add(pk)
-    decisions = dict(
-        ReviewDecision.objects.filter(
-            project=project,
-            counts_for_output=True,
-            undone_at__isnull=True,
-            output__review_status__in=[ReviewStatus.APPROVED, ReviewStatus.EDITED],
-        )
-        .values_list("output_id")
-        .annotate(last=Max("id"))
-        .order_by()
-    )
+    chosen = _chosen_teacher_outputs(project)
+    references = _human_references(project) if include_references else {}
+    data, synthetic = _input_data(project, needed=set(chosen) | set(references))
+    decisions = _counting_decision_ids(project)
     rows: list[datasets.DatasetRow] = []
     for input_id, (pk, _, status, parsed, parse_error, raw, edited, *signals) in chosen.items():
         rationale, distribution = signals
@@ -214,6 +166,76 @@ def dataset_rows(*, project: Project, include_references: bool) -> list[datasets
             )
         )
     return rows
+
+
+def _chosen_teacher_outputs(project: Project) -> dict[int, tuple[Any, ...]]:
+    """Input id -> the (pk, input_id, review_status, parsed, parse_error, raw_text, edited_value,
+    rationale, label_distribution) of the one accepted output taught for it."""
+    outputs = list(
+        _accepted_outputs(project).values_list(
+            "pk",
+            "input_id",
+            "review_status",
+            "parsed",
+            "parse_error",
+            "raw_text",
+            "edited_value",
+            "rationale",
+            "label_distribution",
+        )
+    )
+    # Per input, one teacher row: an edited output first, else the earliest approved one.
+    outputs.sort(key=lambda o: (o[1], o[2] != ReviewStatus.EDITED, o[0]))
+    chosen: dict[int, tuple[Any, ...]] = {}
+    for row in outputs:
+        chosen.setdefault(row[1], row)
+    return chosen
+
+
+def _human_references(project: Project) -> dict[int, str]:
+    """Input id -> its non-empty human reference output."""
+    return {
+        pk: reference or ""
+        for pk, reference in InputRow.objects.filter(
+            project=project, reference_output__isnull=False
+        )
+        .exclude(reference_output="")
+        .values_list("pk", "reference_output")
+    }
+
+
+def _input_data(project: Project, *, needed: set[int]) -> tuple[dict[int, Any], set[int]]:
+    """(input id -> its data, the ids of synthetic inputs) for the ``needed`` inputs; past 20000
+    ids the whole project is read instead of one very long IN list."""
+    data: dict[int, Any] = {}
+    synthetic: set[int] = set()
+    for pk, values, is_synthetic in (
+        InputRow.objects.filter(project=project, pk__in=needed).values_list(
+            "pk", "data", "synthetic"
+        )
+        if len(needed) < 20000
+        else InputRow.objects.filter(project=project).values_list("pk", "data", "synthetic")
+    ):
+        data[pk] = values
+        if is_synthetic:
+            synthetic.add(pk)
+    return data, synthetic
+
+
+def _counting_decision_ids(project: Project) -> dict[int, int]:
+    """Output id -> the id of the last live review decision that accepted it (the audit link
+    each teacher row carries)."""
+    return dict(
+        ReviewDecision.objects.filter(
+            project=project,
+            counts_for_output=True,
+            undone_at__isnull=True,
+            output__review_status__in=[ReviewStatus.APPROVED, ReviewStatus.EDITED],
+        )
+        .values_list("output_id")
+        .annotate(last=Max("id"))
+        .order_by()
+    )
 
 
 def _teacher_output_text(

@@ -40,7 +40,7 @@ def _group_gone(pgid: int) -> bool:
     return False
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", default="8000")
@@ -52,13 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also run `manage.py load_demo --follow` (the demo's fine-tune and evaluation), "
         "stopped with the rest",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    python = sys.executable
-    bindir = Path(python).parent
-    data_dir = os.environ.get("DISTILLERY_DATA_DIR", ".data")
+
+def _start_worker(bindir: Path, data_dir: str, concurrency: str) -> subprocess.Popen[bytes]:
+    """The Celery worker with its beat, on both queues, in a session of its own."""
     worker_env = {**os.environ, "REMAP_SIGTERM": "SIGQUIT"}  # TERM → soft, bounded shutdown
-    worker = subprocess.Popen(
+    return subprocess.Popen(
         [
             str(bindir / "celery"),
             "-A",
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             "-Q",
             "default,gpu",
             "--concurrency",
-            args.concurrency,
+            concurrency,
             "-l",
             "info",
             "-s",
@@ -77,6 +77,52 @@ def main(argv: list[str] | None = None) -> int:
         env=worker_env,
         start_new_session=True,
     )
+
+
+def _start_demo_follower(
+    python: str, data_dir: str, host: str, port: str
+) -> subprocess.Popen[bytes]:
+    """`manage.py load_demo --follow` against the web server, logging to demo-journey.log."""
+    log = Path(data_dir) / "demo-journey.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [python, "manage.py", "load_demo", "--follow", "--url", f"http://{host}:{port}"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_then_kill(
+    children: list[subprocess.Popen[bytes]],
+    helpers: list[subprocess.Popen[bytes]],
+    *,
+    grace: float,
+    stopping: list[int],
+) -> None:
+    """Give the children ``grace`` seconds to stop (a second signal cuts it short), then kill
+    every process group, including pool processes and training children left in them."""
+    deadline = time.monotonic() + grace
+    while any(_alive(p) for p in children) and time.monotonic() < deadline and len(stopping) < 2:
+        time.sleep(0.2)
+    everyone = [*children, *helpers]
+    for proc in everyone:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+    for proc in everyone:  # pool processes and training children of a group
+        deadline = time.monotonic() + 5
+        while not _group_gone(proc.pid) and time.monotonic() < deadline:
+            _signal_group(proc, signal.SIGKILL)
+            time.sleep(0.1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    python = sys.executable
+    data_dir = os.environ.get("DISTILLERY_DATA_DIR", ".data")
+    worker = _start_worker(Path(python).parent, data_dir, args.concurrency)
     web = subprocess.Popen(
         [python, "manage.py", "runserver", "--noreload", f"{args.host}:{args.port}"],
         start_new_session=True,
@@ -84,25 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     children = [worker, web]
     helpers: list[subprocess.Popen[bytes]] = []
     if args.follow_demo:
-        log = Path(data_dir) / "demo-journey.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
-            helpers.append(
-                subprocess.Popen(
-                    [
-                        python,
-                        "manage.py",
-                        "load_demo",
-                        "--follow",
-                        "--url",
-                        f"http://{args.host}:{args.port}",
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
+        helpers.append(_start_demo_follower(python, data_dir, args.host, args.port))
     stopping: list[int] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -120,18 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.5)
     if not stopping:  # a child died on its own: take the other one down too
         stop(signal.SIGTERM, None)
-    deadline = time.monotonic() + args.grace
-    while any(_alive(p) for p in children) and time.monotonic() < deadline and len(stopping) < 2:
-        time.sleep(0.2)
-    everyone = [*children, *helpers]
-    for proc in everyone:
-        _signal_group(proc, signal.SIGKILL)
-        proc.wait()
-    for proc in everyone:  # pool processes and training children of a group
-        deadline = time.monotonic() + 5
-        while not _group_gone(proc.pid) and time.monotonic() < deadline:
-            _signal_group(proc, signal.SIGKILL)
-            time.sleep(0.1)
+    _wait_then_kill(children, helpers, grace=args.grace, stopping=stopping)
     print("Distillery stopped (web and worker).", flush=True)
     return 0
 

@@ -174,69 +174,29 @@ def plan_gpu_training(
     rank = lora_rank_for(params, preset_rank)
     state = adapter_parameters(shape, rank) * ADAPTER_STATE_BYTES
     bf16_weights = params * BF16_BYTES
-    one_seq_gc = _activation_bytes_per_token(shape, checkpointing=True) * max_length
-    bf16_need = bf16_weights + state + one_seq_gc
     reasons: list[str] = []
-    memory = f"this GPU has {_gb(gpu_memory_bytes)}"
     if method == "auto":
-        method = "lora" if bf16_need <= budget_total else "qlora"
-        if method == "qlora":
-            reasons.append(
-                f"QLoRA: {_size(params)} in bf16 need ~{_gb(bf16_weights)} "
-                f"(~{_gb(bf16_need)} to train), {memory} "
-                f"(a run plans for {PLAN_SHARE:.0%} of it); a 4-bit base takes "
-                f"~{_gb(_weights_bytes(shape, params, 'qlora'))}."
-            )
-        else:
-            reasons.append(
-                f"LoRA on a bf16 base: {_size(params)} need ~{_gb(bf16_weights)} in bf16 "
-                f"(~{_gb(bf16_need)} to train), within the {_gb(budget_total)} a run plans for "
-                f"on this {_gb(gpu_memory_bytes)} GPU."
-            )
+        method = _auto_method(
+            shape,
+            params=params,
+            state=state,
+            max_length=max_length,
+            gpu_memory_bytes=gpu_memory_bytes,
+            reasons=reasons,
+        )
     weights = _weights_bytes(shape, params, method)
-    reasons.append(
-        f"LoRA rank {rank} on every linear layer of the blocks (all-linear): "
-        + (
-            f"twice the preset's {preset_rank} for a student of {LARGE_STUDENT_PARAMETERS / 1e9:.0f}B "
-            "parameters or more."
-            if rank != preset_rank
-            else f"the preset's rank for a student under {LARGE_STUDENT_PARAMETERS / 1e9:.0f}B "
-            "parameters."
-        )
-    )
+    reasons.append(_rank_reason(rank, preset_rank))
     free = budget_total - weights - state
-    checkpointing = False
-    per_token = _activation_bytes_per_token(shape, checkpointing=False)
-    if free < per_token * max_length * MIN_MICRO_BATCH:
-        checkpointing = True
-        per_token = _activation_bytes_per_token(shape, checkpointing=True)
-        reasons.append(
-            f"Gradient checkpointing: one {max_length}-token sequence keeps "
-            f"~{_gb(shape.activation_bytes_per_token() * max_length)} of activations, and "
-            f"{MIN_MICRO_BATCH} of them do not fit in the {_gb(max(free, 0))} left after the "
-            "weights."
-        )
-    asked_length = max_length
-    while free < per_token * max_length and max_length > MIN_MAX_LENGTH:
-        max_length = max(MIN_MAX_LENGTH, max_length // 2)
-    fits = free >= per_token * max_length
-    if max_length != asked_length:
-        reasons.append(
-            f"Sequences cut to {max_length} tokens (from {asked_length}): a longer one does not "
-            f"fit in the {_gb(max(free, 0))} left after the weights."
-        )
-    micro = _power_of_two_at_most(int(free // (per_token * max_length))) if fits else 1
-    target = MAX_BATCH
-    if samples_to_train is not None:
-        by_steps = _power_of_two_at_most(max(1, int(samples_to_train // MIN_STEPS)))
-        target = min(MAX_BATCH, max(MIN_EFFECTIVE_BATCH, by_steps))
-    micro = min(micro, target, MAX_BATCH)
-    accum = max(1, math.ceil(target / micro))
-    reasons.append(
-        f"Batch {micro} x {accum} accumulation = {micro * accum} examples per step: "
-        f"{micro} sequence{'s' if micro != 1 else ''} of {max_length} tokens fit in the "
-        f"{_gb(max(free, 0))} left after the weights"
-        + (f", accumulated to the run's batch of {target}." if accum > 1 else ".")
+    checkpointing, per_token, max_length, fits = _fit_sequences(
+        shape, free=free, max_length=max_length, reasons=reasons
+    )
+    micro, accum = _batch_and_accumulation(
+        free=free,
+        per_token=per_token,
+        max_length=max_length,
+        fits=fits,
+        samples_to_train=samples_to_train,
+        reasons=reasons,
     )
     if not fits:
         reasons.append(
@@ -259,3 +219,104 @@ def plan_gpu_training(
         fits=fits,
         reasons=reasons,
     )
+
+
+def _auto_method(
+    shape: ModelShape,
+    *,
+    params: int,
+    state: int,
+    max_length: int,
+    gpu_memory_bytes: int,
+    reasons: list[str],
+) -> str:
+    """LoRA ("lora") when the bf16 base, its adapter state and one checkpointed sequence fit in
+    the run's share of the memory, else QLoRA ("qlora"); appends the reason the user reads."""
+    budget_total = gpu_memory_bytes * PLAN_SHARE
+    bf16_weights = params * BF16_BYTES
+    one_seq_gc = _activation_bytes_per_token(shape, checkpointing=True) * max_length
+    bf16_need = bf16_weights + state + one_seq_gc
+    memory = f"this GPU has {_gb(gpu_memory_bytes)}"
+    method = "lora" if bf16_need <= budget_total else "qlora"
+    if method == "qlora":
+        reasons.append(
+            f"QLoRA: {_size(params)} in bf16 need ~{_gb(bf16_weights)} "
+            f"(~{_gb(bf16_need)} to train), {memory} "
+            f"(a run plans for {PLAN_SHARE:.0%} of it); a 4-bit base takes "
+            f"~{_gb(_weights_bytes(shape, params, 'qlora'))}."
+        )
+    else:
+        reasons.append(
+            f"LoRA on a bf16 base: {_size(params)} need ~{_gb(bf16_weights)} in bf16 "
+            f"(~{_gb(bf16_need)} to train), within the {_gb(budget_total)} a run plans for "
+            f"on this {_gb(gpu_memory_bytes)} GPU."
+        )
+    return method
+
+
+def _rank_reason(rank: int, preset_rank: int) -> str:
+    """Why the run uses this LoRA rank (the preset's, or twice it for a large student)."""
+    return f"LoRA rank {rank} on every linear layer of the blocks (all-linear): " + (
+        f"twice the preset's {preset_rank} for a student of {LARGE_STUDENT_PARAMETERS / 1e9:.0f}B "
+        "parameters or more."
+        if rank != preset_rank
+        else f"the preset's rank for a student under {LARGE_STUDENT_PARAMETERS / 1e9:.0f}B "
+        "parameters."
+    )
+
+
+def _fit_sequences(
+    shape: ModelShape, *, free: float, max_length: int, reasons: list[str]
+) -> tuple[bool, int, int, bool]:
+    """(gradient checkpointing, activation bytes per token, max_length, fits) for the memory
+    left after the weights: checkpointing only when MIN_MICRO_BATCH sequences do not fit
+    without it (it costs recompute), then halving max_length until one sequence fits."""
+    checkpointing = False
+    per_token = _activation_bytes_per_token(shape, checkpointing=False)
+    if free < per_token * max_length * MIN_MICRO_BATCH:
+        checkpointing = True
+        per_token = _activation_bytes_per_token(shape, checkpointing=True)
+        reasons.append(
+            f"Gradient checkpointing: one {max_length}-token sequence keeps "
+            f"~{_gb(shape.activation_bytes_per_token() * max_length)} of activations, and "
+            f"{MIN_MICRO_BATCH} of them do not fit in the {_gb(max(free, 0))} left after the "
+            "weights."
+        )
+    asked_length = max_length
+    while free < per_token * max_length and max_length > MIN_MAX_LENGTH:
+        max_length = max(MIN_MAX_LENGTH, max_length // 2)
+    fits = free >= per_token * max_length
+    if max_length != asked_length:
+        reasons.append(
+            f"Sequences cut to {max_length} tokens (from {asked_length}): a longer one does not "
+            f"fit in the {_gb(max(free, 0))} left after the weights."
+        )
+    return checkpointing, per_token, max_length, fits
+
+
+def _batch_and_accumulation(
+    *,
+    free: float,
+    per_token: int,
+    max_length: int,
+    fits: bool,
+    samples_to_train: float | None,
+    reasons: list[str],
+) -> tuple[int, int]:
+    """(micro-batch, gradient accumulation): the largest power-of-two micro-batch the memory
+    holds, accumulated up to the run's target batch (larger only while the data still gives
+    MIN_STEPS steps)."""
+    micro = _power_of_two_at_most(int(free // (per_token * max_length))) if fits else 1
+    target = MAX_BATCH
+    if samples_to_train is not None:
+        by_steps = _power_of_two_at_most(max(1, int(samples_to_train // MIN_STEPS)))
+        target = min(MAX_BATCH, max(MIN_EFFECTIVE_BATCH, by_steps))
+    micro = min(micro, target, MAX_BATCH)
+    accum = max(1, math.ceil(target / micro))
+    reasons.append(
+        f"Batch {micro} x {accum} accumulation = {micro * accum} examples per step: "
+        f"{micro} sequence{'s' if micro != 1 else ''} of {max_length} tokens fit in the "
+        f"{_gb(max(free, 0))} left after the weights"
+        + (f", accumulated to the run's batch of {target}." if accum > 1 else ".")
+    )
+    return micro, accum

@@ -175,6 +175,69 @@ def resolve_hyperparameters(
         if on_cuda
         else None
     )
+    batch_size, grad_accum, max_length = _batch_accum_and_length(
+        spec,
+        plan,
+        n_train=n_train,
+        on_cuda=on_cuda,
+        gpu=gpu,
+        epochs=epochs,
+        longest_tokens=longest_tokens,
+    )
+    total_steps = _total_steps(
+        spec,
+        preset,
+        epochs=epochs,
+        n_train=n_train,
+        examples_per_step=batch_size * grad_accum,
+        on_cuda=on_cuda,
+    )
+    learning_rate = _learning_rate(spec, preset)
+    if spec.checkpoint_every_steps is not None and spec.checkpoint_every_steps < 1:
+        raise TrainingConfigError("must be at least 1", field="checkpoint_every_steps")
+    checkpoint_every = spec.checkpoint_every_steps or max(1, min(200, round(total_steps / 10)))
+    has_eval = bool(spec.eval_examples) or spec.eval_fraction > 0
+    eval_every = (spec.eval_every_steps or max(1, total_steps // 5)) if has_eval else None
+    bf16, fp16 = _precision(spec, on_cuda=on_cuda, gpu=gpu)
+    lora_r, lora_alpha, lora_dropout, lora_target_modules = _lora_settings(spec, preset, plan)
+    return Hyperparameters(
+        preset=spec.preset,
+        method=spec.method,
+        device=device,
+        epochs=epochs,
+        total_steps=total_steps,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        warmup_ratio=0.05,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        lora_target_modules=lora_target_modules,
+        max_length=max_length,
+        checkpoint_every_steps=checkpoint_every,
+        eval_every_steps=eval_every,
+        gradient_checkpointing=_gradient_checkpointing(spec, plan),
+        bf16=bf16,
+        seed=spec.seed,
+        fp16=fp16,
+        log_every_steps=CUDA_LOG_EVERY_STEPS if on_cuda else 1,
+    )
+
+
+def _batch_accum_and_length(
+    spec: TrainSpec,
+    plan: GpuPlan | None,
+    *,
+    n_train: int,
+    on_cuda: bool,
+    gpu: DeviceFacts | None,
+    epochs: float,
+    longest_tokens: int | None,
+) -> tuple[int, int, int]:
+    """(micro-batch, gradient accumulation, max_length): the user's values, else the GPU plan's
+    (its accumulation only when the user set neither batch nor accumulation: a batch they chose
+    is what they meant per step), else the device's defaults."""
     grad_accum = spec.grad_accum if spec.grad_accum is not None else 1
     if plan is not None and spec.batch_size is None and spec.grad_accum is None:
         grad_accum = plan.grad_accum
@@ -192,54 +255,49 @@ def resolve_hyperparameters(
         if plan is None or spec.batch_size is not None
         else plan.batch_size
     )
+    return batch_size, grad_accum, max_length
+
+
+def _total_steps(
+    spec: TrainSpec,
+    preset: _Preset,
+    *,
+    epochs: float,
+    n_train: int,
+    examples_per_step: int,
+    on_cuda: bool,
+) -> int:
+    """The user's max_steps, else the epochs' steps; a CPU run on the preset's epochs stops at
+    the preset's step cap so it ends in reasonable time (explicit epochs are taken as meant)."""
     if spec.max_steps is not None:
-        total_steps = spec.max_steps
-    else:
-        total_steps = math.ceil(epochs * n_train / (batch_size * grad_accum))
-        if not on_cuda and preset.cpu_step_cap is not None and spec.epochs is None:
-            total_steps = min(total_steps, preset.cpu_step_cap)
-    learning_rate = _learning_rate(spec, preset)
-    if spec.checkpoint_every_steps is not None and spec.checkpoint_every_steps < 1:
-        raise TrainingConfigError("must be at least 1", field="checkpoint_every_steps")
-    checkpoint_every = spec.checkpoint_every_steps or max(1, min(200, round(total_steps / 10)))
-    has_eval = bool(spec.eval_examples) or spec.eval_fraction > 0
-    eval_every = (spec.eval_every_steps or max(1, total_steps // 5)) if has_eval else None
-    bf16, fp16 = _precision(spec, on_cuda=on_cuda, gpu=gpu)
-    lora = spec.method != "full"
-    return Hyperparameters(
-        preset=spec.preset,
-        method=spec.method,
-        device=device,
-        epochs=epochs,
-        total_steps=total_steps,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        warmup_ratio=0.05,
-        lora_r=(spec.lora_r or (plan.lora_r if plan else preset.lora_r)) if lora else None,
-        lora_alpha=(spec.lora_alpha or (plan.lora_alpha if plan else preset.lora_alpha))
-        if lora
-        else None,
-        lora_dropout=(spec.lora_dropout if spec.lora_dropout is not None else preset.lora_dropout)
-        if lora
-        else None,
-        lora_target_modules=(spec.lora_target_modules or "all-linear") if lora else None,
-        max_length=max_length,
-        checkpoint_every_steps=checkpoint_every,
-        eval_every_steps=eval_every,
-        # CPU: activations are cheap in RAM and recomputing them costs ~30%. CUDA: off at
-        # first; an out-of-memory retry turns it on before shrinking the batch.
-        # On a GPU with a plan, "auto" follows it (on when few sequences fit without it).
-        gradient_checkpointing=spec.gradient_checkpointing == "on"
-        or (
-            spec.gradient_checkpointing == "auto"
-            and plan is not None
-            and plan.gradient_checkpointing
-        ),
-        bf16=bf16,
-        seed=spec.seed,
-        fp16=fp16,
-        log_every_steps=CUDA_LOG_EVERY_STEPS if on_cuda else 1,
+        return spec.max_steps
+    total_steps = math.ceil(epochs * n_train / examples_per_step)
+    if not on_cuda and preset.cpu_step_cap is not None and spec.epochs is None:
+        total_steps = min(total_steps, preset.cpu_step_cap)
+    return total_steps
+
+
+def _lora_settings(
+    spec: TrainSpec, preset: _Preset, plan: GpuPlan | None
+) -> tuple[int | None, int | None, float | None, list[str] | str | None]:
+    """(rank, alpha, dropout, target modules): the user's, else the GPU plan's, else the
+    preset's; all None for full fine-tuning, which has no adapter."""
+    if spec.method == "full":
+        return None, None, None, None
+    return (
+        spec.lora_r or (plan.lora_r if plan else preset.lora_r),
+        spec.lora_alpha or (plan.lora_alpha if plan else preset.lora_alpha),
+        spec.lora_dropout if spec.lora_dropout is not None else preset.lora_dropout,
+        spec.lora_target_modules or "all-linear",
+    )
+
+
+def _gradient_checkpointing(spec: TrainSpec, plan: GpuPlan | None) -> bool:
+    # CPU: activations are cheap in RAM and recomputing them costs ~30%. CUDA: off at
+    # first; an out-of-memory retry turns it on before shrinking the batch.
+    # On a GPU with a plan, "auto" follows it (on when few sequences fit without it).
+    return spec.gradient_checkpointing == "on" or (
+        spec.gradient_checkpointing == "auto" and plan is not None and plan.gradient_checkpointing
     )
 
 

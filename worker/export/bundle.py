@@ -162,85 +162,48 @@ def _ollama_choice(checks: list[dict[str, Any]], made: dict[str, Path]) -> str:
     return "F16"
 
 
+class _Steps:
+    """The bundle's units of work done so far, reported to ``progress`` (which may raise to
+    stop: every report is also a cancel point)."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress = progress
+        self.total = total
+        self.done = 0
+
+    def step(self, phase: str, units: int = 1) -> None:
+        self.done += units
+        self.report(phase, self.done)
+
+    def check(self) -> None:
+        self.report("", self.done)
+
+    def report(self, phase: str, done: int) -> None:
+        if self.progress is not None:
+            self.progress(phase, done, self.total)
+
+
 def build_bundle(spec: ExportSpec, progress: Progress | None = None) -> ExportResult:
     """Every file of the bundle in ``spec.out_dir``; ``progress`` may raise to stop (cancel)."""
-    from transformers import AutoTokenizer
-
-    from worker.export.quant_check import check_quants
-
     check_student_files(spec)
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_check = len(spec.test_examples) * (2 + len(spec.quant_types))
-    total = 3 + len(spec.quant_types) + n_check
-    done = 0
+    steps = _Steps(progress, total=3 + len(spec.quant_types) + n_check)
     timings: dict[str, float] = {}
-
-    def step(phase: str, units: int = 1) -> None:
-        nonlocal done
-        done += units
-        if progress is not None:
-            progress(phase, done, total)
-
-    def check() -> None:
-        if progress is not None:
-            progress("", done, total)
 
     clock = time.perf_counter()
     _link_files(Path(spec.merged_dir), out / "merged")
     if spec.adapter_dir:
         _link_files(Path(spec.adapter_dir), out / "adapter")
     timings["copy_s"] = round(time.perf_counter() - clock, 3)
-    step("converting to GGUF (F16) with llama.cpp's converter")
+    steps.step("converting to GGUF (F16) with llama.cpp's converter")
 
-    clock = time.perf_counter()
-    made = {
-        "F16": convert_to_gguf(out / "merged", out / "gguf" / f"{spec.slug}-F16.gguf", check=check)
-    }
-    timings["convert_s"] = round(time.perf_counter() - clock, 3)
-    for quant in spec.quant_types:
-        step(f"quantising {quant}")
-        clock = time.perf_counter()
-        made[quant] = quantize(
-            made["F16"], out / "gguf" / f"{spec.slug}-{quant}.gguf", quant, check=check
-        )
-        timings[f"quantize_{quant}_s"] = round(time.perf_counter() - clock, 3)
-    step("checking the quants on the test split")
-
-    checks: list[dict[str, Any]] = []
-    notes: list[str] = []
-    if spec.test_examples:
-        clock = time.perf_counter()
-        base = done
-
-        def on_example(phase: str, d: int, _t: int) -> None:
-            if progress is not None:
-                progress(phase, base + d, total)
-
-        scores = check_quants(
-            spec=spec.task,
-            examples=spec.test_examples,
-            merged_dir=out / "merged",
-            ggufs=made,
-            margin_points=spec.margin_points,
-            threads=spec.threads,
-            progress=on_example,
-        )
-        checks = [s.to_dict() for s in scores]
-        done = base + n_check
-        timings["quant_check_s"] = round(time.perf_counter() - clock, 3)
-    else:
-        notes.append("The dataset version has no test split: the quants were not checked.")
-
-    tokenizer = AutoTokenizer.from_pretrained(str(out / "merged"), local_files_only=True)
-    frames = deploy.role_frames(tokenizer)
-    choice = _ollama_choice(checks, made)
-    info = _deploy_info(spec, tokenizer, frames, f"gguf/{made[choice].name}")
-    modelfile = deploy.modelfile(info, frames)
-    commands = deploy.commands(info)
-    (out / "Modelfile").write_text(modelfile, encoding="utf-8")
-    (out / "DEPLOY.md").write_text(deploy.deploy_markdown(info, commands), encoding="utf-8")
-    step("hashing the files")
+    made = _make_ggufs(spec, out, steps, timings)
+    steps.step("checking the quants on the test split")
+    checks, notes = _check_quants_on_test_split(spec, out, made, steps, timings, n_check=n_check)
+    choice, modelfile, commands = _write_deploy_files(spec, out, checks, made)
+    steps.step("hashing the files")
 
     clock = time.perf_counter()
     files = _manifest_files(out)
@@ -257,6 +220,81 @@ def build_bundle(spec: ExportSpec, progress: Progress | None = None) -> ExportRe
     manifest = {**result.to_dict(), "quant_checks": [_without_outputs(c) for c in checks]}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return result
+
+
+def _make_ggufs(
+    spec: ExportSpec, out: Path, steps: _Steps, timings: dict[str, float]
+) -> dict[str, Path]:
+    """The F16 GGUF of the merged model, then each quant made from it (quant type -> file)."""
+    clock = time.perf_counter()
+    made = {
+        "F16": convert_to_gguf(
+            out / "merged", out / "gguf" / f"{spec.slug}-F16.gguf", check=steps.check
+        )
+    }
+    timings["convert_s"] = round(time.perf_counter() - clock, 3)
+    for quant in spec.quant_types:
+        steps.step(f"quantising {quant}")
+        clock = time.perf_counter()
+        made[quant] = quantize(
+            made["F16"], out / "gguf" / f"{spec.slug}-{quant}.gguf", quant, check=steps.check
+        )
+        timings[f"quantize_{quant}_s"] = round(time.perf_counter() - clock, 3)
+    return made
+
+
+def _check_quants_on_test_split(
+    spec: ExportSpec,
+    out: Path,
+    made: dict[str, Path],
+    steps: _Steps,
+    timings: dict[str, float],
+    *,
+    n_check: int,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the quant check's scores, notes): each GGUF against the merged model on the test split;
+    a version without one gets a note instead, so the page says why nothing was checked."""
+    from worker.export.quant_check import check_quants
+
+    if not spec.test_examples:
+        return [], ["The dataset version has no test split: the quants were not checked."]
+    clock = time.perf_counter()
+    base = steps.done
+
+    def on_example(phase: str, d: int, _t: int) -> None:
+        steps.report(phase, base + d)
+
+    scores = check_quants(
+        spec=spec.task,
+        examples=spec.test_examples,
+        merged_dir=out / "merged",
+        ggufs=made,
+        margin_points=spec.margin_points,
+        threads=spec.threads,
+        progress=on_example,
+    )
+    # The check reports its own units; the total counted n_check of them whatever it reported.
+    steps.done = base + n_check
+    timings["quant_check_s"] = round(time.perf_counter() - clock, 3)
+    return [s.to_dict() for s in scores], []
+
+
+def _write_deploy_files(
+    spec: ExportSpec, out: Path, checks: list[dict[str, Any]], made: dict[str, Path]
+) -> tuple[str, str, dict[str, str]]:
+    """(the GGUF Ollama loads, the Modelfile, the deploy commands), with Modelfile and DEPLOY.md
+    written into the bundle; the chat frames come from the merged model's own tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out / "merged"), local_files_only=True)
+    frames = deploy.role_frames(tokenizer)
+    choice = _ollama_choice(checks, made)
+    info = _deploy_info(spec, tokenizer, frames, f"gguf/{made[choice].name}")
+    modelfile = deploy.modelfile(info, frames)
+    commands = deploy.commands(info)
+    (out / "Modelfile").write_text(modelfile, encoding="utf-8")
+    (out / "DEPLOY.md").write_text(deploy.deploy_markdown(info, commands), encoding="utf-8")
+    return choice, modelfile, commands
 
 
 def _without_outputs(check: dict[str, Any]) -> dict[str, Any]:
