@@ -193,11 +193,7 @@ def resolve_hyperparameters(
         on_cuda=on_cuda,
     )
     learning_rate = _learning_rate(spec, preset)
-    if spec.checkpoint_every_steps is not None and spec.checkpoint_every_steps < 1:
-        raise TrainingConfigError("must be at least 1", field="checkpoint_every_steps")
-    checkpoint_every = spec.checkpoint_every_steps or max(1, min(200, round(total_steps / 10)))
-    has_eval = bool(spec.eval_examples) or spec.eval_fraction > 0
-    eval_every = (spec.eval_every_steps or max(1, total_steps // 5)) if has_eval else None
+    checkpoint_every, eval_every = _checkpoint_and_eval_every(spec, total_steps=total_steps)
     bf16, fp16 = _precision(spec, on_cuda=on_cuda, gpu=gpu)
     lora_r, lora_alpha, lora_dropout, lora_target_modules = _lora_settings(spec, preset, plan)
     return Hyperparameters(
@@ -275,6 +271,18 @@ def _total_steps(
     if not on_cuda and preset.cpu_step_cap is not None and spec.epochs is None:
         total_steps = min(total_steps, preset.cpu_step_cap)
     return total_steps
+
+
+def _checkpoint_and_eval_every(spec: TrainSpec, *, total_steps: int) -> tuple[int, int | None]:
+    """(steps between checkpoints, steps between evaluations): the user's, else about ten
+    checkpoints (at most 200 steps apart) and five evaluations a run; no evaluation without
+    eval rows."""
+    if spec.checkpoint_every_steps is not None and spec.checkpoint_every_steps < 1:
+        raise TrainingConfigError("must be at least 1", field="checkpoint_every_steps")
+    checkpoint_every = spec.checkpoint_every_steps or max(1, min(200, round(total_steps / 10)))
+    has_eval = bool(spec.eval_examples) or spec.eval_fraction > 0
+    eval_every = (spec.eval_every_steps or max(1, total_steps // 5)) if has_eval else None
+    return checkpoint_every, eval_every
 
 
 def _lora_settings(
