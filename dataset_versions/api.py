@@ -148,6 +148,7 @@ class FreezeIn(Schema):
     stratify: bool | None = None
     group_near_duplicates: bool | None = None
     near_duplicate_threshold: float | None = None
+    max_synthetic_train_share: float | None = None
 
 
 class FreezeOut(Schema):
@@ -181,20 +182,9 @@ def list_versions(request: HttpRequest, slug: str) -> QuerySet[DatasetVersion]:
 )
 def freeze_version(request: HttpRequest, slug: str, payload: FreezeIn) -> Status[dict[str, Any]]:
     project = project_of(request, slug, permission="write")
-    form = checked(FreezeForm(form_data(FreezeForm, payload)))
-    data = form.cleaned_data
-    options = services.freeze_options(
-        name=data["name"],
-        seed=data["seed"] or 0,
-        train=data["train"],
-        validation=data["validation"],
-        test=data["test"],
-        include_references=data["include_references"],
-        real_ratio=data["real_ratio"],
-        stratify=data["stratify"],
-        near_duplicate_threshold=data["near_duplicate_threshold"],
-        group_near_duplicates=data["group_near_duplicates"],
-    )
+    form = FreezeForm(form_data(FreezeForm, payload))
+    checked(form)
+    options = form.freeze_options()
     try:
         job = services.dataset_freeze_start(
             project=project, user=auth_of(request).user, options=options

@@ -3,6 +3,8 @@ the engine lives in the services; these only shape what the user typed."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
 
@@ -50,3 +52,23 @@ class FreezeForm(forms.Form):
         label="Near-duplicate similarity",
         help_text="Word-set Jaccard similarity at or above which two inputs are near-duplicates",
     )
+
+    def freeze_options(self) -> Any:
+        """The freeze's options from the cleaned form (the page and the API both start a
+        freeze this way). Raises ValidationError from dataset_versions.services.freeze_options."""
+        from dataset_versions.services import freeze_options
+
+        data = self.cleaned_data
+        return freeze_options(
+            name=data["name"],
+            seed=data["seed"] or 0,
+            train=data["train"],
+            validation=data["validation"],
+            test=data["test"],
+            include_references=data["include_references"],
+            real_ratio=data["real_ratio"],
+            stratify=data["stratify"],
+            near_duplicate_threshold=data["near_duplicate_threshold"],
+            group_near_duplicates=data["group_near_duplicates"],
+            max_synthetic_train_share=data.get("max_synthetic_train_share"),
+        )

@@ -43,21 +43,8 @@ def dataset_new(request: HttpRequest, project_id: int) -> HttpResponse:
     project, _ = project_for(user=request.user, project_id=project_id, permission="write")
     form = FreezeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
         try:
-            options = services.freeze_options(
-                name=data["name"],
-                seed=data["seed"] or 0,
-                train=data["train"],
-                validation=data["validation"],
-                test=data["test"],
-                include_references=data["include_references"],
-                real_ratio=data["real_ratio"],
-                stratify=data["stratify"],
-                near_duplicate_threshold=data["near_duplicate_threshold"],
-                group_near_duplicates=data["group_near_duplicates"],
-                max_synthetic_train_share=data.get("max_synthetic_train_share"),
-            )
+            options = form.freeze_options()
             job = services.dataset_freeze_start(
                 project=project, user=signed_in_user(request), options=options
             )

@@ -18,6 +18,8 @@ from tests.helpers.api import Api, token_for
 
 OPTIONS = {
     "seed": 3,
+    # What the page's form submits by default (its initial value); the API takes the same.
+    "max_synthetic_train_share": 0.5,
     "train": 0.5,
     "validation": 0.25,
     "test": 0.25,
