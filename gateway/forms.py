@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 
 from gateway.models import GatewayPolicy
+from gateway.services import POLICY_FIELDS
 from projects.models import Project
 from serving.models import ServedModel
 from teams.models import ProviderCredential
@@ -13,23 +14,7 @@ from teams.models import ProviderCredential
 class PolicyForm(forms.ModelForm):  # type: ignore[type-arg]
     class Meta:
         model = GatewayPolicy
-        fields = [
-            "mode",
-            "credential",
-            "teacher_model",
-            "teacher_max_tokens",
-            "served_model",
-            "student_timeout_ms",
-            "canary_percent",
-            "cascade_threshold",
-            "seed",
-            "record_inputs",
-            "sample_rate",
-            "retention_days",
-            "agreement_target_percent",
-            "monthly_budget_usd",
-            "budget_fallback_to_student",
-        ]
+        fields = list(POLICY_FIELDS)  # the audited fields, named once in the services
         labels = {
             "credential": "Teacher credential",
             "served_model": "Served student",

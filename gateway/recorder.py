@@ -319,6 +319,8 @@ _RECORDER_LOCK = threading.Lock()
 def recorder() -> Recorder:
     global _RECORDER
     with _RECORDER_LOCK:
-        if _RECORDER is None:
-            _RECORDER = Recorder(int(settings.GATEWAY_QUEUE_SIZE))
+        size = int(settings.GATEWAY_QUEUE_SIZE)
+        # A changed setting takes effect for new records; the old recorder drains what it holds.
+        if _RECORDER is None or _RECORDER.queue.maxsize != size:
+            _RECORDER = Recorder(size)
         return _RECORDER

@@ -9,9 +9,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from gateway import recorder as recorder_module
 from gateway.models import GatewayDrops, GatewayRequest
-from gateway.recorder import Recorder
 from tests.gateway.gateway_support import flush
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,10 +26,10 @@ def _second_connection() -> psycopg.Connection:
     )
 
 
-def test_a_full_queue_answers_anyway_and_counts_every_drop(gw, monkeypatch):  # type: ignore[no-untyped-def]
+def test_a_full_queue_answers_anyway_and_counts_every_drop(gw, settings):  # type: ignore[no-untyped-def]
     assert gw.infer({"text": "warm up"}).status_code == 200  # the policy's rows exist
     flush()
-    monkeypatch.setattr(recorder_module, "_RECORDER", Recorder(2))
+    settings.GATEWAY_QUEUE_SIZE = 2  # the next record goes to a recorder holding two
     blocker = _second_connection()
     try:
         # The database is stuck for the request log (a long lock): the drainer waits on it.
