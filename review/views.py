@@ -210,53 +210,37 @@ def review_undo(request: HttpRequest, project_id: int) -> HttpResponse:
     )
 
 
-@login_required
-def review_comment(request: HttpRequest, project_id: int, output_id: int) -> HttpResponse:
+def _save_card_text(
+    request: HttpRequest,
+    project_id: int,
+    output_id: int,
+    *,
+    save: Any,
+    field: str,
+    saved_page: str = "",
+    saved_card: str = "",
+) -> HttpResponse:
+    """A reviewer's text on one output (a comment, a corrected rationale): the service ``save``
+    stores ``request.POST[field]``; the card (or the page) answers with the error or the note."""
     project, membership = project_for(user=request.user, project_id=project_id, permission="review")
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
     scoped_get(TeacherOutput.objects.filter(project=project), pk=output_id)
     error = ""
     try:
-        services.comment_add(
+        save(
             project=project,
             user=signed_in_user(request),
             output_id=output_id,
-            text=request.POST.get("text", ""),
+            text=request.POST.get(field, ""),
         )
     except ValidationError as exc:
         error = " ".join(exc.messages)
     if not _wants_fragment(request):
         if error:
             messages.error(request, error)
-        return _back(request, project)
-    return _card_response(
-        request, project, membership, output_id, status=400 if error else 200, error=error
-    )
-
-
-@login_required
-def review_rationale(request: HttpRequest, project_id: int, output_id: int) -> HttpResponse:
-    """Save a reviewer's correction of the teacher's rationale (the answer is decided apart)."""
-    project, membership = project_for(user=request.user, project_id=project_id, permission="review")
-    if request.method != "POST":
-        return HttpResponseNotAllowed(["POST"])
-    scoped_get(TeacherOutput.objects.filter(project=project), pk=output_id)
-    error = ""
-    try:
-        services.rationale_edit(
-            project=project,
-            user=signed_in_user(request),
-            output_id=output_id,
-            text=request.POST.get("rationale", ""),
-        )
-    except ValidationError as exc:
-        error = " ".join(exc.messages)
-    if not _wants_fragment(request):
-        if error:
-            messages.error(request, error)
-        else:
-            messages.success(request, f"Saved the rationale of output #{output_id}.")
+        elif saved_page:
+            messages.success(request, saved_page)
         return _back(request, project)
     return _card_response(
         request,
@@ -265,7 +249,26 @@ def review_rationale(request: HttpRequest, project_id: int, output_id: int) -> H
         output_id,
         status=400 if error else 200,
         error=error,
-        message="" if error else "Rationale saved.",
+        message="" if error else saved_card,
+    )
+
+
+@login_required
+def review_comment(request: HttpRequest, project_id: int, output_id: int) -> HttpResponse:
+    return _save_card_text(request, project_id, output_id, save=services.comment_add, field="text")
+
+
+@login_required
+def review_rationale(request: HttpRequest, project_id: int, output_id: int) -> HttpResponse:
+    """Save a reviewer's correction of the teacher's rationale (the answer is decided apart)."""
+    return _save_card_text(
+        request,
+        project_id,
+        output_id,
+        save=services.rationale_edit,
+        field="rationale",
+        saved_page=f"Saved the rationale of output #{output_id}.",
+        saved_card="Rationale saved.",
     )
 
 
