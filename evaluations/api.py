@@ -17,7 +17,7 @@ from ninja import Router, Schema
 from ninja.pagination import paginate
 from ninja.responses import Status
 
-from evaluations import selectors, services
+from evaluations import selectors
 from evaluations.figures import QualityRow, figures_for
 from evaluations.forms import EvaluationForm
 from evaluations.intervals import Interval
@@ -235,16 +235,7 @@ def start_evaluation(request: HttpRequest, slug: str, payload: EvaluationIn) -> 
     project = project_of(request, slug, permission="write")
     form = checked(EvaluationForm(form_data(EvaluationForm, payload), project=project))
     assert isinstance(form, EvaluationForm)
-    evaluation = services.evaluation_start(
-        project=project,
-        user=auth_of(request).user,
-        teacher=form.teacher(form.cleaned_data["teacher_source"]),
-        students=form.students(),
-        endpoints=form.endpoints(),
-        dataset_version=form.cleaned_data["dataset_version"],
-        options=form.options(),
-        name=form.cleaned_data.get("name") or "",
-    )
+    evaluation = form.start(project=project, user=auth_of(request).user)
     return Status(201, evaluation_of(request, evaluation.pk))
 
 

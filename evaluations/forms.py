@@ -180,6 +180,22 @@ class EvaluationForm(_Candidates):
             return []
         return [EndpointChoice(credential=d["endpoint_credential"], model=d["endpoint_model"])]
 
+    def start(self, *, project: Any, user: Any) -> Any:
+        """Start the evaluation the cleaned form describes (the page and the API both start it
+        this way). Raises ValidationError by field from evaluations.services."""
+        from evaluations.services import evaluation_start
+
+        return evaluation_start(
+            project=project,
+            user=user,
+            teacher=self.teacher(self.cleaned_data["teacher_source"]),
+            students=self.students(),
+            endpoints=self.endpoints(),
+            dataset_version=self.cleaned_data["dataset_version"],
+            options=self.options(),
+            name=self.cleaned_data.get("name") or "",
+        )
+
 
 class ExperimentForm(_Candidates):
     teacher_source = forms.ChoiceField(

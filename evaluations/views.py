@@ -66,16 +66,7 @@ def evaluation_new(request: HttpRequest, project_id: int) -> HttpResponse:
     form = EvaluationForm(request.POST or None, project=project)
     if request.method == "POST" and form.is_valid():
         try:
-            evaluation = services.evaluation_start(
-                project=project,
-                user=signed_in_user(request),
-                teacher=form.teacher(form.cleaned_data["teacher_source"]),
-                students=form.students(),
-                endpoints=form.endpoints(),
-                dataset_version=form.cleaned_data["dataset_version"],
-                options=form.options(),
-                name=form.cleaned_data.get("name") or "",
-            )
+            evaluation = form.start(project=project, user=signed_in_user(request))
         except ValidationError as exc:
             apply_errors(form, exc)
         else:
