@@ -272,6 +272,9 @@ LOGGING = {
 
 # REST API (/api/v1/): requests per token per minute (0: no limit).
 API_RATE_LIMIT_PER_MINUTE = env_int("DISTILLERY_API_RATE_PER_MINUTE", 1200)
+# How long a process may reuse who a token is (a change to tokens, members or users is seen at
+# once anyway through a generation number in the shared cache; this is the backstop).
+API_AUTH_CACHE_S = env_int("DISTILLERY_API_AUTH_CACHE_S", 30)
 # Inputs one API call may create (one all-or-nothing write).
 API_MAX_BATCH_ROWS = env_int("DISTILLERY_API_MAX_BATCH_ROWS", 10_000)
 

@@ -9,9 +9,10 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 
-from gateway import services
+from gateway import routing, services
 from projects.api import project_of
-from teams.api_kit import ApiError
+from projects.models import Project
+from teams.api_kit import ApiError, auth_of, require_permission
 
 router = Router(tags=["gateway"])
 
@@ -51,7 +52,11 @@ class InferOut(Schema):
     summary="Answer the task for one input or a batch of up to 100",
 )
 def infer(request: HttpRequest, slug: str, body: InferIn) -> dict[str, Any]:
-    project = project_of(request, slug, permission="serve")
+    auth = auth_of(request)
+    snap = routing.cached_snapshot(auth.team.pk, slug)
+    if snap is not None:  # the project was found in this team moments ago: no lookup
+        require_permission(auth, "serve")
+    project: routing.Snapshot | Project = snap or project_of(request, slug, permission="serve")
     items = body.inputs if isinstance(body.inputs, list) else [body.inputs]
     if not items:
         raise ApiError(

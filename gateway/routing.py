@@ -32,6 +32,7 @@ GATEWAY_SOURCE = "gateway"
 class Snapshot:
     project_id: int
     team_id: int
+    slug: str
     spec: TaskSpec
     mode: str
     teacher_config: ProviderConfig | None  # holds the decrypted key: memory only, never logged
@@ -139,6 +140,7 @@ def load_snapshot(project: Project) -> Snapshot:
     return Snapshot(
         project_id=project.pk,
         team_id=project.team_id,
+        slug=project.slug,
         spec=project.task_spec(),
         mode=policy.mode,
         teacher_config=config,
@@ -164,18 +166,39 @@ def load_snapshot(project: Project) -> Snapshot:
 
 
 _CACHE: dict[int, Snapshot] = {}
+_BY_SLUG: dict[tuple[int, str], int] = {}
 _LOCK = threading.Lock()
+
+
+def _fresh(found: Snapshot | None) -> bool:
+    return (
+        found is not None and time.monotonic() - found.loaded_at < settings.GATEWAY_POLICY_CACHE_S
+    )
 
 
 def snapshot_for(project: Project) -> Snapshot:
     with _LOCK:
         found = _CACHE.get(project.pk)
-    if found is not None and time.monotonic() - found.loaded_at < settings.GATEWAY_POLICY_CACHE_S:
+    if found is not None and _fresh(found):
         return found
     fresh = load_snapshot(project)
     with _LOCK:
         _CACHE[project.pk] = fresh
+        _BY_SLUG[(fresh.team_id, fresh.slug)] = fresh.project_id
     return fresh
+
+
+def cached_snapshot(team_id: int, slug: str) -> Snapshot | None:
+    """The fresh snapshot of the team's project ``slug`` this process holds, if any: a request
+    within GATEWAY_POLICY_CACHE_S of the last read needs no project lookup (the snapshot carries
+    the task spec and the policy; a renamed or deleted project is seen within that time, as a
+    policy change is)."""
+    with _LOCK:
+        project_id = _BY_SLUG.get((team_id, slug))
+        found = _CACHE.get(project_id) if project_id is not None else None
+    if found is not None and found.team_id == team_id and found.slug == slug and _fresh(found):
+        return found
+    return None
 
 
 def forget(project_id: int) -> None:

@@ -80,10 +80,15 @@ def gateway_flush(*, timeout: float = 30.0) -> bool:
 
 
 def gateway_infer(
-    *, project: Project, token: str, inputs: list[dict[str, Any]], deadline_s: float
+    *,
+    project: Project | routing.Snapshot,
+    token: str,
+    inputs: list[dict[str, Any]],
+    deadline_s: float,
 ) -> list[Answer]:
-    """Answer each input (a batch is answered concurrently). Raises GatewayError."""
-    snap = routing.snapshot_for(project)
+    """Answer each input (a batch is answered concurrently) for the project, or for the policy
+    snapshot the caller already holds. Raises GatewayError."""
+    snap = project if isinstance(project, routing.Snapshot) else routing.snapshot_for(project)
     if len(inputs) == 1:
         return [_answer_one(snap, token, inputs[0], deadline_s, row=0)]
     with ThreadPoolExecutor(max_workers=min(8, len(inputs))) as pool:

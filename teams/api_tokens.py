@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
@@ -112,13 +116,59 @@ def api_token_revoke(*, token: ApiToken, user: User) -> ApiToken:
     return token
 
 
+#: Who a token is, per process, while nothing that decides it changed: saves the two lookups on
+#: every API request (the gateway's hot path). Any save or delete of a token, membership, user or
+#: team bumps AUTH_GENERATION_KEY in the shared cache (teams/signals.py), which every process
+#: reads per request, so a revocation, a demotion or a removal takes effect at once everywhere;
+#: entries also expire after settings.API_AUTH_CACHE_S as a backstop.
+AUTH_GENERATION_KEY = "api-auth-generation"
+_AUTH_CACHE: dict[str, tuple[float, Any, TokenUser]] = {}
+_AUTH_CACHE_MAX = 10_000
+
+
+def auth_generation() -> Any:
+    return cache.get(AUTH_GENERATION_KEY, 0)
+
+
+def auth_changed() -> None:
+    """Forget every process's cached token users (called on any change that can affect them)."""
+    _AUTH_CACHE.clear()
+    try:
+        cache.incr(AUTH_GENERATION_KEY)
+    except ValueError:
+        cache.set(AUTH_GENERATION_KEY, 1, timeout=None)
+
+
 def api_token_authenticate(raw: str) -> TokenUser | None:
     """The token's user, or None for an unknown, revoked or orphaned token (creator no longer in
     the team). Marks the token used (at most once a minute)."""
     if not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
         return None
+    digest = token_hash(raw)
+    generation = auth_generation()
+    hit = _AUTH_CACHE.get(digest)
+    if hit is not None and hit[1] == generation and time.monotonic() < hit[0]:
+        found: TokenUser | None = hit[2]
+    else:
+        found = _token_user(digest)
+        if found is not None:
+            if len(_AUTH_CACHE) >= _AUTH_CACHE_MAX:
+                _AUTH_CACHE.clear()
+            expires = time.monotonic() + settings.API_AUTH_CACHE_S
+            _AUTH_CACHE[digest] = (expires, generation, found)
+    if found is None:
+        return None
+    token = found.token
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
+    return found
+
+
+def _token_user(digest: str) -> TokenUser | None:
     token = (
-        ApiToken.objects.filter(token_hash=token_hash(raw), revoked_at__isnull=True)
+        ApiToken.objects.filter(token_hash=digest, revoked_at__isnull=True)
         .select_related("team")
         .first()
     )
@@ -131,10 +181,6 @@ def api_token_authenticate(raw: str) -> TokenUser | None:
     )
     if membership is None or not membership.user.is_active:
         return None
-    now = timezone.now()
-    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-        token.last_used_at = now
     return TokenUser(
         token=token,
         membership=membership,

@@ -175,3 +175,26 @@ def test_policy_changes_are_audited_and_take_effect_without_restart(gw, settings
     assert gw.infer({"text": "lost card"}).json()["results"][0]["answered_by"] == "student"
     change = PolicyChange.objects.filter(policy__project=gw.project).first()
     assert change is not None and change.user == gw.owner and "served_model" in change.changes
+
+
+def test_a_cached_project_is_still_one_teams_and_still_needs_the_serve_scope(gw):  # type: ignore[no-untyped-def]
+    """Within the policy's cache time the gateway skips the project lookup; who may call it
+    and which team's project a slug names are decided exactly as without the cache."""
+    from tests.factories import MembershipFactory, ProjectFactory
+    from tests.helpers.api import Api, token_for
+
+    assert gw.infer({"text": "lost card"}).status_code == 200
+    assert routing.cached_snapshot(gw.project.team_id, gw.project.slug) is not None
+    member = MembershipFactory()
+    outsider = Api(token_for(member, scopes=("serve",)))
+    path = f"/api/v1/projects/{gw.project.slug}/infer"
+    body = {"inputs": {"text": "lost card"}}
+    assert outsider.post(path, body).status_code == 404
+    namesake = ProjectFactory(team=member.team, name=gw.project.name)
+    assert namesake.slug == gw.project.slug
+    theirs = outsider.post(path, body)
+    assert theirs.status_code == 503  # their own project, with no teacher set up: not ours
+    assert "no teacher" in theirs.json()["detail"]
+    owner = gw.owner.memberships.get(team=gw.project.team)
+    reader = Api(token_for(owner, scopes=("read",))).post(path, body)
+    assert reader.status_code == 403 and "its scopes are read" in reader.json()["detail"]

@@ -148,3 +148,42 @@ def test_an_idempotency_key_answers_a_retry_with_the_first_response():
     assert failed.status_code == 400
     fixed = api.post("/api/v1/projects", {"name": "Fixed"}, headers={"Idempotency-Key": "k2"})
     assert fixed.status_code == 201 and owner.team.projects.count() == 2
+
+
+@pytest.mark.slow
+def test_a_server_that_knows_a_token_sees_its_revocation_demotion_and_removal_at_once(web_server):
+    """The server process keeps who a token is between requests (the gateway's hot path); a
+    change made elsewhere — here, this process — must still take effect on its next request."""
+    import httpx
+
+    from teams import services as team_services
+    from teams.api_tokens import api_token_revoke
+
+    owner = MembershipFactory(role=Role.OWNER)
+    engineer = MembershipFactory(team=owner.team, role=Role.ENGINEER)
+    project = ProjectFactory(team=owner.team)
+
+    def call(raw: str, method: str = "GET", path: str = "/api/v1/projects") -> httpx.Response:
+        return httpx.request(
+            method,
+            web_server.url + path,
+            headers={"Authorization": f"Bearer {raw}"},
+            json={"name": "Made by the API"} if method == "POST" else None,
+            timeout=30,
+        )
+
+    revoked = token_for(owner)
+    assert call(revoked).status_code == 200
+    token = ApiToken.objects.get(token_hash=hashlib.sha256(revoked.encode()).hexdigest())
+    api_token_revoke(token=token, user=owner.user)
+    assert call(revoked).status_code == 401
+
+    demoted = token_for(engineer)
+    assert call(demoted, "POST").status_code == 201
+    team_services.membership_set_role(membership=engineer, role=Role.REVIEWER)
+    refused = call(demoted, "POST")
+    assert refused.status_code == 403 and "creator is reviewer" in refused.json()["detail"]
+    assert call(demoted, path=f"/api/v1/projects/{project.slug}").status_code == 200
+
+    team_services.membership_remove(membership=engineer)
+    assert call(demoted).status_code == 401
