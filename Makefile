@@ -13,15 +13,20 @@ PORT ?= 8000
 
 # llama.cpp for export bundles (GGUF conversion, quantisation, the quant check). PyPI's
 # llama-cpp-python is an sdist only: pip compiles llama.cpp with cmake and a C/C++ compiler
-# (measured 32-36 min on 2 busy shared cores; once per version: it has its own stamp, and pip
-# keeps the built wheel in its cache).
+# (measured ~4 min on 2 idle cores, 32-36 min on busy ones; once per version and flags: it has its
+# own stamp).
 # Its wheel carries the quantiser and the GGUF runtime; llama.cpp's converter
 # (convert_hf_to_gguf.py with its conversion/ and gguf-py/ folders) is unpacked from the same
 # sdist into $(LLAMA_CPP_DIR), where worker/export looks for it.
 LLAMA_CPP_PYTHON := 0.3.36
 LLAMA_CPP_SDIST := llama_cpp_python-$(LLAMA_CPP_PYTHON)
 LLAMA_CPP_DIR := $(VENV)/share/llama.cpp
-LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-$(LLAMA_CPP_PYTHON)
+# Built for this CPU (-march=native) but without Intel AMX: with AMX compiled in, every Q8_0 /
+# Q4_K_M model crashed llama.cpp (SIGSEGV in llama_decode) on a Sapphire Rapids VM whose kernel
+# grants AMX; F16 ran. Without AMX the same files load and answer (AVX-512 VNNI stays on).
+# --no-cache-dir: pip's wheel cache does not key on CMAKE_ARGS, so it would hand back an old build.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-$(LLAMA_CPP_PYTHON)-noamx
 
 venv: $(STAMP)
 
@@ -34,8 +39,9 @@ $(LLAMA_CPP_STAMP):
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	@command -v cmake >/dev/null && command -v c++ >/dev/null || $(MAKE) build-deps
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-	  $(PY) -m pip install --quiet "llama-cpp-python==$(LLAMA_CPP_PYTHON)"
+	CMAKE_ARGS='-DLLAVA_BUILD=OFF "-DCMAKE_C_FLAGS=$(NO_AMX)" "-DCMAKE_CXX_FLAGS=$(NO_AMX)"' \
+	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(PY) -m pip install --quiet --no-cache-dir "llama-cpp-python==$(LLAMA_CPP_PYTHON)"
 	rm -rf $(VENV)/sdist && $(PY) -m pip download --quiet --no-deps --no-binary :all: \
 	  "llama-cpp-python==$(LLAMA_CPP_PYTHON)" -d $(VENV)/sdist
 	rm -rf $(LLAMA_CPP_DIR) && mkdir -p $(LLAMA_CPP_DIR)
