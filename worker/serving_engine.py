@@ -140,6 +140,8 @@ class ServedStudent:
             context_limit=context_limit_of(model_dir),
             label_list_in_prompt=_label_list_in_prompt(model_dir),
         )
+        if hasattr(backend, "static_prefix"):
+            backend.static_prefix = served.common_prefix()
         if task.output_kind == "label":
             tok = backend.tokenizer  # type: ignore[attr-defined]
             sequences = [
@@ -181,6 +183,30 @@ class ServedStudent:
                 code="context_length_exceeded",
             )
         return ids
+
+    def common_prefix(self) -> list[int]:
+        """The prompt tokens every input of this task shares (what comes before the input),
+        found by rendering two unlike inputs; the last shared token is left out, in case a
+        tokenizer joins it with the input's first characters."""
+        rows = [
+            dict.fromkeys(self.task.input_fields, "alpha 1"),
+            dict.fromkeys(self.task.input_fields, "Zulu? 2"),
+        ]
+        try:
+            a, b = (
+                self.encode([{"role": "user", "content": self._as_content(r)}], 0) for r in rows
+            )
+        except ServeError:
+            return []
+        k = 0
+        while k < min(len(a), len(b)) and a[k] == b[k]:
+            k += 1
+        return a[: max(0, k - 1)]
+
+    def _as_content(self, row: dict[str, str]) -> str:
+        if len(self.task.input_fields) == 1:
+            return row[self.task.input_fields[0]]
+        return json.dumps(row)
 
     def max_tokens(self, asked: int | None) -> int:
         """The completion budget: a label task needs its longest label + the end token."""
