@@ -33,6 +33,7 @@ def store_answers(
     *,
     latencies_ms: Sequence[float | None] | None = None,
     tokens: Sequence[tuple[int, int]] | None = None,
+    confidences: Sequence[float | None] | None = None,
 ) -> None:
     rows = []
     for i, (example, answer) in enumerate(zip(examples, answers, strict=True)):
@@ -51,6 +52,7 @@ def store_answers(
                 else None,
                 missing=raw is None,
                 latency_ms=latencies_ms[i] if latencies_ms is not None else None,
+                confidence=confidences[i] if confidences is not None else None,
                 input_tokens=tokens[i][0] if tokens else 0,
                 output_tokens=tokens[i][1] if tokens else 0,
             )

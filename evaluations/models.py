@@ -148,6 +148,9 @@ class EvalOutput(models.Model):
     correct = models.BooleanField(null=True, blank=True)
     agrees_with_teacher = models.BooleanField(null=True, blank=True)
     latency_ms = models.FloatField(null=True, blank=True)
+    # Local students on label tasks: P(this answer, then end of turn) under the student, the
+    # confidence the serving engine gives the cascade (None for every other candidate).
+    confidence = models.FloatField(null=True, blank=True)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
 

@@ -5,6 +5,7 @@ hardware recorded."""
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,8 @@ class _Batched:
     """The answers of the batched pass, with what throughput is computed from."""
 
     answers: list[str] = field(default_factory=list)
+    # label tasks: P(answer, then end of turn) under the student (the serving engine's confidence)
+    confidences: list[float | None] = field(default_factory=list)
     seconds: float = 0.0
     fallbacks: int = 0
     reruns: int = 0
@@ -66,7 +69,14 @@ def run_local(
         latencies, latency = _measure_latency(model, prompts, batched.answers, options, max_new)
         if latency:
             job_services.job_progress(job=progress.job, figures={"phase": "latency measured"})
-        store_answers(candidate, examples, spec, batched.answers, latencies_ms=latencies)
+        store_answers(
+            candidate,
+            examples,
+            spec,
+            batched.answers,
+            latencies_ms=latencies,
+            confidences=batched.confidences or None,
+        )
         performance = {
             "throughput": {
                 "examples_per_s": (
@@ -118,6 +128,7 @@ def _answer_batched(
                 batch_size=options.batch_size,
             )
             batched.fallbacks += classified.fallbacks
+            batched.confidences.extend(math.exp(lp) for lp in classified.logprobs)
             out = classified
         else:
             out = model.generate_batched(

@@ -1,7 +1,8 @@
 """The gateway page's figures, all recomputed from GatewayRequest rows (nothing kept aside):
 traffic, who answered, agreement with its 95 % Wilson interval, latency percentiles, cost per
 1,000 vs teacher-only, the month's savings, charts over time, drift and the cascade threshold
-suggested by the confidence/agreement curve of traffic where both answered."""
+suggested by the confidence/agreement curve of traffic where both answered - and, before there
+is traffic, by the same curve from the served student's evaluation on the frozen test split."""
 
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from evaluations.intervals import Interval, from_rate
+from evaluations.models import CandidateRole, EvalCandidate, EvalOutput, EvaluationKind
 from gateway.drift import drift_signals
 from gateway.models import GatewayDrops, GatewayPolicy, GatewayRequest, PolicyChange
 from gateway.routing import month_start
+from jobs.models import JobStatus
 from projects.models import Project
 from worker.metrics.rates import wilson_rate
 
 RECENT = 500  # the requests drift and the threshold curve look at
+# Requests both answered (with the student's confidence) before traffic's own curve is the
+# suggestion offered; until then the evaluation's is.
+TRAFFIC_CURVE_MIN_PAIRS = 20
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -116,18 +122,10 @@ def series(*, project: Project, hours: int = 24) -> dict[str, Any]:
     }
 
 
-def threshold_curve(*, project: Project, target_percent: int) -> dict[str, Any]:
-    """Share answered by the student vs agreement with the teacher, for each confidence
-    threshold, from recent requests where the student's confidence and both answers are known
-    (shadow, cascade and sampled traffic); and the lowest threshold keeping the target."""
-    pairs = [
-        (float(c or 0), bool(a))  # both filtered non-null
-        for c, a in GatewayRequest.objects.filter(
-            project=project, student_confidence__isnull=False, agrees__isnull=False
-        )
-        .order_by("-created_at")
-        .values_list("student_confidence", "agrees")[:RECENT]
-    ]
+def curve_points(pairs: Sequence[tuple[float, bool]], target_percent: int) -> dict[str, Any]:
+    """Share answered by the student vs agreement with the teacher among the answers it keeps,
+    for each confidence threshold 0, 0.05 ... 1 (pairs: confidence, agrees); the lowest
+    threshold whose agreement reaches the target is the suggestion."""
     points = []
     suggested = None
     for step in range(0, 101, 5):
@@ -142,6 +140,62 @@ def threshold_curve(*, project: Project, target_percent: int) -> dict[str, Any]:
         if suggested is None and agreement >= target_percent:
             suggested = t
     return {"n": len(pairs), "points": points, "suggested": suggested, "target": target_percent}
+
+
+def threshold_curve(*, project: Project, target_percent: int) -> dict[str, Any]:
+    """Share answered by the student vs agreement with the teacher, for each confidence
+    threshold, from recent requests where the student's confidence and both answers are known
+    (shadow, cascade and sampled traffic); and the lowest threshold keeping the target."""
+    pairs = [
+        (float(c or 0), bool(a))  # both filtered non-null
+        for c, a in GatewayRequest.objects.filter(
+            project=project, student_confidence__isnull=False, agrees__isnull=False
+        )
+        .order_by("-created_at")
+        .values_list("student_confidence", "agrees")[:RECENT]
+    ]
+    return curve_points(pairs, target_percent)
+
+
+def evaluation_threshold_curve(*, project: Project, policy: GatewayPolicy) -> dict[str, Any] | None:
+    """The same curve from the latest succeeded evaluation on a frozen split whose distilled
+    student answered with its confidence (label tasks): the served student's evaluation when
+    there is one, else the project's latest with a distilled candidate (``served`` says which).
+    Before any traffic it is the only evidence for the cascade's threshold. None: no such
+    evaluation (evaluations made before the confidence was stored have none)."""
+    candidates = (
+        EvalCandidate.objects.filter(
+            evaluation__project=project,
+            evaluation__kind=EvaluationKind.EVALUATION,
+            evaluation__dataset_version__isnull=False,
+            evaluation__job__status=JobStatus.SUCCEEDED,
+            role=CandidateRole.DISTILLED,
+            outputs__confidence__isnull=False,
+        )
+        .select_related("evaluation__dataset_version")
+        .order_by("-evaluation__created_at", "-evaluation_id", "position")
+        .distinct()
+    )
+    served = policy.served_model
+    candidate = None
+    if served is not None:
+        candidate = candidates.filter(student_model_id=served.student_id).first()
+    is_served = candidate is not None
+    candidate = candidate or candidates.first()
+    if candidate is None:
+        return None
+    pairs = [
+        (float(c or 0), bool(a))  # both filtered non-null
+        for c, a in EvalOutput.objects.filter(
+            candidate=candidate, confidence__isnull=False, agrees_with_teacher__isnull=False
+        ).values_list("confidence", "agrees_with_teacher")
+    ]
+    return {
+        **curve_points(pairs, policy.agreement_target_percent),
+        "evaluation": candidate.evaluation,
+        "candidate": candidate,
+        "served": is_served,
+    }
 
 
 def drift(*, project: Project, policy: GatewayPolicy) -> dict[str, Any]:

@@ -21,6 +21,7 @@ def gateway_page(request: HttpRequest, project_id: int) -> HttpResponse:
     curve = selectors.threshold_curve(
         project=project, target_percent=policy.agreement_target_percent
     )
+    eval_curve = selectors.evaluation_threshold_curve(project=project, policy=policy)
     return render(
         request,
         "gateway/gateway.html",
@@ -32,7 +33,15 @@ def gateway_page(request: HttpRequest, project_id: int) -> HttpResponse:
             "figures": selectors.traffic_figures(project=project),
             "drift": selectors.drift(project=project, policy=policy),
             "curve": curve,
-            "charts": {"series": selectors.series(project=project), "curve": curve["points"]},
+            "eval_curve": eval_curve,
+            # Traffic's suggestion is the one offered once enough requests were both answered.
+            "traffic_enough": curve["n"] >= selectors.TRAFFIC_CURVE_MIN_PAIRS,
+            "traffic_min_pairs": selectors.TRAFFIC_CURVE_MIN_PAIRS,
+            "charts": {
+                "series": selectors.series(project=project),
+                "curve": curve["points"],
+                "eval_curve": eval_curve["points"] if eval_curve else [],
+            },
             "drops": selectors.drops(project=project),
             "changes": selectors.policy_changes(policy=policy),
             "endpoint": request.build_absolute_uri(f"/api/v1/projects/{project.slug}/infer"),

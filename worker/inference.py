@@ -225,7 +225,9 @@ class EvalModel:
         started = time.perf_counter()  # encoding counts, as it does for the baseline
         encoded = [self.encode(m) for m in prompts]
         with torch.inference_mode():
-            ids, reruns = self._batched_ids(encoded, max_new_tokens, batch_size or self.batch_size)
+            ids, reruns, _ = self._batched_ids(
+                encoded, max_new_tokens, batch_size or self.batch_size
+            )
         return Generation(
             outputs=[self.decode(t) for t in ids],
             token_ids=ids,
@@ -234,28 +236,41 @@ class EvalModel:
         )
 
     def _batched_ids(
-        self, encoded: list[list[int]], max_new_tokens: int, batch_size: int
-    ) -> tuple[list[list[int]], int]:
+        self,
+        encoded: list[list[int]],
+        max_new_tokens: int,
+        batch_size: int,
+        *,
+        with_logprobs: bool = False,
+    ) -> tuple[list[list[int]], int, list[float]]:
+        """Greedy answers (and reruns); ``with_logprobs``: also each answer's log P(answer, then
+        end of turn), read off the generation's own logits. A row that used its whole budget
+        needs the distribution after its last token, so generation runs one step past the
+        budget (that step is never part of an answer)."""
         import torch
         from transformers import LogitsProcessorList
 
         config = self._generation_config(max_new_tokens)
+        generation = self._generation_config(max_new_tokens + 1) if with_logprobs else config
         results: list[list[int]] = [[] for _ in encoded]
+        logprobs: list[float] = [0.0] * len(encoded) if with_logprobs else []
         reruns = 0
         for batch in length_sorted_batches(encoded, batch_size):
             input_ids, attention = self._left_pad([encoded[i] for i in batch])
-            recorder = margin_recorder()
+            recorder = margin_recorder(self.eos_token_ids if with_logprobs else ())
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
-                generation_config=config,
+                generation_config=generation,
                 logits_processor=LogitsProcessorList([recorder]),
             )
             generated = out[:, input_ids.shape[1] :].tolist()
             margins = torch.stack(recorder.margins, dim=1) if recorder.margins else None
+            best, stop = recorder.logprobs()
             for row, index in enumerate(batch):
-                answer = self._answer_ids(generated[row])
-                steps = min(len(answer) + 1, len(generated[row]))  # the stop token was chosen too
+                answer = self._answer_ids(generated[row][:max_new_tokens])
+                # the stop token was chosen too (where it fell within the budget)
+                steps = min(len(answer) + 1, len(generated[row]), max_new_tokens)
                 if (
                     margins is not None
                     and steps
@@ -263,8 +278,23 @@ class EvalModel:
                 ):
                     reruns += 1
                     answer = self._sequential_ids([encoded[index]], config, None)[0]
+                    if with_logprobs:
+                        logprobs[index] = self._answer_logprob(encoded[index], answer)
+                elif with_logprobs:
+                    logprobs[index] = sum(best[row][: len(answer)]) + stop[row][len(answer)]
                 results[index] = answer
-        return results, reruns
+        return results, reruns, logprobs
+
+    def _answer_logprob(self, prompt: list[int], answer: list[int]) -> float:
+        """log P(answer, then the likeliest end-of-turn token | prompt) by one forward pass over
+        prompt + answer (for the few rows settled one at a time)."""
+        import torch
+
+        x = torch.tensor([prompt + answer], device=self.device)
+        logits = self.model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0]
+        dist = torch.log_softmax(logits[len(prompt) - 1 :].float(), dim=-1)
+        total = sum(float(dist[k, token]) for k, token in enumerate(answer))
+        return total + float(dist[len(answer), list(self.eos_token_ids)].max())
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[Any, Any]:
         import torch
@@ -307,6 +337,12 @@ class EvalModel:
         ``constrained=False``: unconstrained greedy; rows the trie cannot prove are generated
         (``generate_batched``); equals ``generate_sequential(..., max_new_tokens)``.
         ``max_new_tokens`` (unconstrained only) defaults to the longest label + 4 tokens.
+
+        ``logprobs`` holds, per row, log P(the answer's tokens, then end of turn | prompt) under
+        the whole-vocabulary softmax at each step - what the serving engine exponentiates into
+        its confidence. It comes from logits the passes already computed (a log-sum-exp per
+        position beside the gathered scores; the generation's own steps for rows it answered);
+        only a row settled one at a time by a near-tie rerun costs one more forward pass.
         """
         import torch
 
@@ -316,6 +352,7 @@ class EvalModel:
         started = time.perf_counter()  # encoding counts, as it does for the baseline
         encoded = [self.encode(m) for m in prompts]
         token_ids: list[list[int]] = [[] for _ in encoded]
+        logprobs = [0.0] * len(encoded)
         verified = [False] * len(encoded)
         need_generation: list[int] = []
         reruns = 0
@@ -326,26 +363,33 @@ class EvalModel:
                     if constrained:
                         if walk.constrained_ok:
                             token_ids[index] = walk.tokens
+                            logprobs[index] = walk.logprob
                             verified[index] = walk.free_greedy_gives_this(max_new_tokens)
                         else:  # a near-tie inside the label set: settle it one at a time
                             reruns += 1
                             config = self._generation_config(trie.max_depth + 1)
                             rerun = self._sequential_ids([encoded[index]], config, trie)
                             token_ids[index] = rerun[0]
+                            logprobs[index] = self._answer_logprob(encoded[index], rerun[0])
                     elif walk.free_greedy_gives_this(max_new_tokens):
                         token_ids[index] = walk.tokens
+                        logprobs[index] = walk.logprob
                         verified[index] = True
                     else:
                         need_generation.append(index)
             if need_generation:
-                generated, more_reruns = self._batched_ids(
+                generated, more_reruns, generated_logprobs = self._batched_ids(
                     [encoded[i] for i in need_generation],
                     max_new_tokens,
                     batch_size or self.batch_size,
+                    with_logprobs=True,
                 )
                 reruns += more_reruns
-                for index, ids in zip(need_generation, generated, strict=True):
+                for index, ids, lp in zip(
+                    need_generation, generated, generated_logprobs, strict=True
+                ):
                     token_ids[index] = ids
+                    logprobs[index] = lp
         return Classification(
             outputs=[self.decode(t) for t in token_ids],
             token_ids=token_ids,
@@ -353,6 +397,7 @@ class EvalModel:
             reruns=reruns,
             fallbacks=len(need_generation),
             free_greedy_verified=verified,
+            logprobs=logprobs,
         )
 
     def label_log_likelihoods(
@@ -484,7 +529,12 @@ class EvalModel:
         walks = []
         for r, choice in enumerate(first_choices):
             slot = {node: j for j, node in enumerate(subtrees[r])}
-            walk = Walk(tokens=[], constrained_ok=choice.clear, free_path_ok=choice.is_free)
+            walk = Walk(
+                tokens=[],
+                constrained_ok=choice.clear,
+                free_path_ok=choice.is_free,
+                logprob=choice.logprob,
+            )
             node = choice.node
             while True:
                 walk.tokens.append(trie.tokens[node])
@@ -495,6 +545,7 @@ class EvalModel:
                     self.tie_tolerance,
                 )
                 walk.constrained_ok &= step.clear
+                walk.logprob += step.logprob
                 if step.node < 0:  # end of turn
                     walk.free_stop_ok = step.is_free
                     break

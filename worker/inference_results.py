@@ -27,6 +27,9 @@ class Classification(Generation):
     fallbacks: int = 0  # rows answered by generation (unconstrained mode only)
     # Per row: free (unconstrained) greedy decoding provably gives this same label.
     free_greedy_verified: list[bool] = field(default_factory=list)
+    # Per row: log P(the answer's tokens, then end of turn | prompt), whole-vocabulary softmax
+    # at every step; exp() of it is the serving engine's confidence for the same answer.
+    logprobs: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

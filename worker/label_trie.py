@@ -82,6 +82,8 @@ class Walk:
     constrained_ok: bool  # every constrained choice was clear of a near-tie
     free_path_ok: bool  # every token was also the clear arg-max of the whole vocabulary
     free_stop_ok: bool = False  # ...and so was ending the turn after the label
+    # log P(these tokens, then the end-of-turn token chosen after them | prompt)
+    logprob: float = 0.0
 
     def free_greedy_gives_this(self, max_new_tokens: int) -> bool:
         """Unconstrained greedy with this token budget would answer exactly this label: it
@@ -96,6 +98,7 @@ class Choice:
     node: int  # chosen child node, or -1 for end of turn
     clear: bool  # margin to the best other allowed token >= tolerance
     is_free: bool  # also the whole-vocabulary arg-max, by >= tolerance
+    logprob: float = 0.0  # the chosen token's log-probability (whole-vocabulary softmax)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ class Scores:
     values: dict[int, float]  # logit of each label token and end-of-turn token
     top_ids: tuple[int, int]  # the whole vocabulary's best two tokens
     top_values: tuple[float, float]
+    # log of the sum of exp(logit) over the whole vocabulary: a token's log-probability is its
+    # logit minus this (the full softmax, as the serving engine's confidence uses).
+    log_total: float = 0.0
 
 
 def scores_at(logits: Any, wanted: Sequence[int]) -> Any:
@@ -116,17 +122,19 @@ def scores_at(logits: Any, wanted: Sequence[int]) -> Any:
     picked = logits.index_select(-1, index).cpu().tolist()
     top = torch.topk(logits, 2, dim=-1)
     top_values, top_ids = top.values.cpu().tolist(), top.indices.cpu().tolist()
+    totals = torch.logsumexp(logits.float(), dim=-1).cpu().tolist()
 
-    def build(p: Any, v: Any, i: Any) -> Any:
+    def build(p: Any, v: Any, i: Any, t: Any) -> Any:
         if p and isinstance(p[0], list):
-            return [build(a, b, c) for a, b, c in zip(p, v, i, strict=True)]
+            return [build(a, b, c, d) for a, b, c, d in zip(p, v, i, t, strict=True)]
         return Scores(
             values=dict(zip(wanted, p, strict=True)),
             top_ids=(int(i[0]), int(i[1])),
             top_values=(float(v[0]), float(v[1])),
+            log_total=float(t),
         )
 
-    return build(picked, top_values, top_ids)
+    return build(picked, top_values, top_ids, totals)
 
 
 def choose(
@@ -146,22 +154,39 @@ def choose(
     is_free = (free_best == token or (node == -1 and free_best in eos)) and (
         best_value - scores.top_values[1] >= tolerance
     )
-    return Choice(node=node, clear=clear, is_free=is_free)
+    return Choice(node=node, clear=clear, is_free=is_free, logprob=best_value - scores.log_total)
 
 
-def margin_recorder() -> Any:
-    """A LogitsProcessor that records each step's top-1 minus top-2 logit, per row."""
+def margin_recorder(eos: Sequence[int] = ()) -> Any:
+    """A LogitsProcessor that records each step's top-1 minus top-2 logit, per row. Given the
+    end-of-turn ids, it also keeps (on the device) each step's log-probability of the arg-max
+    token and of the best end-of-turn token: greedy's answer's log-probability, stop included,
+    without another pass. It must be the only processor (greedy then takes the arg-max)."""
     import torch
     from transformers import LogitsProcessor
 
     class MarginRecorder(LogitsProcessor):
         def __init__(self) -> None:
             self.margins: list[torch.Tensor] = []
+            self.best_logprobs: list[torch.Tensor] = []
+            self.stop_logprobs: list[torch.Tensor] = []
 
         def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
             top = torch.topk(scores, 2, dim=-1).values
             self.margins.append((top[:, 0] - top[:, 1]).float().cpu())
+            if eos:
+                total = torch.logsumexp(scores.float(), dim=-1)
+                stop = scores[:, list(eos)].float().max(dim=-1).values
+                self.best_logprobs.append(top[:, 0].float() - total)
+                self.stop_logprobs.append(stop - total)
             return scores
+
+        def logprobs(self) -> tuple[list[list[float]], list[list[float]]]:
+            """Per row, per step: the arg-max token's and the best stop token's log-prob."""
+            if not self.best_logprobs:
+                return [], []
+            best = torch.stack(self.best_logprobs, dim=1).cpu().tolist()
+            return best, torch.stack(self.stop_logprobs, dim=1).cpu().tolist()
 
     return MarginRecorder()
 

@@ -1,5 +1,6 @@
 /* Gateway page: requests by who answered with agreement over time, and the cascade curve
-   (share answered by the student vs agreement, per confidence threshold). */
+   (share answered by the student vs agreement, per confidence threshold: from traffic, and
+   from the latest evaluation on the frozen test split). */
 (function () {
   "use strict";
   var data = document.getElementById("gateway-charts");
@@ -22,14 +23,21 @@
     traffic.style.height = "auto";
   }
   var curve = document.getElementById("gateway-curve");
-  if (curve && charts.curve.length) {
-    Plotly.newPlot(curve, [{
-      type: "scatter", mode: "lines+markers", name: "threshold",
-      x: charts.curve.map(function (p) { return p.share; }),
-      y: charts.curve.map(function (p) { return p.agreement; }),
-      text: charts.curve.map(function (p) { return "threshold " + p.threshold; })
-    }], {
-      margin: { t: 10, r: 20, b: 50, l: 60 },
+  var evalCurve = charts.eval_curve || [];
+  function trace(points, name, color) {
+    return {
+      type: "scatter", mode: "lines+markers", name: name, line: { color: color },
+      x: points.map(function (p) { return p.share; }),
+      y: points.map(function (p) { return p.agreement; }),
+      text: points.map(function (p) { return "threshold " + p.threshold; })
+    };
+  }
+  if (curve && (charts.curve.length || evalCurve.length)) {
+    var traces = [];
+    if (charts.curve.length) traces.push(trace(charts.curve, "traffic", "#3657d6"));
+    if (evalCurve.length) traces.push(trace(evalCurve, "evaluation (test split)", "#137a3b"));
+    Plotly.newPlot(curve, traces, {
+      margin: { t: 10, r: 20, b: 50, l: 60 }, legend: { orientation: "h", y: -0.3 },
       xaxis: { title: { text: "share answered by the student (%)" }, range: [0, 100.5] },
       yaxis: { title: { text: "agreement with the teacher (%)" } }
     }, { displayModeBar: false, responsive: true });

@@ -333,3 +333,49 @@ def freeze_other(project, owner):  # type: ignore[no-untyped-def]
         )
     approve_all(project)
     return freeze(project, owner, name="other")
+
+
+def test_a_local_students_label_answers_carry_its_confidence(
+    team, owner, fake_provider, tiny_model_dir
+):  # type: ignore[no-untyped-def]
+    """Stored per example: P(answer, then end of turn) under the student, exactly what
+    worker.inference gives for the same prompts; the teacher's rows have none."""
+    import math
+
+    from worker.inference import load_model
+
+    fake_provider.responder = teacher_responder()
+    project = label_project_with_references(team, owner)
+    run_teacher(project, owner, fake_provider)
+    approve_all(project)
+    version = freeze(project, owner)
+    path = place_model(tiny_model_dir, "tiny-confidence")
+    student = StudentModel.objects.create(
+        team=team, name="tiny distilled", kind="distilled", source="fine_tune", path=path
+    )
+    evaluation = run_here(
+        es.evaluation_start(
+            project=project,
+            user=owner,
+            teacher=es.TeacherChoice(),
+            students=[es.StudentChoice("distilled", student_model=student)],
+            dataset_version=version,
+            options=es.EvalOptions(latency_requests=0, batch_size=4),
+        )
+    )
+    assert evaluation.job.status == JobStatus.SUCCEEDED, evaluation.job.error
+    teacher, distilled = evaluation.candidates.order_by("position")
+    assert all(o.confidence is None for o in outputs_of(teacher))
+    stored = outputs_of(distilled)
+    model = load_model(Path(settings.DATA_DIR) / path)
+    again = model.classify(
+        [model.prompt(o.example.messages) for o in stored],
+        project.task_spec().label_set,
+        constrained=False,
+        max_new_tokens=max(len(model.tokenizer(x)["input_ids"]) for x in project.label_set) + 4,
+    )
+    # (stored as the page shows it: a NUL the untuned model emits becomes U+FFFD)
+    assert [o.raw_text for o in stored] == [a.replace("\x00", "\ufffd") for a in again.outputs]
+    for o, logprob in zip(stored, again.logprobs, strict=True):
+        assert 0 < o.confidence <= 1
+        assert o.confidence == pytest.approx(math.exp(logprob), rel=1e-4)
