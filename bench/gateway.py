@@ -5,7 +5,11 @@
   ``distillery.confidence``) in its own process. NOT the real served student: on the 2 shared
   CPU cores here a real model would measure the model, not the gateway (bench/serve_latency.py
   measures the serving process). ``--student-url`` points the gateway at a running
-  ``manage.py serve`` instead (its model slug with ``--student-model``);
+  ``manage.py serve`` instead (its model slug with ``--student-model``); ``--real-student``
+  starts ``manage.py serve`` on the bench's database with bench/serve_student.py's distilled
+  BANKING77 student (SmolLM2-135M) for every policy, and the teacher answers each held-out
+  row's gold label (BANKING77 gold labels stand in for the teacher): agreement is then the real
+  student's with the gold labels;
 - the gateway: gunicorn (one process, 32 threads) on a scratch database, in its own process;
 - clients: 16 threads in this process, 2,000 distinct inputs per policy (none cached).
 
@@ -61,6 +65,20 @@ def student_responder(request: Any) -> Any:
     else:
         label, p = labels[0], 0.97
     return FakeAnswer(label, extra_body={"distillery": {"confidence": p}})
+
+
+_GOLD: dict[str, str] = {}
+
+
+def gold_responder(request: Any) -> str:
+    """The teacher of --real-student: the held-out row's gold label (a stand-in teacher)."""
+    if not _GOLD:
+        path = shared_data("banking77", "test.jsonl")
+        for line in path.read_text().splitlines() if path.exists() else []:
+            row = json.loads(line)
+            _GOLD[row["text"].strip()] = str(row["label"])
+    text = request.last_user_text.rsplit("Message: ", 1)[-1].split("\n")[0].strip()
+    return _GOLD.get(text, "card_arrival")
 
 
 def start(
@@ -187,8 +205,55 @@ def gateway_cpu_s(proc: subprocess.Popen[str] | None) -> float:
     return total
 
 
+def real_student_task(scratch: str, n: int) -> tuple[list[str], list[str], dict[str, Any]]:
+    """--real-student: the served student's files in the scratch data dir, its task, and n
+    held-out BANKING77 texts (the shared test split; the student trained on train rows)."""
+    import shutil
+
+    from bench.serve_student import STUDENT_CACHE, load_record
+
+    record = load_record()
+    if record is None:
+        sys.exit("no trained student: run `nice .venv/bin/python bench/serve_student.py` first")
+    shutil.copytree(
+        STUDENT_CACHE / "model", Path(scratch) / "students" / "real", copy_function=os.link
+    )
+    path = shared_data("banking77", "test.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    texts = list(dict.fromkeys(r["text"].strip() for r in rows))
+    if len(texts) < n:
+        sys.exit(f"--real-student has {len(texts)} held-out texts: ask for fewer --requests")
+    task = {"instruction": record["instruction_template"], "student_path": "students/real"}
+    return texts[:n], list(record["label_set"]), task
+
+
+def serve_process(redis_url: str) -> tuple[subprocess.Popen[str], str]:
+    """``manage.py serve`` on the bench's database (the students served there)."""
+    from django.db import connections
+
+    s = connections["default"].settings_dict
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"postgres://{s.get('USER') or 'postgres'}@{s.get('HOST') or '127.0.0.1'}"
+        f":{s.get('PORT') or 5432}/{s['NAME']}",
+        REDIS_URL=redis_url,
+        PYTHONUNBUFFERED="1",
+    )
+    proc, line = start(
+        [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", "0"],
+        env=env,
+        ready="listening on ",
+    )
+    return proc, line.split("listening on ", 1)[1].split()[0]
+
+
 def setup_projects(
-    teacher_url: str, student_model: str | None, labels: list[str]
+    teacher_url: str,
+    student_model: str | None,
+    labels: list[str],
+    *,
+    instruction: str = "Classify this message: {{ text }}",
+    student_path: str = "",
 ) -> tuple[dict[str, Any], str]:
     from decimal import Decimal
 
@@ -223,24 +288,29 @@ def setup_projects(
         output_usd_per_mtok=Decimal("10"),
     )
     projects = {}
+    shared: Any = None
     for mode in POLICIES:
         project = Project.objects.create(
             team=team,
             name=f"bench {mode}",
             input_fields=["text"],
             output_kind="label",
-            instruction_template="Classify this message: {{ text }}",
+            instruction_template=instruction,
             label_set=labels,
         )
-        student = StudentModel.objects.create(
-            team=team,
-            name=f"student {mode}",
-            kind=StudentKind.DISTILLED,
-            source=StudentSource.LOCAL,
-            path=f"students/bench-{mode}",
-            project=project,
-        )
-        served = serving_services.student_serve(student=student, user=user)
+        if student_path and shared is not None:  # one real student serves every policy
+            served = shared
+        else:
+            student = StudentModel.objects.create(
+                team=team,
+                name=f"student {mode}",
+                kind=StudentKind.DISTILLED,
+                source=StudentSource.LOCAL,
+                path=student_path or f"students/bench-{mode}",
+                project=project,
+            )
+            served = serving_services.student_serve(student=student, user=user)
+        shared = served
         if student_model:
             served.slug = student_model
             served.save(update_fields=["slug"])
@@ -327,6 +397,12 @@ def main() -> None:
     parser.add_argument("--teacher-latency", type=float, default=0.3)
     parser.add_argument("--student-url", default="", help="a running serving process (…/v1)")
     parser.add_argument("--student-model", default="", help="its served model slug")
+    parser.add_argument(
+        "--real-student",
+        action="store_true",
+        help="serve bench/serve_student.py's distilled BANKING77 student with manage.py serve; "
+        "the teacher answers gold labels",
+    )
     args = parser.parse_args()
 
     scratch = tempfile.mkdtemp(prefix="bench-gateway-")
@@ -349,17 +425,23 @@ def main() -> None:
 
     n = args.requests
     texts, labels = load_texts(n * (len(POLICIES) + 1))
-    teacher_proc, teacher_url = fake(args.teacher_latency, "first_label")
+    task: dict[str, Any] = {}
+    if args.real_student:
+        texts, labels, task = real_student_task(scratch, n * (len(POLICIES) + 1))
+    teacher = "bench.gateway:gold_responder" if args.real_student else "first_label"
+    teacher_proc, teacher_url = fake(args.teacher_latency, teacher)
     student_proc = None
     if args.student_url:
         student_url = args.student_url
-    else:
+    elif not args.real_student:
         student_proc, url = fake(0.0, "bench.gateway:student_responder")
         student_url = url + "/v1"
     databases = setup_databases(verbosity=0, interactive=False)
     gateway_proc = None
     try:
-        projects, token = setup_projects(teacher_url, args.student_model or None, labels)
+        projects, token = setup_projects(teacher_url, args.student_model or None, labels, **task)
+        if args.real_student:
+            student_proc, student_url = serve_process(redis_url)
         s = connections["default"].settings_dict
         env = dict(
             os.environ,
@@ -413,6 +495,9 @@ def main() -> None:
             )
             cpu_ms = (gateway_cpu_s(gateway_proc) - cpu_before) * 1000 / n
             errors = sum(1 for r in results if "error" in r)
+            reasons = sorted({str(r.get("reason")) for r in results if r.get("reason")})
+            if reasons:
+                print(f"{mode}: the usual choice did not answer because of {', '.join(reasons)}")
             by = [r.get("answered_by") for r in results]
             teacher_lat = [lat for lat, b in zip(latencies, by, strict=True) if b == "teacher"]
             facts = settle(projects[mode], n + (len(warm) if mode == "teacher" else 0))
@@ -470,7 +555,7 @@ def main() -> None:
             "direct_p50_ms": round(d50, 1),
             "direct_p95_ms": round(d95, 1),
             "student_leg": "served student at " + student_url
-            if args.student_url
+            if args.student_url or args.real_student
             else "loopback fake (serving wire format)",
             "requests_per_policy": n,
             "clients": args.clients,
