@@ -115,10 +115,14 @@ class Recorder:
                     break
             try:
                 close_old_connections()
-                write_records(batch)
+                try:
+                    write_records(batch)
+                except Exception:  # one bad record must not take the batch with it
+                    log.exception("gateway: writing %d records failed; one by one", len(batch))
+                    write_one_by_one(batch)
                 self._maybe_purge()
-            except Exception:  # the thread must survive a bad batch; the log says which
-                log.exception("gateway: writing %d records failed", len(batch))
+            except Exception:  # the thread must survive anything; the log says what
+                log.exception("gateway: the recorder failed on %d records", len(batch))
             finally:
                 if self.queue.empty():
                     connection.close()  # idle: hold no database connection
@@ -130,6 +134,19 @@ class Recorder:
             return
         self._last_purge = time.monotonic()
         purge_expired_requests()
+
+
+def write_one_by_one(batch: list[Record]) -> None:
+    """After a failed batch: each record alone; one that still cannot be written (e.g. inputs
+    PostgreSQL refuses) is counted as a drop, so recorded + dropped still equals requests."""
+    for record in batch:
+        try:
+            close_old_connections()
+            write_records([record])
+        except Exception:
+            log.exception("gateway: a record of project %s was dropped", record.row.project_id)
+            connection.close()  # a broken connection is not reused for the count
+            count_drop(project_id=record.row.project_id, cost=record.row.cost_usd or Decimal(0))
 
 
 def count_drop(*, project_id: int, cost: Decimal) -> None:

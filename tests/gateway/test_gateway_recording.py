@@ -51,3 +51,28 @@ def test_a_full_queue_answers_anyway_and_counts_every_drop(gw, settings):  # typ
     flush()
     written = GatewayRequest.objects.filter(project=gw.project).count() - 1  # minus the warm-up
     assert written + GatewayDrops.objects.get(project=gw.project).dropped == 8
+
+
+def test_a_record_the_database_refuses_is_counted_and_takes_no_other_with_it(gw):  # type: ignore[no-untyped-def]
+    """PostgreSQL refuses a NUL character in text and JSON: that one record cannot be written.
+    The others of its batch still are, and it is counted as a drop, never lost silently."""
+    from projects.models import InputRow
+
+    gw.policy(sample_rate=1.0)
+    inputs = [
+        {"text": "my card was stolen"},
+        {"text": "top up failed \u0000 again"},
+        {"text": "where is my card"},
+    ]
+    reply = gw.infer(inputs)
+    assert reply.status_code == 200
+    assert len(reply.json()["results"]) == 3
+    flush()
+    written = GatewayRequest.objects.filter(project=gw.project).count()
+    drops = GatewayDrops.objects.filter(project=gw.project).first()
+    assert drops is not None and drops.dropped == 1
+    assert written == 2
+    recorded = sorted(
+        InputRow.objects.filter(project=gw.project).values_list("data", flat=True), key=str
+    )
+    assert [r["text"] for r in recorded] == ["my card was stolen", "where is my card"]
