@@ -9,6 +9,7 @@ from typing import Any
 from evaluations.models import EvalCandidate, EvalExample, EvalOutput
 from jobs import services as job_services
 from jobs.models import Job
+from worker.storable import storable_text
 from worker.taskspec import TaskSpec, canonical_output, parse_output
 
 
@@ -37,8 +38,7 @@ def store_answers(
 ) -> None:
     rows = []
     for i, (example, answer) in enumerate(zip(examples, answers, strict=True)):
-        # PostgreSQL text cannot hold NUL; an untuned model can emit it. Shown as U+FFFD.
-        raw = None if answer is None else answer.replace("\x00", "\ufffd")
+        raw = None if answer is None else storable_text(answer)  # no NUL (worker.storable)
         parsed = parse_output(spec, raw or "")
         rows.append(
             EvalOutput(

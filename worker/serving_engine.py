@@ -27,6 +27,7 @@ from typing import Any
 
 from worker.label_trie import LabelTrie
 from worker.serving_backends import Backend, Generated, open_backend
+from worker.storable import storable_text
 from worker.taskspec import TaskSpec, build_messages, parse_output, without_label_list
 from worker.training_data import student_messages
 
@@ -63,6 +64,9 @@ class Answer:
     finish_reason: str  # stop | length
     confidence: float | None = None  # label tasks: P(label, then end of turn)
     attempts: int = 1  # json tasks: 1 + retries used
+
+    def __post_init__(self) -> None:
+        self.text = storable_text(self.text)  # logged (request log, gateway): no NUL
 
 
 def task_row(task: TaskSpec, messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

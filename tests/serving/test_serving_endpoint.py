@@ -94,7 +94,13 @@ def test_label_answers_stream_models_and_the_request_log(team, owner, server):  
     assert finals[0].model_extra["distillery"]["confidence"] == pytest.approx(confidence, rel=1e-3)
     assert chunks[-1].usage.prompt_tokens == reply.usage.prompt_tokens
 
-    rows = wait_until(lambda: list(ServingRequest.objects.filter(served_model=served)), 20)
+    rows = wait_until(
+        lambda: (
+            (r := list(ServingRequest.objects.filter(served_model=served))) and len(r) >= 2 and r
+        ),
+        20,
+        message="both requests in the log (it is written behind the answers)",
+    )
     assert len(rows) == 2
     assert {r.status for r in rows} == {200} and {r.stream for r in rows} == {True, False}
     assert all(r.latency_ms > 0 and r.prompt_tokens > 5 for r in rows)

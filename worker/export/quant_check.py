@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.export.llama_cpp_tools import greedy_answer, load_gguf
+from worker.storable import storable
 from worker.taskspec import TaskSpec
 from worker.training_data import TrainExample
 
@@ -37,6 +38,9 @@ class QuantScore:
     delta_points: float = 0.0  # value minus the unquantised student's, in points
     do_not_use: bool = False
     outputs: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.outputs = storable(self.outputs)  # kept in the bundle's JSON: no NUL
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

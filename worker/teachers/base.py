@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from worker.storable import storable_text
 from worker.taskspec import OutputKind
 
 ProviderKind = Literal["openai", "anthropic", "openai_compatible", "local_hf"]
@@ -61,6 +62,9 @@ class TeacherResponse:
     # served from the cache (no call, no cost).
     attempts: int = 1
     from_cache: bool = False
+
+    def __post_init__(self) -> None:
+        self.raw_text = storable_text(self.raw_text)  # stored as text and jsonb: no NUL
 
     @property
     def ok(self) -> bool:
