@@ -227,15 +227,23 @@ def real_student_task(scratch: str, n: int) -> tuple[list[str], list[str], dict[
     return texts[:n], list(record["label_set"]), task
 
 
-def serve_process(redis_url: str) -> tuple[subprocess.Popen[str], str]:
-    """``manage.py serve`` on the bench's database (the students served there)."""
+def bench_database_url() -> str:
+    """The bench's scratch database as a URL, for the processes it starts."""
     from django.db import connections
 
     s = connections["default"].settings_dict
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    return (
+        f"postgres://{s.get('USER') or 'postgres'}{password}@{s.get('HOST') or '127.0.0.1'}"
+        f":{s.get('PORT') or 5432}/{s['NAME']}"
+    )
+
+
+def serve_process(redis_url: str) -> tuple[subprocess.Popen[str], str]:
+    """``manage.py serve`` on the bench's database (the students served there)."""
     env = dict(
         os.environ,
-        DATABASE_URL=f"postgres://{s.get('USER') or 'postgres'}@{s.get('HOST') or '127.0.0.1'}"
-        f":{s.get('PORT') or 5432}/{s['NAME']}",
+        DATABASE_URL=bench_database_url(),
         REDIS_URL=redis_url,
         PYTHONUNBUFFERED="1",
     )
@@ -442,12 +450,9 @@ def main() -> None:
         projects, token = setup_projects(teacher_url, args.student_model or None, labels, **task)
         if args.real_student:
             student_proc, student_url = serve_process(redis_url)
-        s = connections["default"].settings_dict
         env = dict(
             os.environ,
-            DATABASE_URL=f"postgres://{s.get('USER') or 'postgres'}"
-            f"{':' + s['PASSWORD'] if s.get('PASSWORD') else ''}@{s.get('HOST') or '127.0.0.1'}"
-            f":{s.get('PORT') or 5432}/{s['NAME']}",
+            DATABASE_URL=bench_database_url(),
             DISTILLERY_SERVE_URL=student_url,
             DISTILLERY_API_RATE_PER_MINUTE="100000000",
             # Redis for the rate limiter's counters, as deployed (db from REDIS_URL).
