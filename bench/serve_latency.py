@@ -8,7 +8,9 @@ prompts in the same run.
 2. A scratch database with that student registered, its task, served, and a team API token.
 3. The serving process (a subprocess, its default engine for this machine) on 127.0.0.1.
 4. The test prompts through the SDK, one at a time (latency p50/p95 as the client sees it), then
-   with 8 concurrent clients (requests/s), accuracy against the gold labels.
+   with 8 concurrent clients (requests/s), accuracy against the gold labels; then one at a time
+   again asking ``logprobs`` (the label's confidence, as the gateway asks: every label token is
+   generated, so it is slower — ``p50_ms_confidence``).
 5. The baseline, after the server has stopped: ``transformers`` generate constrained to the
    label set, one prompt at a time (worker.inference, as the evaluation measures latency).
 
@@ -140,10 +142,10 @@ def start_server(engine: str) -> tuple[subprocess.Popen[str], str, list[str]]:
 def measure_served(url: str, slug: str, token: str, texts: list[str]) -> dict[str, Any]:
     from openai import OpenAI
 
-    def ask(client: Any, text: str) -> tuple[str, float, float, int]:
+    def ask(client: Any, text: str, logprobs: bool = False) -> tuple[str, float, float, int]:
         t0 = time.perf_counter()
         reply = client.chat.completions.create(
-            model=slug, messages=[{"role": "user", "content": text}]
+            model=slug, messages=[{"role": "user", "content": text}], logprobs=logprobs
         )
         took = time.perf_counter() - t0
         extra = reply.model_extra.get("distillery") or {}
@@ -168,11 +170,16 @@ def measure_served(url: str, slug: str, token: str, texts: list[str]) -> dict[st
             pool.map(lambda it: ask(clients[it[0] % 8], it[1]), enumerate(texts))
         )
     wall = time.perf_counter() - started
+    # As the gateway asks (logprobs: the label's confidence, which needs all of its tokens).
+    scored = [ask(client, t, logprobs=True) for t in texts]
     latencies = [s[1] for s in sequential]
     return {
         "answers": [s[0] for s in sequential],
         "concurrent_answers": [c[0] for c in concurrent_answers],
-        "confidence_mean": statistics.fmean(s[2] for s in sequential),
+        "scored_answers": [s[0] for s in scored],
+        "p50_ms_confidence": 1000 * percentile([s[1] for s in scored], 0.5),
+        "p95_ms_confidence": 1000 * percentile([s[1] for s in scored], 0.95),
+        "confidence_mean": statistics.fmean(s[2] for s in scored),
         "prompt_tokens_mean": statistics.fmean(s[3] for s in sequential),
         "p50_ms": 1000 * percentile(latencies, 0.5),
         "p95_ms": 1000 * percentile(latencies, 0.95),
@@ -290,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         "rps_8_clients": round(served["rps_8_clients"], 1),
         "rps_sequential": round(served["rps_sequential"], 1),
         "p50_ms_8_clients": round(served["p50_ms_8_clients"], 1),
+        "p50_ms_confidence": round(served["p50_ms_confidence"], 1),
+        "p95_ms_confidence": round(served["p95_ms_confidence"], 1),
+        "same_answers_with_confidence": round(
+            sum(a == b for a, b in zip(served["answers"], served["scored_answers"], strict=True))
+            / len(texts),
+            4,
+        ),
         "accuracy_served": round(accuracy(served["answers"]), 4),
         "accuracy_served_8_clients": round(accuracy(served["concurrent_answers"]), 4),
         "accuracy_evaluated": (
@@ -322,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     result["ratio_p50"] = round(baseline["p50_ms"] / served["p50_ms"], 2)
     print(
         f"served ({engine}, SDK over loopback): p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, "
-        f"{result['rps_8_clients']} req/s with 8 clients ({result['rps_sequential']} one at a time)\n"
+        f"{result['rps_8_clients']} req/s with 8 clients ({result['rps_sequential']} one at a time); "
+        f"with the confidence: p50 {result['p50_ms_confidence']} ms\n"
         f"transformers generate (constrained, one at a time): p50 {result['transformers_p50_ms']} ms, "
         f"p95 {result['transformers_p95_ms']} ms -> {result['ratio_p50']}x\n"
         f"accuracy on {len(texts)} test rows: served {result['accuracy_served']}, evaluated "

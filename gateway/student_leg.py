@@ -55,7 +55,15 @@ def student_answer(
     """The student's answer and, for label tasks, its confidence (the serving process's
     ``distillery.confidence``). Raises StudentUnavailable."""
     started = time.perf_counter()
-    body = {"model": model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
+    # logprobs: label answers come with their confidence (cascade decides on it; shadow and
+    # sampled traffic build the confidence/agreement curve from it).
+    body = {
+        "model": model,
+        "messages": messages,
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "logprobs": True,
+    }
     try:
         reply = _client().post(
             student_url() + "/chat/completions",

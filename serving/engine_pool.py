@@ -10,6 +10,7 @@ request of the same model at once, so 8 concurrent clients cost little more than
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -34,6 +35,7 @@ class Work:
     prompt: list[int]
     max_tokens: int
     stream: bool = False
+    confidence: bool = False  # label answers: compute P(label, then end of turn)
     done: threading.Event = field(default_factory=threading.Event)
     answer: Answer | None = None
     error: BaseException | None = None
@@ -126,7 +128,11 @@ class EnginePool:
                     other = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                same = other.student is first.student and other.max_tokens == first.max_tokens
+                same = (
+                    other.student is first.student
+                    and other.max_tokens == first.max_tokens
+                    and other.confidence == first.confidence
+                )
                 (batch if same and not other.stream else later).append(other)
             for other in later:
                 self._queue.put(other)
@@ -139,7 +145,10 @@ class EnginePool:
             w.started_at = now
         try:
             if live:
-                answers = live[0].student.answer_batch([w.prompt for w in live], live[0].max_tokens)
+                first = live[0]
+                answers = first.student.answer_batch(
+                    [w.prompt for w in live], first.max_tokens, confidence=first.confidence
+                )
                 for w, a in zip(live, answers, strict=True):
                     w.answer = a
         except BaseException as exc:
@@ -158,7 +167,9 @@ class EnginePool:
                         break
                     work.deltas.put(delta)
             else:  # label / json: answered whole (constrained or checked), then sent
-                work.answer = work.student.answer_batch([work.prompt], work.max_tokens)[0]
+                work.answer = work.student.answer_batch(
+                    [work.prompt], work.max_tokens, confidence=work.confidence
+                )[0]
         except BaseException as exc:
             log.exception("serving: stream failed")
             work.error = exc
@@ -226,3 +237,21 @@ def answer_payload(answer: Answer) -> dict[str, Any]:
     if answer.attempts > 1:
         extra["attempts"] = answer.attempts
     return extra
+
+
+def answer_logprobs(answer: Answer) -> dict[str, Any] | None:
+    """OpenAI's ``choices[].logprobs`` for a label answered with its confidence: one entry for
+    the whole label (its log-probability, end of turn included), no alternatives."""
+    if answer.confidence is None or answer.confidence <= 0:
+        return None
+    return {
+        "content": [
+            {
+                "token": answer.text,
+                "logprob": math.log(answer.confidence),
+                "bytes": list(answer.text.encode("utf-8")),
+                "top_logprobs": [],
+            }
+        ],
+        "refusal": None,
+    }

@@ -9,8 +9,11 @@ unknown or revoked token → 401; a model that is unknown, stopped or another te
 same answer, so a token learns nothing about other teams); a prompt over the context → 400
 naming the limit; over capacity → 503 with ``Retry-After`` after a bounded wait for a slot.
 
-Label answers carry ``"distillery": {"confidence": p}`` at the top level of the response (the
-SDK keeps it in ``model_extra``): the probability the student gives its answer.
+Label answers asked with ``logprobs: true`` carry ``"distillery": {"confidence": p}`` at the
+top level of the response (the SDK keeps it in ``model_extra``) — the probability the student
+gives its answer, P(label, then end of turn) — and the same as one ``logprobs.content`` entry for
+the whole label. Without it the label is answered as soon as it is decided, which is faster (the
+label's remaining tokens are not generated).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from serving.engine_pool import (
     RequestLog,
     Students,
     Work,
+    answer_logprobs,
     answer_payload,
     stream_deltas,
 )
@@ -233,6 +237,9 @@ class Handler(BaseHTTPRequestHandler):
                 entry.input_text = json.dumps(messages, ensure_ascii=False)[:20000]
             student = self.server.students.get(served)
             entry.engine = student.backend.name
+            want_logprobs = body.get("logprobs")
+            if want_logprobs is not None and not isinstance(want_logprobs, bool):
+                raise ServeError("logprobs must be true or false", param="logprobs")
             asked = body.get("max_completion_tokens", body.get("max_tokens"))
             if asked is not None and not isinstance(asked, int):
                 raise ServeError("max_tokens must be an integer", param="max_tokens")
@@ -249,7 +256,13 @@ class Handler(BaseHTTPRequestHandler):
                 )
             admitted = True
             work = self.server.pool.submit(
-                Work(student=student, prompt=prompt, max_tokens=max_tokens, stream=entry.stream)
+                Work(
+                    student=student,
+                    prompt=prompt,
+                    max_tokens=max_tokens,
+                    stream=entry.stream,
+                    confidence=bool(want_logprobs),
+                )
             )
             if entry.stream:
                 self._stream(served, body, work, entry)
@@ -301,7 +314,7 @@ class Handler(BaseHTTPRequestHandler):
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": answer.text, "refusal": None},
-                    "logprobs": None,
+                    "logprobs": answer_logprobs(answer),
                     "finish_reason": answer.finish_reason,
                 }
             ],

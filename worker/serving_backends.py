@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,12 @@ from worker.model_loading import load_causal_lm, load_tokenizer
 
 CT2_DIR = "ct2-int8"
 CT2_MARK = "distillery_ct2_source.txt"
+
+
+# Asked after each greedy token with (the prompt's index in the batch, its tokens so far): True
+# ends that prompt's decoding there (the token stays in the result). Label answers stop as soon
+# as the label is decided, instead of generating its remaining tokens.
+StopRule = Callable[[int, Sequence[int]], bool]
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,12 @@ class Backend(Protocol):
     name: str
     eos_token_ids: tuple[int, ...]
 
-    def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Generated]: ...
+    def greedy(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop: StopRule | None = None,
+    ) -> list[Generated]: ...
 
     def next_logprobs(
         self, sequences: Sequence[Sequence[int]], wanted: Sequence[int]
@@ -179,12 +190,25 @@ class CT2Backend:
         return [self._tokens(p) for p in prompts], {}
 
     def _run(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        temperature: float,
+        stop: StopRule | None = None,
     ) -> list[Generated]:
-        inputs, static = self._inputs(prompts)
+        inputs, options = self._inputs(prompts)
+        if stop is not None:
+            so_far: list[list[int]] = [[] for _ in prompts]
+
+            def callback(step: Any) -> bool:
+                tokens = so_far[step.batch_id]
+                tokens.append(int(step.token_id))
+                return bool(stop(step.batch_id, tokens))
+
+            options["callback"] = callback
         results = self.generator.generate_batch(
             inputs,
-            **static,
+            **options,
             max_length=max_new_tokens,
             sampling_topk=1 if temperature <= 0 else 0,
             sampling_temperature=max(temperature, 1e-6),
@@ -207,8 +231,13 @@ class CT2Backend:
             out.append(_finish(ids, logprobs, self.eos_token_ids))
         return out
 
-    def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Generated]:
-        return self._run(prompts, max_new_tokens, 0.0)
+    def greedy(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop: StopRule | None = None,
+    ) -> list[Generated]:
+        return self._run(prompts, max_new_tokens, 0.0, stop)
 
     def sample(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
@@ -298,15 +327,33 @@ class TransformersBackend:
             picked = lp.gather(1, torch.tensor(list(continuation), device=self.device)[:, None])
         return float(picked.sum())
 
-    def _collect(self, prompt: Sequence[int], max_new: int, temperature: float) -> Generated:
+    def _collect(
+        self,
+        prompt: Sequence[int],
+        max_new: int,
+        temperature: float,
+        stop: Callable[[Sequence[int]], bool] | None = None,
+    ) -> Generated:
         tokens, logprobs = [], []
         for token, lp in self.stream(prompt, max_new, temperature):
             tokens.append(token)
             logprobs.append(lp)
+            if stop is not None and token not in self.eos_token_ids and stop(tokens):
+                break
         return _finish(tokens, logprobs, self.eos_token_ids)
 
-    def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Generated]:
-        return [self._collect(p, max_new_tokens, 0.0) for p in prompts]
+    def greedy(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop: StopRule | None = None,
+    ) -> list[Generated]:
+        return [
+            self._collect(
+                p, max_new_tokens, 0.0, None if stop is None else lambda t, i=i: stop(i, t)
+            )
+            for i, p in enumerate(prompts)
+        ]
 
     def sample(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
@@ -376,7 +423,14 @@ class VLLMBackend:
             done.append(_finish(ids, lps + [0.0] * (len(ids) - len(lps)), self.eos_token_ids))
         return done
 
-    def greedy(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Generated]:
+    def greedy(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop: StopRule | None = None,
+    ) -> list[Generated]:
+        # The offline engine has no per-token stop: it generates whole; the caller's answer is
+        # the same (a stop rule only saves steps), so it is not applied here.
         return self._run(prompts, max_new_tokens, 0.0)
 
     def sample(

@@ -6,11 +6,15 @@ renders the task's prompt exactly as the student was trained on it (``build_mess
 ``student_messages`` so no default system prompt sneaks in, then without the label list where
 the student was trained without it), so a served student sees what it learnt on.
 
-- label tasks: greedy decoding, **constrained to the label set**. Fast path: free greedy; when
-  it produced exactly one label's tokens and then stopped, constrained greedy gives the same
-  tokens (every free choice was an allowed one). Otherwise the label trie is walked, a step at
-  a time, choosing the best allowed token. ``confidence`` is P(label, then end of turn) under
-  the student: the product of the chosen tokens' probabilities.
+- label tasks: greedy decoding, **constrained to the label set**. Fast path: free greedy; while
+  its tokens stay on the label trie, constrained greedy would have chosen the same ones (every
+  free choice was an allowed one), so the answer is decided as soon as the tokens reach a node
+  with one label under it: decoding stops there instead of generating the label's remaining
+  tokens (BANKING77: decided after 3.0 of 7.2 tokens on average). When free greedy leaves the
+  label set first, the trie is walked a step at a time, choosing the best allowed token.
+  ``confidence`` — only when asked, since it needs every token of the label and the end of
+  turn — is P(label, then end of turn) under the student: the product of those tokens'
+  probabilities (the same figure the evaluation stores, which the gateway's cascade uses).
 - json tasks: **validate and retry**: greedy, parsed and checked against the task's JSON Schema;
   if invalid, up to ``JSON_RETRIES`` sampled attempts; never an invalid answer (an error instead).
 - text tasks: greedy, free.
@@ -67,6 +71,17 @@ class Answer:
 
     def __post_init__(self) -> None:
         self.text = storable_text(self.text)  # logged (request log, gateway): no NUL
+
+
+def decided_labels(trie: LabelTrie) -> list[str | None]:
+    """Per trie node, the label when exactly one label ends at or below it, else None."""
+    count = [0 if label is None else 1 for label in trie.label_at]
+    some: list[str | None] = list(trie.label_at)  # a label at or below each node
+    for node in range(len(trie.tokens) - 1, 0, -1):  # a child always comes after its parent
+        parent = trie.parent[node]
+        count[parent] += count[node]
+        some[parent] = some[parent] or some[node]
+    return [label if n == 1 else None for label, n in zip(some, count, strict=True)]
 
 
 def task_row(task: TaskSpec, messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -130,6 +145,9 @@ class ServedStudent:
     context_limit: int
     label_list_in_prompt: bool
     trie: LabelTrie | None = None
+    # Per trie node: the label, when exactly one label lies at or below it (the answer is then
+    # decided), else None.
+    decided: list[str | None] = field(default_factory=list, repr=False)
     _injects: bool | None = field(default=None, repr=False)
 
     @classmethod
@@ -153,6 +171,7 @@ class ServedStudent:
                 for label in task.label_set
             ]
             served.trie = LabelTrie.build(tuple(task.label_set), sequences)
+            served.decided = decided_labels(served.trie)
         return served
 
     @property
@@ -225,10 +244,13 @@ class ServedStudent:
 
     # -- answering ---------------------------------------------------------------------------
 
-    def answer_batch(self, prompts: Sequence[list[int]], max_tokens: int) -> list[Answer]:
-        """Answers for prompts of this student, batched where the engine can."""
+    def answer_batch(
+        self, prompts: Sequence[list[int]], max_tokens: int, *, confidence: bool = False
+    ) -> list[Answer]:
+        """Answers for prompts of this student, batched where the engine can. ``confidence``:
+        label answers carry P(label, then end of turn) (it costs the label's remaining tokens)."""
         if self.task.output_kind == "label":
-            return self._labels(prompts)
+            return self._labels(prompts) if confidence else self._labels_decided(prompts)
         generated = self.backend.greedy(prompts, max_tokens)
         answers = []
         for prompt, g in zip(prompts, generated, strict=True):
@@ -272,7 +294,53 @@ class ServedStudent:
             )
         return answers
 
-    def _constrained(self, prompt: Sequence[int]) -> tuple[str, float, int]:
+    def _walk(self, tokens: Sequence[int]) -> int:
+        """The trie node these tokens lead to, -1 when they leave the label set."""
+        trie = self.trie
+        assert trie is not None
+        node = 0
+        for t in tokens:
+            node = trie.children[node].get(t, -1)
+            if node < 0:
+                return -1
+        return node
+
+    def _labels_decided(self, prompts: Sequence[list[int]]) -> list[Answer]:
+        """Labels without their confidence: decoding stops once the label is decided."""
+        trie = self.trie
+        assert trie is not None
+        eos = self.backend.eos_token_ids
+
+        def stop(_: int, tokens: Sequence[int]) -> bool:
+            if tokens[-1] in eos:
+                return True
+            node = self._walk(tokens)
+            return node < 0 or self.decided[node] is not None
+
+        if self.decided[0] is not None:  # one label: nothing to decide
+            generated = [Generated([], [], True) for _ in prompts]
+        else:
+            generated = self.backend.greedy(prompts, trie.max_depth + 1, stop=stop)
+        answers = []
+        for prompt, g in zip(prompts, generated, strict=True):
+            node = self._walk(g.tokens)
+            label = self.decided[node] if node >= 0 else None
+            if label is None and g.ended and node > 0:
+                label = trie.label_at[node]  # ended on a label that prefixes others
+            if label is None:  # free greedy left the label set: walk the trie
+                label, _, _ = self._constrained(prompt, score=False)
+            end = trie.label_paths[trie.labels.index(label)][-1]
+            answers.append(
+                Answer(
+                    text=label,
+                    prompt_tokens=len(prompt),
+                    completion_tokens=trie.depth[end] + 1,
+                    finish_reason="stop",
+                )
+            )
+        return answers
+
+    def _constrained(self, prompt: Sequence[int], *, score: bool = True) -> tuple[str, float, int]:
         trie = self.trie
         assert trie is not None
         eos = self.backend.eos_token_ids
@@ -290,6 +358,8 @@ class ServedStudent:
                 break
             node = trie.children[node][token]
             seq.append(token)
+        if not score:
+            return str(trie.label_at[node]), math.nan, node
         # The answer's probability, forced steps included: one scoring pass over the whole label.
         logprob = self.backend.continuation_logprob(list(prompt), [*seq[len(prompt) :], token])
         return str(trie.label_at[node]), logprob, node

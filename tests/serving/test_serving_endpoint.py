@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import math
 
 import httpx
 import openai
@@ -71,13 +72,26 @@ def test_label_answers_stream_models_and_the_request_log(team, owner, server):  
     assert [m.id for m in client.models.list()] == ["ticket-intents-v1"]
 
     reply = client.chat.completions.create(
-        model="ticket-intents-v1", messages=[{"role": "user", "content": "my card was blocked"}]
+        model="ticket-intents-v1",
+        messages=[{"role": "user", "content": "my card was blocked"}],
+        logprobs=True,
     )
     answer = reply.choices[0].message.content
     assert answer in LABELS  # constrained: the untrained model still answers a label
     confidence = reply.model_extra["distillery"]["confidence"]
     assert 0 < confidence <= 1
+    (whole,) = reply.choices[0].logprobs.content  # one entry: the whole label
+    assert whole.token == answer and math.exp(whole.logprob) == pytest.approx(confidence, rel=1e-3)
     assert reply.usage.prompt_tokens > 5 and reply.usage.completion_tokens >= 2
+
+    # Without logprobs the label is answered as soon as it is decided: the same label, the
+    # same usage, no confidence.
+    plain = client.chat.completions.create(
+        model="ticket-intents-v1", messages=[{"role": "user", "content": "my card was blocked"}]
+    )
+    assert plain.choices[0].message.content == answer
+    assert plain.choices[0].logprobs is None and "distillery" not in (plain.model_extra or {})
+    assert plain.usage.completion_tokens == reply.usage.completion_tokens
 
     chunks = list(
         client.chat.completions.create(
@@ -85,6 +99,7 @@ def test_label_answers_stream_models_and_the_request_log(team, owner, server):  
             messages=[{"role": "user", "content": "my card was blocked"}],
             stream=True,
             stream_options={"include_usage": True},
+            logprobs=True,
         )
     )
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -96,12 +111,12 @@ def test_label_answers_stream_models_and_the_request_log(team, owner, server):  
 
     rows = wait_until(
         lambda: (
-            (r := list(ServingRequest.objects.filter(served_model=served))) and len(r) >= 2 and r
+            (r := list(ServingRequest.objects.filter(served_model=served))) and len(r) >= 3 and r
         ),
         20,
-        message="both requests in the log (it is written behind the answers)",
+        message="the three requests in the log (it is written behind the answers)",
     )
-    assert len(rows) == 2
+    assert len(rows) == 3
     assert {r.status for r in rows} == {200} and {r.stream for r in rows} == {True, False}
     assert all(r.latency_ms > 0 and r.prompt_tokens > 5 for r in rows)
     assert all(r.input_text == "" for r in rows)  # off unless the team turns it on

@@ -39,9 +39,11 @@ def test_answers_with_the_shared_start_cached_equal_the_whole_prompts(tmp_path: 
     assert all(p[: len(prefix)] == prefix and len(p) > len(prefix) for p in prompts)
     assert "Which intent" in served.tokenizer.decode(prefix)
 
-    cached = [served.answer_batch([p], 0)[0] for p in prompts] + served.answer_batch(prompts, 0)
+    cached = [served.answer_batch([p], 0, confidence=True)[0] for p in prompts]
+    cached += served.answer_batch(prompts, 0, confidence=True)
     backend.static_prefix = []  # type: ignore[attr-defined]
-    whole = [served.answer_batch([p], 0)[0] for p in prompts] + served.answer_batch(prompts, 0)
+    whole = [served.answer_batch([p], 0, confidence=True)[0] for p in prompts]
+    whole += served.answer_batch(prompts, 0, confidence=True)
     assert [a.text for a in cached] == [a.text for a in whole]
     assert all(a.text in LABELS for a in cached)
     for a, b in zip(cached, whole, strict=True):
