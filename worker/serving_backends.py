@@ -16,6 +16,7 @@ the label-constrained fallback), ``stream`` (one prompt, token by token, greedy 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -348,12 +349,11 @@ class TransformersBackend:
         max_new_tokens: int,
         stop: StopRule | None = None,
     ) -> list[Generated]:
-        return [
-            self._collect(
-                p, max_new_tokens, 0.0, None if stop is None else lambda t, i=i: stop(i, t)
-            )
-            for i, p in enumerate(prompts)
-        ]
+        out = []
+        for i, p in enumerate(prompts):
+            rule = None if stop is None else functools.partial(stop, i)
+            out.append(self._collect(p, max_new_tokens, 0.0, rule))
+        return out
 
     def sample(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
