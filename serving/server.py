@@ -79,6 +79,10 @@ class ServingServer(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: the headers and the body go out as two writes; with Nagle's algorithm the
+    # body waited for the client's delayed ACK of the headers — ~40 ms on every kept-alive
+    # request (measured: p50 132 ms through the SDK for an 80 ms answer).
+    disable_nagle_algorithm = True
     server: ServingServer
 
     def log_message(self, format: str, *args: Any) -> None:
