@@ -1,10 +1,11 @@
-"""The serving process's inference side: loaded students, one engine thread that batches
+"""The serving process's inference side: loaded students, engine threads that batch
 concurrent requests, bounded admission (slots, bounded wait), and the request-log writer.
 
 Threads: the HTTP server answers each connection on its own thread; they all hand work to the
-one engine thread (the engines use every core themselves, so two engine threads would only
-fight over them). While a batch runs, new requests queue; the next batch takes every queued
-request of the same model at once, so 8 concurrent clients cost little more than one.
+engine threads — one per batch the engine can run at once (``engine_workers``: CTranslate2 runs
+one batch per core with one thread each; transformers and vLLM use every core for one batch, so
+a second thread would only fight over them). While a batch runs, new requests queue; the next
+batch takes every queued request of the same model at once.
 """
 
 from __future__ import annotations
@@ -88,14 +89,18 @@ class Students:
 class EnginePool:
     """Admission (``capacity`` requests at once, a bounded wait for a slot) and the engine loop."""
 
-    def __init__(self, *, capacity: int, queue_wait_s: float) -> None:
+    def __init__(self, *, capacity: int, queue_wait_s: float, workers: int = 1) -> None:
         self.capacity = capacity
         self.queue_wait_s = queue_wait_s
         self._slots = threading.BoundedSemaphore(capacity)
         self._queue: queue.Queue[Work] = queue.Queue()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"engine-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def admit(self) -> bool:
         """Take a slot, waiting at most ``queue_wait_s``; False: over capacity (503)."""
@@ -110,7 +115,8 @@ class EnginePool:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -41,6 +41,7 @@ from serving.engine_pool import (
 )
 from serving.models import ServedModel, ServingRequest
 from serving.selectors import active_models_for_team, served_model_for_token
+from worker.serving_backends import engine_workers
 from worker.serving_engine import ServeError
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ class ServingServer(ThreadingHTTPServer):
     ) -> None:
         super().__init__(address, Handler)
         self.students = Students(engine)
-        self.pool = EnginePool(capacity=capacity, queue_wait_s=queue_wait_s)
+        self.pool = EnginePool(
+            capacity=capacity, queue_wait_s=queue_wait_s, workers=engine_workers(engine)
+        )
         self.request_log = RequestLog()
         self.retry_after_s = max(1, math.ceil(queue_wait_s))
 

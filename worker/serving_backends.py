@@ -156,6 +156,19 @@ def ct2_threads() -> int:
     return 1 if cores <= 2 else cores
 
 
+def engine_workers(engine: str = "auto") -> int:
+    """Batches the serving process runs at once: DISTILLERY_SERVE_WORKERS, else for
+    CTranslate2 one per group of ``ct2_threads()`` cores (each batch on its own core(s); the
+    library runs them in parallel), else 1 (transformers and vLLM use every core themselves)."""
+    chosen = os.environ.get("DISTILLERY_SERVE_WORKERS", "").strip()
+    if chosen:
+        return max(1, int(chosen))
+    engine = engine or os.environ.get("DISTILLERY_SERVE_ENGINE", "auto")
+    if engine not in ("auto", "ct2") or not ct2_available():
+        return 1
+    return max(1, available_cores() // ct2_threads())
+
+
 class CT2Backend:
     name = "ctranslate2-int8"
 
@@ -170,7 +183,7 @@ class CT2Backend:
             device="cpu",
             compute_type="int8",
             intra_threads=threads or ct2_threads(),
-            inter_threads=1,
+            inter_threads=engine_workers("ct2"),
         )
         self._end = [self.tokenizer.convert_ids_to_tokens(e) for e in self.eos_token_ids]
         # The tokens every prompt of the task starts with (chat template + instruction up to the
