@@ -94,6 +94,8 @@ class Handler(BaseHTTPRequestHandler):
     def handle(self) -> None:
         try:
             super().handle()
+        except (ClientGone, ConnectionError):
+            self.close_connection = True  # the client left (a timeout on its side): not an error
         finally:
             connection.close()  # each connection thread had its own database connection
 
@@ -108,8 +110,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.end_headers()
+            self.wfile.write(data)
+        except ConnectionError as exc:  # broken pipe, reset: the client gave up waiting
+            raise ClientGone from exc
 
     def _send_error(self, exc: ServeError, headers: dict[str, str] | None = None) -> None:
         self._send_json(exc.status, error_body(exc.message, exc.type, exc.param, exc.code), headers)
@@ -253,6 +258,11 @@ class Handler(BaseHTTPRequestHandler):
             max_tokens = student.max_tokens(asked)
             prompt = student.encode(messages, max_tokens)
             entry.prompt_tokens = len(prompt)
+            # Nothing below reads the database (the log has its own thread): a thread waiting
+            # for a slot or the engine holds no connection, so slow answers under many clients
+            # cannot exhaust the server's connections (one per waiting request before).
+            if connection.connection is not None:
+                connection.close()
             if not self.server.pool.admit():
                 raise ServeError(
                     f"the server is at capacity ({self.server.pool.capacity} requests at once) "
@@ -280,7 +290,7 @@ class Handler(BaseHTTPRequestHandler):
             headers = {"Retry-After": str(self.server.retry_after_s)} if exc.status == 503 else None
             try:
                 self._send_error(exc, headers)
-            except OSError:
+            except (ClientGone, OSError):
                 entry.status = 499
         except ClientGone:
             entry.status, entry.error_code = 499, "client_closed"

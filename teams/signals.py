@@ -12,7 +12,7 @@ from teams.api_tokens import auth_changed
 from teams.models import ApiToken, Membership, Team
 
 
-def _changed(**_: Any) -> None:
+def auth_changed_now_and_on_commit(**_: Any) -> None:
     # Now, for this transaction's own later requests; and after the commit, so that no process
     # can keep what it read between the first bump and the commit.
     auth_changed()
@@ -21,5 +21,11 @@ def _changed(**_: Any) -> None:
 
 def connect() -> None:
     for model in (ApiToken, Membership, Team, get_user_model()):
-        post_save.connect(_changed, sender=model, dispatch_uid=f"api-auth-{model.__name__}")
-        post_delete.connect(_changed, sender=model, dispatch_uid=f"api-auth-del-{model.__name__}")
+        post_save.connect(
+            auth_changed_now_and_on_commit, sender=model, dispatch_uid=f"api-auth-{model.__name__}"
+        )
+        post_delete.connect(
+            auth_changed_now_and_on_commit,
+            sender=model,
+            dispatch_uid=f"api-auth-del-{model.__name__}",
+        )

@@ -271,3 +271,35 @@ def test_only_a_writer_serves_and_a_page_shows_the_figures(
     response = client_for(viewer).post(f"/served/{served.pk}/stop/")
     assert response.status_code == 403
     assert ServedModel.objects.get(pk=served.pk).active
+
+
+def test_waiting_requests_hold_no_database_connection(team, owner, server):  # type: ignore[no-untyped-def]
+    """Each kept-alive client connection has its own server thread; a thread must not keep a
+    database connection for it (a gateway with 64 connections to a slow student exhausted
+    PostgreSQL's 100 before). Twelve clients, each with its own connection, all answered and
+    still connected: the serving process holds at most its log writer's connection."""
+    from django.db import connection
+
+    served_student(team, owner)
+    _, raw = token(team, owner)
+    proc = server()
+    clients = [
+        httpx.Client(base_url=proc.base_url, headers={"Authorization": f"Bearer {raw}"})
+        for _ in range(12)
+    ]
+    body = {"model": "ticket-intents-v1", "messages": [{"role": "user", "content": "my card"}]}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            replies = list(pool.map(lambda c: c.post("/chat/completions", json=body), clients))
+        assert [r.status_code for r in replies] == [200] * 12
+        assert all(r.json()["choices"][0]["message"]["content"] in LABELS for r in replies)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            (others,) = cursor.fetchone()
+        assert others <= 2, f"{others} database connections held for 12 idle client connections"
+    finally:
+        for c in clients:
+            c.close()
