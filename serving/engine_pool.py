@@ -102,9 +102,10 @@ class EnginePool:
         for thread in self._threads:
             thread.start()
 
-    def admit(self) -> bool:
-        """Take a slot, waiting at most ``queue_wait_s``; False: over capacity (503)."""
-        return self._slots.acquire(timeout=self.queue_wait_s)
+    def admit(self, timeout: float | None = None) -> bool:
+        """Take a slot, waiting at most ``timeout`` (default ``queue_wait_s``); False: none came
+        free (over capacity: 503)."""
+        return self._slots.acquire(timeout=self.queue_wait_s if timeout is None else timeout)
 
     def release(self) -> None:
         self._slots.release()

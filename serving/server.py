@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import select
+import socket
 import time
 import uuid
 from http import HTTPStatus
@@ -53,6 +55,11 @@ def error_body(
     message: str, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+# While a request waits for a slot or for the engine, this often it checks that its client is
+# still there.
+GONE_POLL_S = 0.05
 
 
 class ClientGone(Exception):
@@ -263,7 +270,7 @@ class Handler(BaseHTTPRequestHandler):
             # cannot exhaust the server's connections (one per waiting request before).
             if connection.connection is not None:
                 connection.close()
-            if not self.server.pool.admit():
+            if not self._admitted():
                 raise ServeError(
                     f"the server is at capacity ({self.server.pool.capacity} requests at once) "
                     "and no slot came free in time; retry after the Retry-After seconds",
@@ -307,8 +314,31 @@ class Handler(BaseHTTPRequestHandler):
         if entry.status == 499:
             self.close_connection = True
 
+    def _client_gone(self) -> bool:
+        """The client closed its side (it gave up waiting): its socket reads end-of-file."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    def _admitted(self) -> bool:
+        """A slot within the queue wait; ClientGone as soon as the client stops waiting (its
+        request is never run: a client that timed out must not cost the engine anything)."""
+        pool = self.server.pool
+        deadline = time.monotonic() + pool.queue_wait_s
+        while not pool.admit(timeout=min(GONE_POLL_S, max(0.0, deadline - time.monotonic()))):
+            if self._client_gone():
+                raise ClientGone
+            if time.monotonic() >= deadline:
+                return False
+        return True
+
     def _result(self, work: Work) -> Any:
-        work.done.wait()
+        while not work.done.wait(GONE_POLL_S):
+            if self._client_gone():  # the engine skips it if it has not started it yet
+                work.cancelled.set()
+                raise ClientGone
         if isinstance(work.error, ServeError):
             raise work.error
         if work.error is not None:

@@ -303,3 +303,51 @@ def test_waiting_requests_hold_no_database_connection(team, owner, server):  # t
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_client_that_gives_up_while_queued_costs_the_engine_nothing(team, owner, server):  # type: ignore[no-untyped-def]
+    """One slot, held by a long streamed answer; a second request arrives and its client hangs
+    up at once (as a caller's timeout does). The server notices while it waits for the slot and
+    never runs it: logged 499 with no completion tokens."""
+    import json
+    import socket
+    from urllib.parse import urlsplit
+
+    served = served_student(
+        team, owner, kind="text", name="Ticket replies", instruction_template="Reply to: {{ text }}"
+    )
+    _, raw = token(team, owner)
+    proc = server(
+        DISTILLERY_SERVE_ENGINE="transformers",
+        DISTILLERY_SERVE_CAPACITY="1",
+        DISTILLERY_SERVE_QUEUE_WAIT="30",
+    )
+    headers = {"Authorization": f"Bearer {raw}"}
+    long = {
+        "model": served.slug,
+        "messages": [{"role": "user", "content": "the app is not working"}],
+        "stream": True,
+        "max_tokens": 450,
+    }
+    with httpx.stream(
+        "POST", proc.base_url + "/chat/completions", headers=headers, json=long, timeout=60
+    ) as holding:
+        assert holding.status_code == 200
+        lines = holding.iter_lines()
+        next(lines)  # the long answer is running: it holds the only slot
+        body = json.dumps({**long, "stream": False, "max_tokens": 8}).encode()
+        url = urlsplit(proc.base_url)
+        with socket.create_connection((url.hostname, url.port)) as sock:
+            sock.sendall(
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                f"Authorization: Bearer {raw}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        gone = wait_until(
+            lambda: ServingRequest.objects.filter(served_model=served, stream=False).first(), 30
+        )
+        assert (gone.status, gone.error_code) == (499, "client_closed")
+        assert gone.completion_tokens == 0  # never run
+        text = "".join(lines)
+    assert "[DONE]" in text  # the slot's holder finished normally
