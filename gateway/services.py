@@ -29,6 +29,7 @@ from gateway.student_leg import StudentAnswer, StudentUnavailable, student_answe
 from gateway.teacher_leg import TeacherAnswer, TeacherUnavailable, teacher_answer
 from projects.models import Project
 from projects.services import content_hash
+from worker.serving_engine import input_messages
 from worker.taskspec import (
     ParsedOutput,
     TemplateError,
@@ -139,7 +140,7 @@ def _answer_one(
     student: StudentAnswer | None = None
     parsed_student: ParsedOutput | None = None
     if go_student:
-        student, parsed_student = _student(snap, token, messages, entry)
+        student, parsed_student = _student(snap, token, inputs, entry)
         if parsed_student is not None and _keep_student(snap, parsed_student, student, entry):
             result = _finish(entry, started, parsed_student, AnsweredBy.STUDENT, student=student)
             _maybe_check_with_teacher(snap, record, messages, over_budget)
@@ -172,7 +173,7 @@ def _answer_one(
     if parsed_student is not None:
         entry.agrees = _agrees(entry)  # cascade's low-confidence answers count too
     if snap.mode == Mode.SHADOW and snap.student_model:
-        _background(record, lambda: _shadow(snap, token, messages, record))
+        _background(record, lambda: _shadow(snap, token, inputs, record))
     else:
         recorder().submit(record)
     return result
@@ -186,13 +187,15 @@ def _budget_message(snap: routing.Snapshot) -> str:
 
 
 def _student(
-    snap: routing.Snapshot, token: str, messages: list[dict[str, str]], entry: GatewayRequest
+    snap: routing.Snapshot, token: str, inputs: dict[str, Any], entry: GatewayRequest
 ) -> tuple[StudentAnswer | None, ParsedOutput | None]:
     assert snap.student_model is not None
     try:
         student = student_answer(
             model=snap.student_model,
-            messages=messages,
+            # The task's input, not the teacher's prompt: the serving process renders the
+            # prompt the student was trained on around it.
+            messages=input_messages(snap.spec, inputs),
             token=token,
             timeout_s=snap.student_timeout_s,
             max_tokens=snap.teacher_max_tokens,
@@ -319,10 +322,8 @@ def _background(record: Record, work: Any) -> None:
     _BACKGROUND.submit(run)
 
 
-def _shadow(
-    snap: routing.Snapshot, token: str, messages: list[dict[str, str]], record: Record
-) -> None:
-    _, parsed = _student(snap, token, messages, record.row)
+def _shadow(snap: routing.Snapshot, token: str, inputs: dict[str, Any], record: Record) -> None:
+    _, parsed = _student(snap, token, inputs, record.row)
     if parsed is not None:
         record.row.agrees = _agrees(record.row)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.label_trie import LabelTrie
-from worker.serving_backends import Backend, Generated, open_backend
+from worker.serving_backends import Backend, Generated, context_limit_of, open_backend
 from worker.storable import storable_text
 from worker.taskspec import TaskSpec, build_messages, parse_output, without_label_list
 from worker.training_data import student_messages
@@ -84,6 +84,17 @@ def decided_labels(trie: LabelTrie) -> list[str | None]:
     return [label if n == 1 else None for label, n in zip(some, count, strict=True)]
 
 
+def input_messages(task: TaskSpec, row: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The chat messages that carry a task's input row to the serving process (``task_row``
+    reads them back): the input text itself for a task with one input field, else a JSON object
+    of the fields."""
+    if len(task.input_fields) == 1:
+        content = str(row.get(task.input_fields[0], ""))
+    else:
+        content = json.dumps({f: row.get(f) for f in task.input_fields}, ensure_ascii=False)
+    return [{"role": "user", "content": content}]
+
+
 def task_row(task: TaskSpec, messages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The task's input row from a client's chat messages (the last user message)."""
     users = [m for m in messages if isinstance(m, Mapping) and m.get("role") == "user"]
@@ -127,14 +138,6 @@ def _label_list_in_prompt(model_dir: Path) -> bool:
     return not (isinstance(fmt, dict) and fmt.get("label_list") is False)
 
 
-def context_limit_of(model_dir: Path) -> int:
-    try:
-        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        return int(config.get("max_position_embeddings") or 2048)
-    except (OSError, ValueError, TypeError):
-        return 2048
-
-
 @dataclass
 class ServedStudent:
     """One student loaded for serving: its task, its backend, its label trie."""
@@ -159,7 +162,10 @@ class ServedStudent:
             task=task,
             model_dir=model_dir,
             backend=backend,
-            context_limit=context_limit_of(model_dir),
+            # the model's, or less where the engine holds less (llama.cpp's KV cache is capped)
+            context_limit=int(
+                min(context_limit_of(model_dir), getattr(backend, "context_limit", math.inf))
+            ),
             label_list_in_prompt=_label_list_in_prompt(model_dir),
         )
         if hasattr(backend, "static_prefix"):

@@ -89,6 +89,15 @@ def test_shadow_tracks_agreement_and_flags_disagreements_for_review(gw):  # type
     rows = {r.input_hash: r for r in GatewayRequest.objects.filter(project=gw.project)}
     assert sorted(r.agrees for r in rows.values()) == [False, True]
     assert gw.student.count("openai.chat") == 2  # the student answered both, in the background
+    # The student leg carries the task's input, not the teacher's prompt: the serving process
+    # renders the prompt its student was trained on around it (a prompt inside a prompt made
+    # the real student disagree with everything).
+    sent = sorted((r.body["messages"] for r in gw.student.requests("openai.chat")), key=str)
+    assert sent == [
+        [{"role": "user", "content": "lost card"}],
+        [{"role": "user", "content": "wrong answer please, card arrival"}],
+    ]
+    assert all(r.body["logprobs"] is True for r in gw.student.requests("openai.chat"))
     flag = OutputFlag.objects.get(project=gw.project, code=DISAGREEMENT_FLAG)
     assert "top_up_failed" in flag.message
     assert DISAGREEMENT_FLAG in flag.output.flag_codes
