@@ -93,6 +93,16 @@ def eos_ids_of(model_dir: Path, tokenizer: Any) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def context_limit_of(model_dir: Path) -> int:
+    import json
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        return int(config.get("max_position_embeddings") or 2048)
+    except (OSError, ValueError, TypeError):
+        return 2048
+
+
 def _finish(tokens: list[int], logprobs: list[float], eos: tuple[int, ...]) -> Generated:
     """Cut at the first end token (its log-probability stays: P(answer, then stop))."""
     for i, t in enumerate(tokens):
@@ -163,8 +173,7 @@ def engine_workers(engine: str = "auto") -> int:
     chosen = os.environ.get("DISTILLERY_SERVE_WORKERS", "").strip()
     if chosen:
         return max(1, int(chosen))
-    engine = engine or os.environ.get("DISTILLERY_SERVE_ENGINE", "auto")
-    if engine not in ("auto", "ct2") or not ct2_available():
+    if resolve_engine(engine) != "ct2":
         return 1
     return max(1, available_cores() // ct2_threads())
 
@@ -477,16 +486,29 @@ class VLLMBackend:
         yield from zip(g.tokens, g.logprobs, strict=False)
 
 
-def open_backend(model_dir: Path, cache_dir: Path, *, engine: str = "auto") -> Backend:
+def resolve_engine(engine: str = "auto") -> str:
     """The engine for this machine: vLLM on a CUDA machine where installed, else CTranslate2
-    int8 where installed, else transformers. ``engine`` forces one (DISTILLERY_SERVE_ENGINE)."""
+    int8 where installed, else transformers. ``engine`` (or DISTILLERY_SERVE_ENGINE) forces one:
+    vllm, llama (llama.cpp, Q8_0), ct2 or transformers."""
     engine = engine or os.environ.get("DISTILLERY_SERVE_ENGINE", "auto")
-    if engine == "auto":
-        engine = "vllm" if vllm_available() else ("ct2" if ct2_available() else "transformers")
+    if engine != "auto":
+        return engine
+    if vllm_available():
+        return "vllm"
+    return "ct2" if ct2_available() else "transformers"
+
+
+def open_backend(model_dir: Path, cache_dir: Path, *, engine: str = "auto") -> Backend:
+    """The backend of ``resolve_engine(engine)``."""
+    engine = resolve_engine(engine)
     if engine == "vllm":
         return VLLMBackend(model_dir)
     if engine == "ct2":
         return CT2Backend(model_dir, cache_dir)
+    if engine == "llama":
+        from worker.serving_llama import LlamaCppBackend
+
+        return LlamaCppBackend(model_dir, cache_dir)
     if engine == "transformers":
         return TransformersBackend(model_dir)
-    raise ValueError(f"engine must be auto, vllm, ct2 or transformers, not {engine!r}")
+    raise ValueError(f"engine must be auto, vllm, llama, ct2 or transformers, not {engine!r}")

@@ -80,9 +80,7 @@ def test_decided_answers_equal_the_whole_decoding(tmp_path: Path, engine: str) -
         return text if ok else None
 
     # A label the free decoding spells out, one that shares its first token only, another one.
-    spelled = next(
-        (t for k in range(2, len(free)) if (t := label_of(free[:k])) is not None), None
-    )
+    spelled = next((t for k in range(2, len(free)) if (t := label_of(free[:k])) is not None), None)
     assert spelled is not None, f"no label could be spelled from {free}"
     sibling = next(
         t

@@ -1,0 +1,88 @@
+"""llama.cpp as a serving engine: the student converted once to Q8_0 with llama.cpp's own tools,
+answers constrained to the label set, the KV cache reused across requests without changing any
+answer, and the same answers as transformers on the same prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.tiny_model import build_tiny_model
+from worker.serving_engine import ServedStudent
+from worker.serving_llama import GGUF_FILE, GGUF_MARK
+from worker.taskspec import TaskSpec
+
+LABELS = ("card_arrival", "lost_or_stolen_card", "top_up_failed", "refund")
+INPUTS = [
+    "my card has not arrived yet",
+    "Someone stole my wallet!",
+    "top up failed twice, why?",
+    "x",
+    "my card has not arrived yet",  # again: the KV cache holds it all
+]
+TASK = TaskSpec(
+    instruction_template="Which intent is this message?\n\nMessage: {{ text }}",
+    output_kind="label",
+    input_fields=("text",),
+    label_set=LABELS,
+)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("llama") / "student", hidden_size=64)
+
+
+def test_llama_answers_equal_transformers_and_the_cache_changes_nothing(
+    student: Path, tmp_path: Path
+) -> None:
+    served = ServedStudent.load(
+        task=TASK, model_dir=student, cache_dir=tmp_path / "cache", engine="llama"
+    )
+    assert served.backend.name == "llama.cpp-q8_0"
+    assert (tmp_path / "cache" / GGUF_FILE).is_file()
+    assert (tmp_path / "cache" / GGUF_MARK).read_text(encoding="utf-8") == str(student.resolve())
+    reference = ServedStudent.load(
+        task=TASK, model_dir=student, cache_dir=tmp_path / "ref", engine="transformers"
+    )
+    prompts = [served.encode([{"role": "user", "content": t}], 0) for t in INPUTS]
+
+    warm = [served.answer_batch([p], 0, confidence=True)[0] for p in prompts]
+    batch = served.answer_batch(prompts, 0, confidence=True)
+    decided = served.answer_batch(prompts, 0)
+    assert all(a.text in LABELS for a in warm)
+    assert [a.text for a in warm] == [a.text for a in batch] == [a.text for a in decided]
+    assert warm[0].confidence == pytest.approx(warm[-1].confidence, rel=1e-4)
+
+    # Cold: a fresh context per prompt (nothing reused) gives the same answers.
+    for prompt, answer in zip(prompts, warm, strict=True):
+        served.backend.llm.n_tokens = 0  # type: ignore[attr-defined]
+        cold = served.answer_batch([prompt], 0, confidence=True)[0]
+        assert cold.text == answer.text
+        assert cold.confidence == pytest.approx(answer.confidence, rel=1e-3)
+
+    # Q8_0 of the same weights: the same labels as transformers, confidences close.
+    expected = reference.answer_batch(prompts, 0, confidence=True)
+    assert [a.text for a in warm] == [a.text for a in expected]
+    for a, b in zip(warm, expected, strict=True):
+        assert a.confidence == pytest.approx(b.confidence, abs=0.05)
+
+
+def test_llama_streams_text_and_reuses_its_conversion(student: Path, tmp_path: Path) -> None:
+    text_task = TaskSpec(
+        instruction_template="Reply to: {{ text }}", output_kind="text", input_fields=("text",)
+    )
+    cache = tmp_path / "cache"
+    served = ServedStudent.load(task=text_task, model_dir=student, cache_dir=cache, engine="llama")
+    prompt = served.encode([{"role": "user", "content": "where is my card"}], 8)
+    whole = served.answer_batch([prompt], 8)[0]
+    streamed = "".join(served.stream_text(prompt, 8))
+    # the stream holds back a trailing half character (a random model writes those)
+    assert streamed.strip() == whole.text.rstrip("\ufffd").strip()
+    assert 1 <= whole.completion_tokens <= 8
+
+    converted_at = (cache / GGUF_FILE).stat().st_mtime_ns
+    again = ServedStudent.load(task=text_task, model_dir=student, cache_dir=cache, engine="llama")
+    assert (cache / GGUF_FILE).stat().st_mtime_ns == converted_at  # not converted twice
+    assert again.answer_batch([prompt], 8)[0].text == whole.text
