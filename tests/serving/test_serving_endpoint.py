@@ -284,7 +284,9 @@ def test_waiting_requests_hold_no_database_connection(team, owner, server):  # t
     _, raw = token(team, owner)
     proc = server()
     clients = [
-        httpx.Client(base_url=proc.base_url, headers={"Authorization": f"Bearer {raw}"})
+        httpx.Client(
+            base_url=proc.base_url, headers={"Authorization": f"Bearer {raw}"}, timeout=120
+        )
         for _ in range(12)
     ]
     body = {"model": "ticket-intents-v1", "messages": [{"role": "user", "content": "my card"}]}

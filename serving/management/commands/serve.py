@@ -19,8 +19,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--engine",
             default=env("DISTILLERY_SERVE_ENGINE", "auto"),
-            choices=["auto", "ct2", "transformers", "vllm"],
-            help="auto: vLLM on a CUDA machine where installed, else CTranslate2 int8, else transformers",
+            choices=["auto", "llama", "ct2", "transformers", "vllm"],
+            help="auto: vLLM on a CUDA machine where installed, else llama.cpp (Q8_0), else "
+            "CTranslate2 int8, else transformers",
         )
         parser.add_argument(
             "--capacity",
