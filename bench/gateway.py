@@ -48,15 +48,20 @@ SAMPLE_RATE = 0.25
 POLICIES = ("teacher", "shadow", "canary", "cascade", "student")
 
 
+_STUDENT_LABELS: list[str] = []
+
+
 def student_responder(request: Any) -> Any:
     """The student fake: the teacher's answer (the first label) at 0.97 for most inputs; for a
     fixed 12 % the second label at 0.5 (cascade sends those to the teacher), for 3 % the second
-    label at 0.95 (a confident mistake)."""
+    label at 0.95 (a confident mistake). Like the serving process it receives the task's input
+    only, so it knows the bench's label set itself."""
     from tests.fakes.provider_types import FakeAnswer
-    from tests.fakes.responders import _LABELS_LINE
 
+    if not _STUDENT_LABELS:
+        _STUDENT_LABELS.extend(load_texts(0)[1])
+    labels = _STUDENT_LABELS
     text = request.last_user_text
-    labels = [s.strip() for s in (_LABELS_LINE.search(text) or [None, "a,b"])[1].split(",")]
     bucket = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 100
     if bucket < 12:
         label, p = labels[1], 0.5
