@@ -520,7 +520,9 @@ def open_backend(model_dir: Path, cache_dir: Path, *, engine: str = "auto") -> B
         try:
             return LlamaCppBackend(model_dir, cache_dir)
         except ExportToolError as exc:
-            log.warning("serving: llama.cpp cannot take %s (%s); CTranslate2 instead", model_dir, exc)
+            log.warning(
+                "serving: llama.cpp cannot take %s (%s); CTranslate2 instead", model_dir, exc
+            )
             chosen = "ct2" if ct2_available() else "transformers"
     return _open(model_dir, cache_dir, chosen)
 
