@@ -82,7 +82,7 @@ class Recorder:
             self.queue.put_nowait(record)
             return True
         except queue.Full:
-            count_drop(project_id=record.row.project_id, cost=record.row.cost_usd)
+            count_drop_or_log(project_id=record.row.project_id, cost=record.row.cost_usd)
             return False
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -146,7 +146,20 @@ def write_one_by_one(batch: list[Record]) -> None:
         except Exception:
             log.exception("gateway: a record of project %s was dropped", record.row.project_id)
             connection.close()  # a broken connection is not reused for the count
-            count_drop(project_id=record.row.project_id, cost=record.row.cost_usd or Decimal(0))
+            count_drop_or_log(
+                project_id=record.row.project_id, cost=record.row.cost_usd or Decimal(0)
+            )
+
+
+def count_drop_or_log(*, project_id: int, cost: Decimal | None) -> None:
+    """Count a drop; when even the count cannot be stored (the project was deleted meanwhile,
+    the database is down) say so in the log and go on: the other records, and the caller's
+    answer, must not fail with it."""
+    try:
+        count_drop(project_id=project_id, cost=cost or Decimal(0))
+    except Exception:
+        log.exception("gateway: a dropped record of project %s could not be counted", project_id)
+        connection.close()
 
 
 def count_drop(*, project_id: int, cost: Decimal) -> None:

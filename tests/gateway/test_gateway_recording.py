@@ -76,3 +76,35 @@ def test_a_record_the_database_refuses_is_counted_and_takes_no_other_with_it(gw)
         InputRow.objects.filter(project=gw.project).values_list("data", flat=True), key=str
     )
     assert [r["text"] for r in recorded] == ["my card was stolen", "where is my card"]
+
+
+def test_a_record_whose_project_is_gone_takes_no_other_with_it(gw):  # type: ignore[no-untyped-def]
+    """A project deleted while its traffic waits in the queue: its record cannot be written,
+    nor its drop counted (both need the project). The log says so; the batch's other records
+    are still written (before, the failing count ended the batch there)."""
+    from django.utils import timezone
+
+    from gateway.recorder import Record, write_one_by_one
+    from tests.factories import ProjectFactory
+
+    def record(project_id: int, text: str) -> Record:
+        row = GatewayRequest(
+            project_id=project_id,
+            created_at=timezone.now(),
+            mode="teacher",
+            answered_by="teacher",
+            latency_ms=1.0,
+            input_hash=text,
+            input_chars=len(text),
+            sampled=False,
+        )
+        return Record(row=row, team_id=gw.project.team_id, inputs={"text": text})
+
+    gone = ProjectFactory(team=gw.project.team, created_by=gw.owner, name="Deleted meanwhile")
+    batch = [record(gone.pk, "first, of a deleted project"), record(gw.project.pk, "second")]
+    gone.delete()
+    write_one_by_one(batch)
+    assert list(
+        GatewayRequest.objects.filter(project=gw.project).values_list("input_hash", flat=True)
+    ) == ["second"]
+    assert not GatewayDrops.objects.filter(project_id=gone.pk).exists()
