@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from django.conf import settings
 from django.db.models import QuerySet
 
 from finetunes.models import StudentKind, StudentModel
 from projects.models import Project
 from serving.models import ServedModel, ServingRequest
-from teams.api_tokens import auth_generation
+from teams.api_tokens import AuthCache, auth_generation
 from teams.models import Team
 
 # Throughput is the busiest stretch (up to this long) of completed requests per second: the log
@@ -35,31 +32,27 @@ def students_to_serve(*, team: Team) -> QuerySet[StudentModel]:
     )
 
 
-# Served models found per process, kept like the token users of teams/api_tokens.py: until any
-# change to a served model, token, membership, user or team (the shared auth generation), with
-# the same backstop. A warm request of the serving process then reads no row at all, so its
-# threads need no database connection while they wait for the engine.
-_SERVED_CACHE: dict[tuple[int, str], tuple[float, Any, ServedModel]] = {}
-_SERVED_CACHE_MAX = 10_000
+# Served models found per process, kept like the token users of teams/api_tokens.py (forgotten
+# on any change to a served model, token, membership, user or team): a warm request of the
+# serving process then reads no row at all, so its threads need no database connection while
+# they wait for the engine.
+_SERVED_CACHE: AuthCache[tuple[int, str], ServedModel] = AuthCache()
 
 
 def served_model_for_token(*, team_id: int, slug: str) -> ServedModel | None:
     """The active served model ``slug`` of the token's team (None: unknown, stopped or another
     team's: the caller cannot tell these apart)."""
     generation = auth_generation()
-    hit = _SERVED_CACHE.get((team_id, slug))
-    if hit is not None and hit[1] == generation and time.monotonic() < hit[0]:
-        return hit[2]
+    found = _SERVED_CACHE.get((team_id, slug), generation)
+    if found is not None:
+        return found
     found = (
         ServedModel.objects.filter(team_id=team_id, slug=slug, active=True)
         .select_related("student", "project")
         .first()
     )
     if found is not None:
-        if len(_SERVED_CACHE) >= _SERVED_CACHE_MAX:
-            _SERVED_CACHE.clear()
-        expires = time.monotonic() + settings.API_AUTH_CACHE_S
-        _SERVED_CACHE[(team_id, slug)] = (expires, generation, found)
+        _SERVED_CACHE.put((team_id, slug), generation, found)
     return found
 
 

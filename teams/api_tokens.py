@@ -13,7 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -32,6 +32,9 @@ from teams.models import (
     Team,
     TokenScope,
 )
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 TOKEN_PREFIX = "dst_"  # noqa: S105 (a public prefix, not a secret)
 #: last_used_at is written at most this often per token: a busy token must not turn every read
@@ -122,8 +125,33 @@ def api_token_revoke(*, token: ApiToken, user: User) -> ApiToken:
 #: reads per request, so a revocation, a demotion or a removal takes effect at once everywhere;
 #: entries also expire after settings.API_AUTH_CACHE_S as a backstop.
 AUTH_GENERATION_KEY = "api-auth-generation"
-_AUTH_CACHE: dict[str, tuple[float, Any, TokenUser]] = {}
-_AUTH_CACHE_MAX = 10_000
+
+
+class AuthCache(Generic[K, V]):
+    """Values kept per process while the shared auth generation is the one they were read
+    under, and at most settings.API_AUTH_CACHE_S: who a token is (here), which served model a
+    token may call (serving.selectors). Misses are not kept."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._entries: dict[K, tuple[float, Any, V]] = {}
+        self._max = max_entries
+
+    def get(self, key: K, generation: Any) -> V | None:
+        hit = self._entries.get(key)
+        if hit is not None and hit[1] == generation and time.monotonic() < hit[0]:
+            return hit[2]
+        return None
+
+    def put(self, key: K, generation: Any, value: V) -> None:
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic() + settings.API_AUTH_CACHE_S, generation, value)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_AUTH_CACHE: AuthCache[str, TokenUser] = AuthCache()
 
 
 def auth_generation() -> Any:
@@ -146,16 +174,11 @@ def api_token_authenticate(raw: str) -> TokenUser | None:
         return None
     digest = token_hash(raw)
     generation = auth_generation()
-    hit = _AUTH_CACHE.get(digest)
-    if hit is not None and hit[1] == generation and time.monotonic() < hit[0]:
-        found: TokenUser | None = hit[2]
-    else:
+    found = _AUTH_CACHE.get(digest, generation)
+    if found is None:
         found = _token_user(digest)
         if found is not None:
-            if len(_AUTH_CACHE) >= _AUTH_CACHE_MAX:
-                _AUTH_CACHE.clear()
-            expires = time.monotonic() + settings.API_AUTH_CACHE_S
-            _AUTH_CACHE[digest] = (expires, generation, found)
+            _AUTH_CACHE.put(digest, generation, found)
     if found is None:
         return None
     token = found.token
