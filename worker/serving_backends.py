@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -112,6 +112,23 @@ def _finish(tokens: list[int], logprobs: list[float], eos: tuple[int, ...]) -> G
         if t in eos:
             return Generated(tokens[:i], logprobs[: i + 1], True)
     return Generated(tokens, logprobs[: len(tokens)], False)
+
+
+def collect(
+    steps: Iterable[tuple[int, float]],
+    eos: tuple[int, ...],
+    stop: Callable[[Sequence[int]], bool] | None = None,
+) -> Generated:
+    """A ``Generated`` from (token, log-probability) steps, ended early where ``stop`` says
+    (engines that decode a token at a time: transformers, llama.cpp)."""
+    tokens: list[int] = []
+    logprobs: list[float] = []
+    for token, lp in steps:
+        tokens.append(token)
+        logprobs.append(lp)
+        if stop is not None and token not in eos and stop(tokens):
+            break
+    return _finish(tokens, logprobs, eos)
 
 
 def stepwise_continuation_logprob(
@@ -360,13 +377,7 @@ class TransformersBackend:
         temperature: float,
         stop: Callable[[Sequence[int]], bool] | None = None,
     ) -> Generated:
-        tokens, logprobs = [], []
-        for token, lp in self.stream(prompt, max_new, temperature):
-            tokens.append(token)
-            logprobs.append(lp)
-            if stop is not None and token not in self.eos_token_ids and stop(tokens):
-                break
-        return _finish(tokens, logprobs, self.eos_token_ids)
+        return collect(self.stream(prompt, max_new, temperature), self.eos_token_ids, stop)
 
     def greedy(
         self,

@@ -14,6 +14,7 @@ One llama.cpp context serves one request at a time (a lock); it uses every core 
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 
 from worker.inference_hardware import available_cores
 from worker.model_loading import load_tokenizer
-from worker.serving_backends import Generated, StopRule, _finish, context_limit_of, eos_ids_of
+from worker.serving_backends import Generated, StopRule, collect, context_limit_of, eos_ids_of
 
 GGUF_FILE = "student-q8_0.gguf"
 MAX_CONTEXT = 8192
@@ -91,7 +92,6 @@ class LlamaCppBackend:
             verbose=False,
         )
         self.n_vocab = int(self.llm.n_vocab())
-        self.static_prefix: list[int] = []  # set by the engine; kept in the KV cache
         self._lock = threading.Lock()
         self._rng = np.random.default_rng()
 
@@ -99,23 +99,14 @@ class LlamaCppBackend:
 
     def _start(self, prompt: Sequence[int]) -> None:
         """Evaluate ``prompt``, reusing what the KV cache already holds of its beginning (the
-        shared start of the task's prompts, or more); at least its last token is evaluated, so
-        the logits are the prompt's next-token logits."""
+        previous request's prompt: every prompt of the task starts the same, so from the second
+        request on that shared start is never evaluated again); at least its last token is
+        evaluated, so the logits are the prompt's next-token logits."""
         llm = self.llm
-        held = llm.n_tokens
-        limit = min(held, len(prompt) - 1)
+        limit = min(llm.n_tokens, len(prompt) - 1)
         common = 0
-        ids = llm.input_ids
-        while common < limit and int(ids[common]) == prompt[common]:
+        while common < limit and int(llm.input_ids[common]) == prompt[common]:
             common += 1
-        if common < len(self.static_prefix) <= len(prompt) - 1 and (
-            list(prompt[: len(self.static_prefix)]) == self.static_prefix
-        ):
-            # The cache held something else: evaluate the shared start on its own first, so
-            # the next request finds it (the part after it changes every time).
-            llm.n_tokens = common
-            llm.eval(list(self.static_prefix[common:]))
-            common = len(self.static_prefix)
         llm.n_tokens = common
         llm.eval(list(prompt[common:]))  # eval drops the cache beyond n_tokens first
 
@@ -151,14 +142,8 @@ class LlamaCppBackend:
     def _collect(
         self, prompt: Sequence[int], max_new: int, temperature: float, index: int, stop: Any
     ) -> Generated:
-        tokens: list[int] = []
-        logprobs: list[float] = []
-        for token, lp in self._decode(prompt, max_new, temperature):
-            tokens.append(token)
-            logprobs.append(lp)
-            if stop is not None and token not in self.eos_token_ids and stop(index, tokens):
-                break
-        return _finish(tokens, logprobs, self.eos_token_ids)
+        rule = None if stop is None else functools.partial(stop, index)
+        return collect(self._decode(prompt, max_new, temperature), self.eos_token_ids, rule)
 
     # -- the backend's operations ------------------------------------------------------------
 
