@@ -188,7 +188,9 @@ def test_errors_in_openai_shape_and_tokens_across_teams(team, owner, outsider, s
         proc.client(raw_other).chat.completions.create(model="ticket-intents-v1", messages=messages)
 
 
-def test_text_stream_disconnect_frees_the_slot_and_capacity_answers_503(team, owner, server):  # type: ignore[no-untyped-def]
+def one_slot_text_student(team, owner, server, *, queue_wait_s):  # type: ignore[no-untyped-def]
+    """A served text task on a serving process with one slot (transformers: a long answer
+    holds it for a while) and the given wait for it; (served, raw token, process)."""
     served = served_student(
         team, owner, kind="text", name="Ticket replies", instruction_template="Reply to: {{ text }}"
     )
@@ -196,8 +198,13 @@ def test_text_stream_disconnect_frees_the_slot_and_capacity_answers_503(team, ow
     proc = server(
         DISTILLERY_SERVE_ENGINE="transformers",
         DISTILLERY_SERVE_CAPACITY="1",
-        DISTILLERY_SERVE_QUEUE_WAIT="0.05",
+        DISTILLERY_SERVE_QUEUE_WAIT=queue_wait_s,
     )
+    return served, raw, proc
+
+
+def test_text_stream_disconnect_frees_the_slot_and_capacity_answers_503(team, owner, server):  # type: ignore[no-untyped-def]
+    served, raw, proc = one_slot_text_student(team, owner, server, queue_wait_s="0.05")
     client = proc.client(raw)
     messages = [{"role": "user", "content": "the app is not working"}]
 
@@ -315,15 +322,7 @@ def test_a_client_that_gives_up_while_queued_costs_the_engine_nothing(team, owne
     import socket
     from urllib.parse import urlsplit
 
-    served = served_student(
-        team, owner, kind="text", name="Ticket replies", instruction_template="Reply to: {{ text }}"
-    )
-    _, raw = token(team, owner)
-    proc = server(
-        DISTILLERY_SERVE_ENGINE="transformers",
-        DISTILLERY_SERVE_CAPACITY="1",
-        DISTILLERY_SERVE_QUEUE_WAIT="30",
-    )
+    served, raw, proc = one_slot_text_student(team, owner, server, queue_wait_s="30")
     headers = {"Authorization": f"Bearer {raw}"}
     long = {
         "model": served.slug,

@@ -9,18 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.tiny_model import build_tiny_model
+from tests.worker.test_serving_static_prefix import INPUTS as STATIC_PREFIX_INPUTS
+from tests.worker.test_serving_static_prefix import LABELS
 from worker.serving_engine import ServedStudent
 from worker.serving_llama import GGUF_FILE, GGUF_MARK
 from worker.taskspec import TaskSpec
 
-LABELS = ("card_arrival", "lost_or_stolen_card", "top_up_failed", "refund")
-INPUTS = [
-    "my card has not arrived yet",
-    "Someone stole my wallet!",
-    "top up failed twice, why?",
-    "x",
-    "my card has not arrived yet",  # again: the KV cache holds it all
-]
+INPUTS = [*STATIC_PREFIX_INPUTS[:4], STATIC_PREFIX_INPUTS[0]]  # the last again: all cached
 TASK = TaskSpec(
     instruction_template="Which intent is this message?\n\nMessage: {{ text }}",
     output_kind="label",
