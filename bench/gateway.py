@@ -72,20 +72,6 @@ def student_responder(request: Any) -> Any:
     return FakeAnswer(label, extra_body={"distillery": {"confidence": p}})
 
 
-_GOLD: dict[str, str] = {}
-
-
-def gold_responder(request: Any) -> str:
-    """The teacher of --real-student: the held-out row's gold label (a stand-in teacher)."""
-    if not _GOLD:
-        path = shared_data("banking77", "test.jsonl")
-        for line in path.read_text().splitlines() if path.exists() else []:
-            row = json.loads(line)
-            _GOLD[row["text"].strip()] = str(row["label"])
-    text = request.last_user_text.rsplit("Message: ", 1)[-1].split("\n")[0].strip()
-    return _GOLD.get(text, "card_arrival")
-
-
 def _keep_errors(proc: subprocess.Popen[str], name: str) -> None:
     """A child's output after it is up: its tracebacks and ERROR lines go to this process's
     stderr (a failing gateway says why); the rest is read and dropped."""
@@ -227,28 +213,6 @@ def gateway_cpu_s(proc: subprocess.Popen[str] | None) -> float:
     return total
 
 
-def real_student_task(scratch: str, n: int) -> tuple[list[str], list[str], dict[str, Any]]:
-    """--real-student: the served student's files in the scratch data dir, its task, and n
-    held-out BANKING77 texts (the shared test split; the student trained on train rows)."""
-    import shutil
-
-    from bench.serve_student import STUDENT_CACHE, load_record
-
-    record = load_record()
-    if record is None:
-        sys.exit("no trained student: run `nice .venv/bin/python bench/serve_student.py` first")
-    shutil.copytree(
-        STUDENT_CACHE / "model", Path(scratch) / "students" / "real", copy_function=os.link
-    )
-    path = shared_data("banking77", "test.jsonl")
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    texts = list(dict.fromkeys(r["text"].strip() for r in rows))
-    if len(texts) < n:
-        sys.exit(f"--real-student has {len(texts)} held-out texts: ask for fewer --requests")
-    task = {"instruction": record["instruction_template"], "student_path": "students/real"}
-    return texts[:n], list(record["label_set"]), task
-
-
 def bench_database_url() -> str:
     """The bench's scratch database as a URL, for the processes it starts."""
     from django.db import connections
@@ -259,22 +223,6 @@ def bench_database_url() -> str:
         f"postgres://{s.get('USER') or 'postgres'}{password}@{s.get('HOST') or '127.0.0.1'}"
         f":{s.get('PORT') or 5432}/{s['NAME']}"
     )
-
-
-def serve_process(redis_url: str) -> tuple[subprocess.Popen[str], str]:
-    """``manage.py serve`` on the bench's database (the students served there)."""
-    env = dict(
-        os.environ,
-        DATABASE_URL=bench_database_url(),
-        REDIS_URL=redis_url,
-        PYTHONUNBUFFERED="1",
-    )
-    proc, line = start(
-        [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", "0"],
-        env=env,
-        ready="listening on ",
-    )
-    return proc, line.split("listening on ", 1)[1].split()[0]
 
 
 def setup_projects(
@@ -463,8 +411,10 @@ def main() -> None:
     texts, labels = load_texts(n * (len(POLICIES) + 1))
     task: dict[str, Any] = {}
     if args.real_student:
+        from bench.gateway_real_student import real_student_task
+
         texts, labels, task = real_student_task(scratch, n * (len(POLICIES) + 1))
-    teacher = "bench.gateway:gold_responder" if args.real_student else "first_label"
+    teacher = "bench.gateway_real_student:gold_responder" if args.real_student else "first_label"
     teacher_proc, teacher_url = fake(args.teacher_latency, teacher)
     student_proc = None
     if args.student_url:
@@ -477,6 +427,8 @@ def main() -> None:
     try:
         projects, token = setup_projects(teacher_url, args.student_model or None, labels, **task)
         if args.real_student:
+            from bench.gateway_real_student import serve_process
+
             student_proc, student_url = serve_process(redis_url)
         env = dict(
             os.environ,
