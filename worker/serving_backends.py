@@ -106,7 +106,7 @@ def context_limit_of(model_dir: Path) -> int:
         return 2048
 
 
-def _finish(tokens: list[int], logprobs: list[float], eos: tuple[int, ...]) -> Generated:
+def finished(tokens: list[int], logprobs: list[float], eos: tuple[int, ...]) -> Generated:
     """Cut at the first end token (its log-probability stays: P(answer, then stop))."""
     for i, t in enumerate(tokens):
         if t in eos:
@@ -128,7 +128,7 @@ def collect(
         logprobs.append(lp)
         if stop is not None and token not in eos and stop(tokens):
             break
-    return _finish(tokens, logprobs, eos)
+    return finished(tokens, logprobs, eos)
 
 
 def stepwise_continuation_logprob(
@@ -271,7 +271,7 @@ class CT2Backend:
             logprobs = [0.0] * len(ids)
             if logprobs:
                 logprobs[-1] = total
-            out.append(_finish(ids, logprobs, self.eos_token_ids))
+            out.append(finished(ids, logprobs, self.eos_token_ids))
         return out
 
     def greedy(
@@ -456,7 +456,7 @@ class VLLMBackend:
             c = o.outputs[0]
             ids = [int(t) for t in c.token_ids]
             lps = [float(step[t].logprob) for t, step in zip(ids, c.logprobs or [], strict=False)]
-            done.append(_finish(ids, lps + [0.0] * (len(ids) - len(lps)), self.eos_token_ids))
+            done.append(finished(ids, lps + [0.0] * (len(ids) - len(lps)), self.eos_token_ids))
         return done
 
     def greedy(

@@ -4,6 +4,7 @@ answer, and the same answers as transformers on the same prompts."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def test_llama_answers_equal_transformers_and_the_cache_changes_nothing(
 
     # Cold: a fresh context per prompt (nothing reused) gives the same answers.
     for prompt, answer in zip(prompts, warm, strict=True):
-        served.backend.llm.n_tokens = 0  # type: ignore[attr-defined]
+        served.backend.reset()  # type: ignore[attr-defined]
         cold = served.answer_batch([prompt], 0, confidence=True)[0]
         assert cold.text == answer.text
         assert cold.confidence == pytest.approx(answer.confidence, rel=1e-3)
@@ -81,3 +82,46 @@ def test_llama_streams_text_and_reuses_its_conversion(student: Path, tmp_path: P
     again = ServedStudent.load(task=text_task, model_dir=student, cache_dir=cache, engine="llama")
     assert (cache / GGUF_FILE).stat().st_mtime_ns == converted_at  # not converted twice
     assert again.answer_batch([prompt], 8)[0].text == whole.text
+
+
+def test_a_batch_runs_together_and_answers_as_each_prompt_alone(
+    student: Path, tmp_path: Path
+) -> None:
+    """Concurrent requests share llama.cpp's passes (several sequences of one cache): more
+    prompts than sequences, of different lengths, some stopped early by a stop rule — each gets
+    exactly the tokens and log-probabilities it gets alone from an empty cache (the passes hold
+    over 64 tokens, where llama.cpp's bigger kernels would round differently)."""
+    from worker.serving_llama import LlamaCppBackend
+
+    backend = LlamaCppBackend(student, tmp_path / "cache", sequences=3)
+    served = ServedStudent.load(
+        task=TASK, model_dir=student, cache_dir=tmp_path / "cache", engine="transformers"
+    )
+    prompts = [
+        served.encode([{"role": "user", "content": t}], 0)
+        for t in [*STATIC_PREFIX_INPUTS, "card", STATIC_PREFIX_INPUTS[0] * 3]
+    ]
+    assert len(prompts) > 3 and len({len(p) for p in prompts}) > 2
+
+    def stop(index: int, tokens: Sequence[int]) -> bool:
+        return index % 2 == 1 and len(tokens) == 2  # odd prompts stop after two tokens
+
+    alone = []
+    for prompt in prompts:
+        backend.reset()
+        alone.append(backend.greedy([prompt], 6)[0])
+    backend.reset()
+    together = backend.greedy(prompts, 6, stop=stop)
+    for i, (g, one) in enumerate(zip(together, alone, strict=True)):
+        keep = 2 if i % 2 == 1 else len(one.tokens)
+        assert g.tokens == one.tokens[:keep]
+        assert g.logprobs[:keep] == one.logprobs[:keep]  # not close: equal
+    # Again, with every sequence's cache holding an earlier prompt: the same answers.
+    again = backend.greedy(prompts[::-1], 6)
+    assert [(g.tokens, g.logprobs) for g in again] == [(g.tokens, g.logprobs) for g in alone[::-1]]
+    # Scoring in a batch equals scoring alone.
+    wanted = sorted({alone[0].tokens[0], alone[1].tokens[0]})
+    batched = backend.next_logprobs(prompts, wanted)
+    for prompt, row in zip(prompts, batched, strict=True):
+        backend.reset()
+        assert row == backend.next_logprobs([prompt], wanted)[0]
