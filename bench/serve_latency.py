@@ -97,7 +97,7 @@ def setup_served(record: dict[str, Any], model_dir: Path) -> tuple[str, str]:
     return served.slug, raw
 
 
-def start_server(engine: str) -> tuple[subprocess.Popen[str], str, list[str]]:
+def start_server(engine: str, gguf: str = "") -> tuple[subprocess.Popen[str], str, list[str]]:
     from django.conf import settings
 
     env = dict(os.environ)
@@ -107,6 +107,7 @@ def start_server(engine: str) -> tuple[subprocess.Popen[str], str, list[str]]:
             "DATABASE_URL": db_url(),
             "DISTILLERY_DATA_DIR": str(settings.DATA_DIR),
             "DISTILLERY_SERVE_ENGINE": engine,
+            "DISTILLERY_SERVE_GGUF": gguf,
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -221,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         "--engine", default="auto", help="the serving engine (auto: its own choice)"
     )
     parser.add_argument(
+        "--gguf",
+        default="",
+        help="llama.cpp: the weights' format (Q8_0, Q4_0, Q4_K_M, BF16, ...; default: the "
+        "serving default)",
+    )
+    parser.add_argument(
         "--untuned-stand-in",
         type=Path,
         default=None,
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         from django.db import connections
 
         connections.close_all()
-        proc, url, log = start_server(args.engine)
+        proc, url, log = start_server(args.engine, args.gguf)
         try:
             served = measure_served(url, slug, token, texts)
         finally:

@@ -1,7 +1,7 @@
-"""llama.cpp as a serving engine (``LlamaCppBackend``): the student converted once to a Q8_0 GGUF
-with llama.cpp's own converter and quantiser (worker.export.llama_cpp_tools, the same tools the
-export bundle uses), run through llama.cpp's batch API (llama-cpp-python's low-level binding)
-with the KV cache under our control.
+"""llama.cpp as a serving engine (``LlamaCppBackend``): the student converted once to a GGUF
+(Q8_0 unless DISTILLERY_SERVE_GGUF names another format) with llama.cpp's own converter and
+quantiser (worker.export.llama_cpp_tools, the same tools the export bundle uses), run through
+llama.cpp's batch API (llama-cpp-python's low-level binding) with the KV cache under our control.
 
 Why, on CPU: a request pays for its own tokens only. The model state after the prompt's shared
 start (and after any longer shared beginning) stays in the KV cache; the request's own tokens are
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import threading
 import weakref
@@ -39,7 +40,10 @@ from worker.serving_backends import (
     finished,
 )
 
-GGUF_FILE = "student-q8_0.gguf"
+# The weights' format (DISTILLERY_SERVE_GGUF): Q8_0 by default — it answered the evaluated
+# student's labels (bench/serve_latency.py); the others trade fidelity or speed, measure first.
+GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "BF16", "F16")
+DEFAULT_GGUF_TYPE = "Q8_0"
 MAX_CONTEXT = 8192
 # Prompts evaluated together (the engine pool batches up to this many waiting requests per pass)
 # and the tokens one pass takes.
@@ -51,7 +55,6 @@ N_BATCH = 512
 # pass, so an answer does not depend on which requests were batched with it or what the cache
 # held — the same answers as one at a time.
 N_UBATCH = 32
-GGUF_MARK = "distillery_gguf_source.txt"
 
 
 def llama_cpp_available() -> bool:
@@ -66,13 +69,34 @@ def llama_cpp_available() -> bool:
     return True
 
 
-def convert_to_q8_gguf(model_dir: Path, cache_dir: Path) -> Path:
-    """The merged student as a Q8_0 GGUF, converted once (the mark file records the source
-    folder, so a re-trained student converts anew); a half-written file is never loaded."""
+def gguf_type(chosen: str | None = None) -> str:
+    """The serving weights' format: ``chosen``, else DISTILLERY_SERVE_GGUF, else Q8_0."""
+    value = (chosen or os.environ.get("DISTILLERY_SERVE_GGUF", "") or DEFAULT_GGUF_TYPE).upper()
+    if value not in GGUF_TYPES:
+        raise ValueError(
+            f"DISTILLERY_SERVE_GGUF must be one of {', '.join(GGUF_TYPES)}, not {value!r}"
+        )
+    return value
+
+
+def gguf_file(quant: str) -> str:
+    return f"student-{quant.lower()}.gguf"
+
+
+def gguf_mark(quant: str) -> str:
+    """The file beside the GGUF that names the model folder it was converted from."""
+    return f"{gguf_file(quant)}.source.txt"
+
+
+def convert_to_serving_gguf(
+    model_dir: Path, cache_dir: Path, quant: str = DEFAULT_GGUF_TYPE
+) -> Path:
+    """The merged student as a GGUF in ``quant``, converted once (the mark file records the
+    source folder, so a re-trained student converts anew); a half-written file is never loaded."""
     from worker.export.llama_cpp_tools import convert_to_gguf, quantize
 
-    out = cache_dir / GGUF_FILE
-    mark = cache_dir / GGUF_MARK
+    out = cache_dir / gguf_file(quant)
+    mark = cache_dir / gguf_mark(quant)
     source = str(model_dir.resolve())
     if out.is_file() and mark.is_file() and mark.read_text(encoding="utf-8") == source:
         return out
@@ -80,9 +104,12 @@ def convert_to_q8_gguf(model_dir: Path, cache_dir: Path) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
-        f16 = convert_to_gguf(model_dir, work / "student-f16.gguf")
-        quantize(f16, work / GGUF_FILE, "Q8_0")
-        (work / GGUF_FILE).replace(out)
+        if quant in ("BF16", "F16"):
+            convert_to_gguf(model_dir, work / out.name, outtype=quant.lower())
+        else:
+            f16 = convert_to_gguf(model_dir, work / "student-f16.gguf")
+            quantize(f16, work / out.name, quant)
+        (work / out.name).replace(out)
         mark.write_text(source, encoding="utf-8")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -248,8 +275,6 @@ def _free_context(llama_cpp: Any, model: Any, ctx: Any, batch: Any) -> None:
 
 
 class LlamaCppBackend:
-    name = "llama.cpp-q8_0"
-
     def __init__(
         self,
         model_dir: Path,
@@ -257,13 +282,16 @@ class LlamaCppBackend:
         *,
         threads: int | None = None,
         sequences: int = SEQUENCES,
+        quant: str | None = None,
     ) -> None:
         import numpy as np
 
         self.np = np
+        self.quant = gguf_type(quant)
+        self.name = f"llama.cpp-{self.quant.lower()}"
         self.tokenizer = load_tokenizer(model_dir)
         self.eos_token_ids = eos_ids_of(model_dir, self.tokenizer)
-        self.path = convert_to_q8_gguf(model_dir, cache_dir)
+        self.path = convert_to_serving_gguf(model_dir, cache_dir, self.quant)
         # The KV cache is sized for the whole context up front: capped (CPU memory).
         self.context_limit = min(context_limit_of(model_dir), MAX_CONTEXT)
         self.context = _Context(

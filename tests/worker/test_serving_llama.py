@@ -13,7 +13,7 @@ from tests.helpers.tiny_model import build_tiny_model
 from tests.worker.test_serving_static_prefix import INPUTS as STATIC_PREFIX_INPUTS
 from tests.worker.test_serving_static_prefix import LABELS
 from worker.serving_engine import ServedStudent
-from worker.serving_llama import GGUF_FILE, GGUF_MARK
+from worker.serving_llama import gguf_file, gguf_mark
 from worker.taskspec import TaskSpec
 
 INPUTS = [*STATIC_PREFIX_INPUTS[:4], STATIC_PREFIX_INPUTS[0]]  # the last again: all cached
@@ -37,8 +37,10 @@ def test_llama_answers_equal_transformers_and_the_cache_changes_nothing(
         task=TASK, model_dir=student, cache_dir=tmp_path / "cache", engine="llama"
     )
     assert served.backend.name == "llama.cpp-q8_0"
-    assert (tmp_path / "cache" / GGUF_FILE).is_file()
-    assert (tmp_path / "cache" / GGUF_MARK).read_text(encoding="utf-8") == str(student.resolve())
+    assert (tmp_path / "cache" / gguf_file("Q8_0")).is_file()
+    assert (tmp_path / "cache" / gguf_mark("Q8_0")).read_text(encoding="utf-8") == str(
+        student.resolve()
+    )
     reference = ServedStudent.load(
         task=TASK, model_dir=student, cache_dir=tmp_path / "ref", engine="transformers"
     )
@@ -78,9 +80,9 @@ def test_llama_streams_text_and_reuses_its_conversion(student: Path, tmp_path: P
     assert streamed.strip() == whole.text.rstrip("\ufffd").strip()
     assert 1 <= whole.completion_tokens <= 8
 
-    converted_at = (cache / GGUF_FILE).stat().st_mtime_ns
+    converted_at = (cache / gguf_file("Q8_0")).stat().st_mtime_ns
     again = ServedStudent.load(task=text_task, model_dir=student, cache_dir=cache, engine="llama")
-    assert (cache / GGUF_FILE).stat().st_mtime_ns == converted_at  # not converted twice
+    assert (cache / gguf_file("Q8_0")).stat().st_mtime_ns == converted_at  # not converted twice
     assert again.answer_batch([prompt], 8)[0].text == whole.text
 
 
@@ -125,3 +127,19 @@ def test_a_batch_runs_together_and_answers_as_each_prompt_alone(
     for prompt, row in zip(prompts, batched, strict=True):
         backend.reset()
         assert row == backend.next_logprobs([prompt], wanted)[0]
+
+
+def test_the_weights_format_is_chosen_and_a_wrong_one_named(
+    student: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.serving_llama import LlamaCppBackend, gguf_type
+
+    monkeypatch.setenv("DISTILLERY_SERVE_GGUF", "bf16")
+    backend = LlamaCppBackend(student, tmp_path / "cache")
+    assert backend.name == "llama.cpp-bf16"
+    assert (tmp_path / "cache" / gguf_file("BF16")).is_file()
+    assert not (tmp_path / "cache" / gguf_file("Q8_0")).exists()
+    assert len(backend.greedy([[1, 2, 3]], 3)[0].logprobs) >= 1
+
+    with pytest.raises(ValueError, match="must be one of Q8_0, .*not 'Q3'"):
+        gguf_type("q3")

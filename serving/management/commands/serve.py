@@ -6,7 +6,9 @@ import os
 import signal
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+
+from worker.serving_llama import DEFAULT_GGUF_TYPE, GGUF_TYPES, gguf_type
 
 
 class Command(BaseCommand):
@@ -20,8 +22,16 @@ class Command(BaseCommand):
             "--engine",
             default=env("DISTILLERY_SERVE_ENGINE", "auto"),
             choices=["auto", "llama", "ct2", "transformers", "vllm"],
-            help="auto: vLLM on a CUDA machine where installed, else llama.cpp (Q8_0), else "
+            help="auto: vLLM on a CUDA machine where installed, else llama.cpp, else "
             "CTranslate2 int8, else transformers",
+        )
+        parser.add_argument(
+            "--gguf",
+            type=str.upper,
+            default=env("DISTILLERY_SERVE_GGUF") or DEFAULT_GGUF_TYPE,
+            choices=GGUF_TYPES,
+            help="llama.cpp: the format the student is converted to (Q8_0 stays closest to the "
+            "evaluated student; measure another with bench/serve_latency.py --gguf)",
         )
         parser.add_argument(
             "--capacity",
@@ -39,6 +49,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from serving.server import serve_forever
 
+        try:  # the environment's value is checked here too, not at the first request
+            os.environ["DISTILLERY_SERVE_GGUF"] = gguf_type(options["gguf"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         # SIGTERM (docker stop, a test's terminate) stops like Ctrl-C: the log is flushed.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         serve_forever(
