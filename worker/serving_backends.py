@@ -349,7 +349,7 @@ class TransformersBackend:
         x = torch.tensor([list(prompt)], device=self.device)
         with torch.inference_mode():
             for _ in range(max_new_tokens):
-                out = self.model(input_ids=x, past_key_values=cache, use_cache=True)
+                out = self.model(input_ids=x, cache=cache, use_cache=True)
                 logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
                 if temperature > 0:
                     probs = torch.softmax(out.logits[0, -1].float() / temperature, dim=-1)
