@@ -233,7 +233,7 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         user=user,
         teacher=es.TeacherChoice(run=teacher_run),
         students=[
-            es.StudentChoice("base", student_model=base),
+            *([] if args.no_untuned else [es.StudentChoice("base", student_model=base)]),
             es.StudentChoice("distilled", student_model=fine_tune.result_model),
         ],
         input_ids=test_ids,
@@ -248,7 +248,11 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         raise RuntimeError(f"evaluation {evaluation.job.status}: {evaluation.job.error}")
 
     candidates = {c.role: c for c in evaluation.candidates.all()}
-    teacher, untuned, distilled = candidates["teacher"], candidates["base"], candidates["distilled"]
+    teacher, untuned, distilled = (
+        candidates["teacher"],
+        candidates.get("base"),
+        candidates["distilled"],
+    )
     curve = None
     if args.curve:
         mark = time.perf_counter()
@@ -287,13 +291,15 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             },
         },
         "teacher_accuracy": acc(teacher),
-        "untuned_accuracy": acc(untuned),
+        "untuned_accuracy": acc(untuned) if untuned else None,
         "distilled_accuracy": acc(distilled),
-        "untuned_percent_of_teacher": untuned.metrics.get("percent_of_teacher"),
+        "untuned_percent_of_teacher": untuned.metrics.get("percent_of_teacher")
+        if untuned
+        else None,
         "distilled_percent_of_teacher": distilled.metrics.get("percent_of_teacher"),
         "distilled_agreement_with_teacher": distilled.metrics["agreement"]["rate"]["value"],
-        "untuned_unparseable": untuned.metrics["quality"]["unparseable"],
-        "untuned": perf(untuned),
+        "untuned_unparseable": untuned.metrics["quality"]["unparseable"] if untuned else None,
+        "untuned": perf(untuned) if untuned else "not evaluated (--no-untuned)",
         "distilled": perf(distilled),
         "hardware": distilled.performance["hardware"]["description"],
         "headline_quality": evaluation.summary.get("headline_quality"),
@@ -378,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         "fine-tune form suggests for a label task)",
     )
     parser.add_argument(
+        "--no-untuned",
+        action="store_true",
+        help="evaluate the distilled student only (the untuned one's 77-label prompts are most of "
+        "the evaluation's time): for comparing recipes",
+    )
+    parser.add_argument(
         "--data",
         choices=("auto", "demo", "shared"),
         default="auto",
@@ -435,13 +447,18 @@ def main(argv: list[str] | None = None) -> int:
     result["total_s"] = round(time.perf_counter() - started, 1)
     result["quick"] = bool(args.quick)
     u, d = result["untuned_accuracy"], result["distilled_accuracy"]
+    untuned_line = (
+        f"untuned accuracy   {100 * u['value']:.1f} % ({u['k']}/{u['n']}; 95 % CI "
+        f"{100 * u['low']:.1f}-{100 * u['high']:.1f})"
+        if u
+        else "untuned: not evaluated (--no-untuned)"
+    )
     print(
         f"teacher: {result['teacher']}\n"
         f"train rows {result['n_train']}, test rows {result['n_test']}, {result['labels']} labels, "
         f"preset {result['preset']} ({result['fine_tune']['steps']} steps, "
         f"{result['fine_tune']['train_seconds']} s of training)\n"
-        f"untuned accuracy   {100 * u['value']:.1f} % ({u['k']}/{u['n']}; 95 % CI "
-        f"{100 * u['low']:.1f}-{100 * u['high']:.1f})\n"
+        f"{untuned_line}\n"
         f"distilled accuracy {100 * d['value']:.1f} % ({d['k']}/{d['n']}; 95 % CI "
         f"{100 * d['low']:.1f}-{100 * d['high']:.1f})\n"
         f"{result['headline_quality']}\n{result['headline_agreement']}\n"

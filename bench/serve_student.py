@@ -99,6 +99,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latency-requests", type=int, default=20)
     p.add_argument("--keep-label-list", action="store_true")
+    p.add_argument("--no-untuned", action="store_true", help="evaluate the distilled student only")
     # The journey's recipe options (bench/distill_banking77.py): the preset's own by default.
     p.add_argument("--data", choices=("auto", "demo", "shared"), default="auto")
     p.add_argument("--preset", default=None)
