@@ -322,12 +322,12 @@ def learning_curve(
     feature's own code; then the same fit on the smaller subsets only, forecasting the largest
     size, checked against what that size measured."""
     from evaluations import services as es
-    from evaluations.learning_curve import curve_for, curve_scores
+    from evaluations.learning_curve import curve_for, curve_scores, reviewed_rows
     from evaluations.models import Evaluation
     from evaluations.tasks import evaluation as evaluation_task
     from worker.learning_curve import MIN_POINTS, forecast
 
-    n = fine_tune.n_train
+    n = reviewed_rows(fine_tune)  # the train split's rows (a tenth of them held out in training)
     sizes = [int(s) for s in args.curve.split(",")] if not args.quick else [12, 24]
     evaluation = es.learning_curve_start(
         project=project,

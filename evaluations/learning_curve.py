@@ -10,7 +10,10 @@ examples for its uncertainty. From it, stakeholders read what more reviewed data
 quality target needs, or that more data will not get there and a bigger student is the lever.
 
 Everything shown is recomputed from stored rows on every read: each candidate's per-example
-scores (EvalOutput) and each student's training size (its FineTune's ``n_train``).
+scores (EvalOutput) and each student's training size — the reviewed rows of the train split it
+was given (``reviewed_rows``), the unit a team adds more of. Without a validation split a
+fine-tune holds a tenth of them out to watch for over-fitting and trains on the rest
+(``FineTune.n_train``); the same share at every size, so the curve's shape is the same either way.
 """
 
 from __future__ import annotations
@@ -46,6 +49,16 @@ DEFAULT_TARGET_PERCENT = 95  # the go/no-go report's default quality target
 # Beyond this many times the largest measured size, a forecast is a guess, not a reading.
 EXTRAPOLATION_LIMIT = 10
 CURVE_SEED = 20240611  # the bootstrap's: the same stored rows give the same interval every time
+
+
+def reviewed_rows(fine_tune: FineTune) -> int:
+    """The train-split rows ``fine_tune`` was given: its subset's size for a curve's point (always
+    under the split's size), else the version's whole train split."""
+    from finetunes.services import split_counts
+
+    if fine_tune.train_limit:
+        return fine_tune.train_limit
+    return split_counts(fine_tune.dataset_version).get("train", 0) or fine_tune.n_train
 
 
 # Starting ---------------------------------------------------------------------------------------
@@ -98,12 +111,13 @@ def learning_curve_start(
         raise ValidationError({"fine_tune": "choose one of this project's fine-tunes"})
     if fine_tune.job.status != JobStatus.SUCCEEDED or fine_tune.result_model is None:
         raise ValidationError({"fine_tune": "choose a fine-tune that finished and has a student"})
-    sizes = curve_sizes(fine_tune.n_train, percents)
+    given = reviewed_rows(fine_tune)
+    sizes = curve_sizes(given, percents)
     version = fine_tune.dataset_version
     full = StudentChoice(
         CandidateRole.DISTILLED,
         student_model=fine_tune.result_model,
-        name=_student_name(fine_tune.n_train, fine_tune.n_train),
+        name=_student_name(given, given),
     )
     candidates = [teacher_candidate(project, teacher), student_candidate(project, full)]
     if input_ids is None:
@@ -154,15 +168,14 @@ def curve_train(*, evaluation: Evaluation, progress: Progress) -> None:
         if c.student_model_id
     }
     sizes = [int(n) for n in plan["sizes"]]
+    given = reviewed_rows(parent)
     for index, n in enumerate(sizes, start=1):
         done = FineTune.objects.filter(
             result_model_id__in=have, train_limit=n, subset_seed=int(plan.get("seed", 0))
         ).exists()
         if done:
             continue
-        progress.add(
-            0, phase=f"training on {n:,} of {parent.n_train:,} rows ({index}/{len(sizes)})"
-        )
+        progress.add(0, phase=f"training on {n:,} of {given:,} rows ({index}/{len(sizes)})")
         fine_tune = fine_tune_subset_run(
             parent=parent,
             n_train=n,
@@ -174,7 +187,7 @@ def curve_train(*, evaluation: Evaluation, progress: Progress) -> None:
             StudentChoice(
                 CandidateRole.DISTILLED,
                 student_model=fine_tune.result_model,
-                name=_student_name(n, parent.n_train),
+                name=_student_name(n, given),
             ),
         )
         candidate.evaluation = evaluation
@@ -245,16 +258,17 @@ class _Scores:
 
 def curve_scores(*, evaluation: Evaluation) -> _Scores | None:
     """The stored per-example scores of a learning curve's students, with each student's
-    training size (its fine-tune's ``n_train``); None before any student has answered."""
+    training size (``reviewed_rows``); None before any student has answered."""
     from evaluations.figures import load_scored, scored_examples, stored_scores
 
     candidates = list(evaluation.candidates.select_related("student_model").order_by("position"))
     teacher = next((c for c in candidates if c.role == CandidateRole.TEACHER), None)
-    sizes = dict(
-        FineTune.objects.filter(
+    sizes = {
+        ft.result_model_id: reviewed_rows(ft)
+        for ft in FineTune.objects.filter(
             result_model__in=[c.student_model_id for c in candidates if c.student_model_id]
-        ).values_list("result_model_id", "n_train")
-    )
+        ).select_related("dataset_version")
+    }
     size_of = {
         c.pk: sizes[c.student_model_id]
         for c in candidates

@@ -1,5 +1,6 @@
 """A finished learning curve with fixed answers: students "trained" on given sizes (registered
-models and succeeded fine-tunes whose ``n_train`` is the size), each right on a given number of
+models and succeeded fine-tunes given that many train rows: ``train_limit`` and ``n_train`` are the
+size, the largest one's too, as the version is smaller than the sizes it stands for), each right on a given number of
 the test examples, nested like real students (a bigger one gets right what a smaller one did),
 scored by the real scoring code. For the page and report tests, which need known numbers."""
 
@@ -66,7 +67,7 @@ def finished_curve(
             base_model_name="tiny",
             method="lora",
             n_train=n,
-            train_limit=None if n == sizes[-1] else n,
+            train_limit=n,
             result_model=model,
         )
         students.append(

@@ -15,12 +15,12 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from evaluations import services as es
-from evaluations.learning_curve import curve_for, curve_scores
+from evaluations.learning_curve import curve_for, curve_scores, reviewed_rows
 from evaluations.models import Evaluation
 from finetunes.models import FineTune
 from finetunes.services import nested_subset
 from jobs import storage
-from jobs.models import JobStatus
+from jobs.models import Job, JobStatus
 from reports.models import ReportSettings
 from tests.conftest import wait_until
 from tests.evaluations.curve_support import finished_curve
@@ -31,6 +31,28 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # quality(n) = 0.9 - 3 n^-0.5 at 100/200/400/800 rows, on 200 test examples: 60/69/75/79 %.
 SIZES = [100, 200, 400, 800]
 RIGHT = [120, 138, 150, 159]
+
+
+def test_a_curve_counts_the_reviewed_rows_a_fine_tune_was_given(team, owner, tiny_model_dir):  # type: ignore[no-untyped-def]
+    # Without a validation split a fine-tune trains on nine tenths of its rows (the rest watch
+    # for over-fitting); the team reviewed all of them, and the curve speaks of reviewed rows.
+    version = frozen_version(team, owner, n=30)
+    train_rows = version.stats["counts"]["train"]
+    base = tiny_student(team, tiny_model_dir)
+
+    def fine_tune(n_train: int, limit: int | None) -> FineTune:
+        return FineTune.objects.create(
+            job=Job.objects.create(team=team, project=version.project, kind="fine_tune"),
+            project=version.project,
+            dataset_version=version,
+            base_model=base,
+            method="lora",
+            n_train=n_train,
+            train_limit=limit,
+        )
+
+    assert reviewed_rows(fine_tune(train_rows - 2, None)) == train_rows
+    assert reviewed_rows(fine_tune(9, 10)) == 10
 
 
 def page_text(client, url: str) -> str:  # type: ignore[no-untyped-def]
