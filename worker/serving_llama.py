@@ -15,7 +15,10 @@ and they run on up to ``SEQUENCES`` sequences of one unified cache — one pass 
 own tokens, then each pass one token of each unfinished answer. A decoding step reads the weights
 once for all of them (measured, SmolLM2-135M Q8_0 on 2 EPYC cores: one step 6.9 ms alone, 28.6 ms
 for 8 = 3.6 ms each; 19-token prompts 38.6 ms alone, 30.2 ms each for 8). One batch runs at a time
-(a lock) on every core.
+(a lock) on every core. llama.cpp multiplies a pass of many tokens with other kernels than a pass
+of few, which round differently: an answer whose two best choices are nearly tied can depend on
+what it was batched with (measured on the served BANKING77 student: first-token
+log-probabilities within 0.1 of one-at-a-time; 2 of 300 labels differed with 8 concurrent clients).
 """
 
 from __future__ import annotations
@@ -49,12 +52,6 @@ MAX_CONTEXT = 8192
 # and the tokens one pass takes.
 SEQUENCES = 8
 N_BATCH = 512
-# The tokens one compute pass takes. llama.cpp multiplies a pass of 64 tokens or more with other
-# kernels than a smaller one, and their results differ slightly (measured on a random tiny model:
-# 0.06 in a log-probability). Under 64, every token is computed the same whatever else is in the
-# pass, so an answer does not depend on which requests were batched with it or what the cache
-# held — the same answers as one at a time.
-N_UBATCH = 32
 
 
 def llama_cpp_available() -> bool:
@@ -139,14 +136,9 @@ class _Context:
             raise RuntimeError(f"llama.cpp could not load {path}")
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
-        params.n_batch = N_BATCH
-        params.n_ubatch = N_UBATCH
+        params.n_batch = params.n_ubatch = N_BATCH
         params.n_seq_max = seqs
         params.n_threads = params.n_threads_batch = threads
-        # llama.cpp's CPU flash attention sums in f16, in the order the cache's cells happen to
-        # be in: an answer then depends on what else the cache held (measured: 0.03-0.05 in a
-        # log-probability). The plain attention path sums in f32 and gives the same answers.
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.kv_unified = True  # one cache for all sequences: a shared start is stored once
         ctx = llama_cpp.llama_init_from_model(model, params)
         if not ctx:
