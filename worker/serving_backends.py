@@ -505,8 +505,8 @@ def resolve_engine(engine: str = "auto") -> str:
     (Q8_0) where llama-cpp-python and the converter are installed (``make venv`` builds them),
     else CTranslate2 int8, else transformers. ``engine`` (or DISTILLERY_SERVE_ENGINE) forces
     one: vllm, llama, ct2 or transformers. Chosen by measurement (bench/serve_latency.py, the
-    distilled BANKING77 student on 2 vCPUs): llama.cpp p50 57.6 ms and the evaluated accuracy
-    exactly, CTranslate2 p50 86.6 ms and 2.5 points off it."""
+    distilled BANKING77 student on 2 vCPUs): llama.cpp Q8_0 p50 50.2 ms and the evaluated
+    accuracy exactly; CTranslate2 (another machine) p50 86.6 ms and 2.5 points off it."""
     engine = engine or os.environ.get("DISTILLERY_SERVE_ENGINE", "auto")
     if engine != "auto":
         return engine

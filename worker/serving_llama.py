@@ -18,7 +18,7 @@ for 8 = 3.6 ms each; 19-token prompts 38.6 ms alone, 30.2 ms each for 8). One ba
 (a lock) on every core. llama.cpp multiplies a pass of many tokens with other kernels than a pass
 of few, which round differently: an answer whose two best choices are nearly tied can depend on
 what it was batched with (measured on the served BANKING77 student: first-token
-log-probabilities within 0.1 of one-at-a-time; 2 of 300 labels differed with 8 concurrent clients).
+log-probabilities within 0.1 of one-at-a-time; 1 of 300 labels differed with 8 concurrent clients).
 """
 
 from __future__ import annotations
