@@ -167,7 +167,7 @@ class _Context:
         """A sequence for each prompt (``len(prompts) <= seqs``): the free sequence whose cache
         shares the longest beginning with it; a sequence that shares less than another one
         copies that one's beginning first (cells are shared, not duplicated). Leaves each
-        sequence's cache trimmed to what its prompt reuses; returns how much that is."""
+        sequence's cache trimmed to what its prompt reuses; returns each prompt's sequence."""
         held = self.held
         assigned: list[int] = []
         for prompt in prompts:
