@@ -40,6 +40,7 @@ from evaluations.models import (
 from evaluations.start import create_evaluation
 from evaluations.units import DASH
 from finetunes.models import FineTune
+from finetunes.services import split_counts
 from jobs.models import JobStatus
 from projects.models import Project
 
@@ -54,8 +55,6 @@ CURVE_SEED = 20240611  # the bootstrap's: the same stored rows give the same int
 def reviewed_rows(fine_tune: FineTune) -> int:
     """The train-split rows ``fine_tune`` was given: its subset's size for a curve's point (always
     under the split's size), else the version's whole train split."""
-    from finetunes.services import split_counts
-
     if fine_tune.train_limit:
         return fine_tune.train_limit
     return split_counts(fine_tune.dataset_version).get("train", 0) or fine_tune.n_train

@@ -114,13 +114,21 @@ def finished(tokens: list[int], logprobs: list[float], eos: tuple[int, ...]) -> 
     return Generated(tokens, logprobs[: len(tokens)], False)
 
 
+def log_softmax(logits: Any) -> Any:
+    """Log-probabilities from one position's logits (a numpy vector, its dtype kept)."""
+    import numpy as np
+
+    top = logits.max()
+    return logits - (top + np.log(np.exp(logits - top).sum()))
+
+
 def collect(
     steps: Iterable[tuple[int, float]],
     eos: tuple[int, ...],
     stop: Callable[[Sequence[int]], bool] | None = None,
 ) -> Generated:
     """A ``Generated`` from (token, log-probability) steps, ended early where ``stop`` says
-    (engines that decode a token at a time: transformers, llama.cpp)."""
+    (an engine that decodes one prompt a token at a time: transformers)."""
     tokens: list[int] = []
     logprobs: list[float] = []
     for token, lp in steps:
@@ -295,8 +303,7 @@ class CT2Backend:
         out = []
         for seq in sequences:  # the rare path (constrained fallback): one at a time
             logits = np.asarray(self.generator.forward_batch([list(seq)]), dtype=np.float32)
-            last = logits[0, -1]
-            norm = last - (last.max() + np.log(np.exp(last - last.max()).sum()))
+            norm = log_softmax(logits[0, -1])
             out.append([float(norm[t]) for t in wanted])
         return out
 

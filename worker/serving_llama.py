@@ -24,7 +24,6 @@ log-probabilities within 0.1 of one-at-a-time; 1 of 300 labels differed with 8 c
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import threading
@@ -41,6 +40,7 @@ from worker.serving_backends import (
     context_limit_of,
     eos_ids_of,
     finished,
+    log_softmax,
 )
 
 # The weights' format (DISTILLERY_SERVE_GGUF): Q8_0 by default — it answered the evaluated
@@ -153,7 +153,7 @@ class _Context:
         self.held: list[list[int]] = [[] for _ in range(seqs)]  # what each sequence's cache holds
         self._free = weakref.finalize(self, _free_context, llama_cpp, model, ctx, batch)
 
-    def make_room(self, need: int) -> None:
+    def _make_room(self, need: int) -> None:
         """Empty the cache when ``need`` more tokens might not fit beside what it holds (the
         sum over sequences over-counts a shared start, so this errs towards clearing)."""
         if need + sum(len(h) for h in self.held) > self.n_ctx:
@@ -240,13 +240,15 @@ class _Context:
         import numpy as np
 
         pointer = self.L.llama_get_logits_ith(self.ctx, row)
-        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
-        top = logits.max()
-        return logits - (top + math.log(float(np.exp(logits - top).sum())))
+        return log_softmax(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64))
 
-    def start(self, prompts: Sequence[Sequence[int]]) -> tuple[list[int], list[Any]]:
-        """Evaluate the prompts (each on its own sequence, reusing what the caches hold):
-        their sequences and next-token log-probabilities."""
+    def start(
+        self, prompts: Sequence[Sequence[int]], new_tokens: int = 0
+    ) -> tuple[list[int], list[Any]]:
+        """Evaluate the prompts (each on its own sequence, reusing what the caches hold), with
+        room left for ``new_tokens`` more per prompt: their sequences and next-token
+        log-probabilities."""
+        self._make_room(sum(len(p) + new_tokens for p in prompts))
         seqs = self._plan(prompts)
         items = [(s, list(p[len(self.held[s]) :])) for s, p in zip(seqs, prompts, strict=True)]
         return seqs, self.evaluate(items)
@@ -337,8 +339,7 @@ class LlamaCppBackend:
         context = self.context
         for group in self._groups(prompts, max_new):
             batch = [prompts[i] for i in group]
-            context.make_room(sum(len(p) + max_new for p in batch))
-            seqs, logprobs = context.start(batch)
+            seqs, logprobs = context.start(batch, max_new)
             tokens: list[list[int]] = [[] for _ in group]
             lps: list[list[float]] = [[] for _ in group]
             active = list(range(len(group)))
@@ -385,7 +386,6 @@ class LlamaCppBackend:
         with self._lock:
             for group in self._groups(sequences, 0):
                 batch = [sequences[i] for i in group]
-                self.context.make_room(sum(len(s) for s in batch))
                 _, logprobs = self.context.start(batch)
                 out.extend([float(lp[t]) for t in wanted] for lp in logprobs)
         return out
@@ -393,8 +393,7 @@ class LlamaCppBackend:
     def continuation_logprob(self, prompt: Sequence[int], continuation: Sequence[int]) -> float:
         total = 0.0
         with self._lock:
-            self.context.make_room(len(prompt) + len(continuation))
-            (seq,), (logprobs,) = self.context.start([prompt])
+            (seq,), (logprobs,) = self.context.start([prompt], len(continuation))
             for i, token in enumerate(continuation):
                 total += float(logprobs[token])
                 if i + 1 < len(continuation):
@@ -405,8 +404,7 @@ class LlamaCppBackend:
         self, prompt: Sequence[int], max_new_tokens: int, temperature: float = 0.0
     ) -> Iterator[tuple[int, float]]:
         with self._lock:
-            self.context.make_room(len(prompt) + max_new_tokens)
-            (seq,), (logprobs,) = self.context.start([prompt])
+            (seq,), (logprobs,) = self.context.start([prompt], max_new_tokens)
             for n in range(max_new_tokens):
                 token = self._pick(logprobs, temperature)
                 yield token, float(logprobs[token])
