@@ -196,7 +196,7 @@ def journey(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         version=version,
         user=user,
         settings=finetune_services.FineTuneSettings(
-            method="lora", preset=preset, student=base, hyperparameters=hyper
+            method=args.method, preset=preset, student=base, hyperparameters=hyper
         ),
     )
     fine_tune_task(fine_tune.job_id)
@@ -406,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         "--target", type=int, default=95, help="quality target, %% of the teacher (the curve's)"
     )
     parser.add_argument("--preset", default=None, help="default: the one the form suggests")
+    parser.add_argument(
+        "--method",
+        choices=("lora", "full"),
+        default="lora",
+        help="LoRA (the form's default) or full fine-tuning",
+    )
     parser.add_argument("--epochs", type=float, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--lora-r", type=int, default=None)

@@ -103,6 +103,7 @@ def parser() -> argparse.ArgumentParser:
     # The journey's recipe options (bench/distill_banking77.py): the preset's own by default.
     p.add_argument("--data", choices=("auto", "demo", "shared"), default="auto")
     p.add_argument("--preset", default=None)
+    p.add_argument("--method", choices=("lora", "full"), default="lora")
     for name in ("--epochs", "--learning-rate"):
         p.add_argument(name, type=float, default=None)
     for name in ("--lora-r", "--lora-alpha", "--max-steps", "--batch-size"):
