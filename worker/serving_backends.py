@@ -39,12 +39,19 @@ CT2_MARK = "distillery_ct2_source.txt"
 # ends that prompt's decoding there (the token stays in the result). Label answers stop as soon
 # as the label is decided, instead of generating its remaining tokens.
 StopRule = Callable[[int, Sequence[int]], bool]
+# Asked after each chosen token, with the same arguments: the tokens that must follow it (the
+# only way on, e.g. the one label continuation left). An engine that can appends them without
+# a pass of their own (they are evaluated with the next chosen token's pass) and gives them no
+# log-probability (nan); one that cannot ignores the rule: its answer is the same where a rule
+# forces only what the caller would accept anyway (the caller checks what came out).
+ForceRule = Callable[[int, Sequence[int]], Sequence[int]]
 
 
 @dataclass(frozen=True)
 class Generated:
     tokens: list[int]  # generated ids, the end token excluded
-    logprobs: list[float]  # one per generated id, plus the end token's when it ended
+    # one per generated id (nan for one a ForceRule appended), plus the end token's if it ended
+    logprobs: list[float]
     ended: bool  # stopped on an end token (else: the token budget ran out)
 
     @property
@@ -61,6 +68,7 @@ class Backend(Protocol):
         prompts: Sequence[Sequence[int]],
         max_new_tokens: int,
         stop: StopRule | None = None,
+        force: ForceRule | None = None,
     ) -> list[Generated]: ...
 
     def next_logprobs(
@@ -287,6 +295,7 @@ class CT2Backend:
         prompts: Sequence[Sequence[int]],
         max_new_tokens: int,
         stop: StopRule | None = None,
+        force: ForceRule | None = None,  # not applied: generate_batch chooses every token
     ) -> list[Generated]:
         return self._run(prompts, max_new_tokens, 0.0, stop)
 
@@ -391,6 +400,7 @@ class TransformersBackend:
         prompts: Sequence[Sequence[int]],
         max_new_tokens: int,
         stop: StopRule | None = None,
+        force: ForceRule | None = None,  # not applied: the fallback engine chooses every token
     ) -> list[Generated]:
         out = []
         for i, p in enumerate(prompts):
@@ -471,9 +481,10 @@ class VLLMBackend:
         prompts: Sequence[Sequence[int]],
         max_new_tokens: int,
         stop: StopRule | None = None,
+        force: ForceRule | None = None,
     ) -> list[Generated]:
         # The offline engine has no per-token stop: it generates whole; the caller's answer is
-        # the same (a stop rule only saves steps), so it is not applied here.
+        # the same (stop and force rules only save steps), so neither is applied here.
         return self._run(prompts, max_new_tokens, 0.0)
 
     def sample(

@@ -10,8 +10,11 @@ the student was trained without it), so a served student sees what it learnt on.
   its tokens stay on the label trie, constrained greedy would have chosen the same ones (every
   free choice was an allowed one), so the answer is decided as soon as the tokens reach a node
   with one label under it: decoding stops there instead of generating the label's remaining
-  tokens (BANKING77: decided after 3.0 of 7.2 tokens on average). When free greedy leaves the
-  label set first, the trie is walked a step at a time, choosing the best allowed token.
+  tokens (BANKING77: decided after 3.0 of 7.2 tokens on average). A label token that is the
+  only way on (``forced_tokens``: "card" is always followed by "_") is no choice, so an engine
+  that can (llama.cpp) appends it without a pass of its own: BANKING77 needs 0.8 passes after
+  the prompt's instead of 2.1. When free greedy leaves the label set first, the trie is walked a
+  step at a time, choosing the best allowed token.
   ``confidence`` — only when asked, since it needs every token of the label and the end of
   turn — is P(label, then end of turn) under the student: the product of those tokens'
   probabilities (the same figure the evaluation stores, which the gateway's cascade uses).
@@ -82,6 +85,20 @@ def decided_labels(trie: LabelTrie) -> list[str | None]:
         count[parent] += count[node]
         some[parent] = some[parent] or some[node]
     return [label if n == 1 else None for label, n in zip(some, count, strict=True)]
+
+
+def forced_tokens(trie: LabelTrie, decided: Sequence[str | None], node: int) -> list[int]:
+    """The label tokens that must follow trie ``node`` up to the next choice: while the node
+    has one child and no label ends there (the end of turn is then not allowed either),
+    constrained greedy has that one token to take. Stops where the label is decided (nothing
+    more is generated there); none off the trie (``node`` < 0) or at the root."""
+    out: list[int] = []
+    while node > 0 and decided[node] is None and trie.label_at[node] is None:
+        if len(trie.children[node]) != 1:
+            break
+        ((token, node),) = trie.children[node].items()
+        out.append(token)
+    return out
 
 
 def input_messages(task: TaskSpec, row: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -326,7 +343,9 @@ class ServedStudent:
         if self.decided[0] is not None:  # one label: nothing to decide
             generated = [Generated([], [], True) for _ in prompts]
         else:
-            generated = self.backend.greedy(prompts, trie.max_depth + 1, stop=stop)
+            generated = self.backend.greedy(
+                prompts, trie.max_depth + 1, stop=stop, force=self._forced
+            )
         answers = []
         for prompt, g in zip(prompts, generated, strict=True):
             node = self._walk(g.tokens)
@@ -345,6 +364,9 @@ class ServedStudent:
                 )
             )
         return answers
+
+    def _forced(self, _: int, tokens: Sequence[int]) -> list[int]:
+        return forced_tokens(self.trie, self.decided, self._walk(tokens)) if self.trie else []
 
     def _constrained(self, prompt: Sequence[int], *, score: bool = True) -> tuple[str, float, int]:
         trie = self.trie

@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers.tiny_model import build_tiny_model
 from worker.label_trie import LabelTrie
-from worker.serving_engine import ServedStudent, decided_labels
+from worker.serving_engine import ServedStudent, decided_labels, forced_tokens
 from worker.taskspec import TaskSpec
 from worker.training_loop import TRAINING_META_FILE
 
@@ -32,6 +32,31 @@ def test_decided_labels_per_trie_node() -> None:
     assert decided[by_path[(9,)]] == "z"
     one = LabelTrie.build(("only",), [[5, 6]])
     assert decided_labels(one)[0] == "only"
+
+
+def test_forced_tokens_run_to_the_next_choice() -> None:
+    # "card_arrival"/"card_linking" as 1 2 3 / 1 2 4; "top_up_x"/"top_up_y" as 7 8 9 1 / 7 8 9 2;
+    # "a" (5) and "a b" (5 6): the end of turn is a choice after "a".
+    labels = ("c1", "c2", "t1", "t2", "a", "ab")
+    trie = LabelTrie.build(labels, [[1, 2, 3], [1, 2, 4], [7, 8, 9, 1], [7, 8, 9, 2], [5], [5, 6]])
+    decided = decided_labels(trie)
+
+    def node(*tokens: int) -> int:
+        n = 0
+        for t in tokens:
+            n = trie.children[n][t]
+        return n
+
+    assert forced_tokens(trie, decided, node(1)) == [2]  # then 3 or 4: a choice
+    assert forced_tokens(trie, decided, node(7)) == [8, 9]
+    assert forced_tokens(trie, decided, node(7, 8)) == [9]
+    assert forced_tokens(trie, decided, node(1, 2)) == []  # a choice here
+    assert forced_tokens(trie, decided, node(5)) == []  # "a" may end: 6 or the end of turn
+    assert forced_tokens(trie, decided, node(1, 2, 3)) == []  # decided
+    assert forced_tokens(trie, decided, 0) == []  # the root: the first token is always chosen
+    assert forced_tokens(trie, decided, -1) == []  # off the label set
+    one = LabelTrie.build(("xyz",), [[4, 5, 6]])
+    assert forced_tokens(one, decided_labels(one), one.label_paths[0][0]) == []  # decided
 
 
 def _student(tmp_path: Path) -> Path:

@@ -143,3 +143,44 @@ def test_the_weights_format_is_chosen_and_a_wrong_one_named(
 
     with pytest.raises(ValueError, match=r"must be one of Q8_0, .*not 'Q3'"):
         gguf_type("q3")
+
+
+def test_forced_tokens_join_the_next_pass_instead_of_their_own(
+    student: Path, tmp_path: Path
+) -> None:
+    """A force rule's tokens (the label's only way on) are appended after the chosen token,
+    without a choice and without a pass of their own: the next token is chosen after them, as
+    greedy decoding of the prompt with them would choose it; the prompt beside it in the batch
+    decodes as it does without the rule."""
+    from worker.serving_llama import LlamaCppBackend
+
+    backend = LlamaCppBackend(student, tmp_path / "cache", sequences=2)
+    served = ServedStudent.load(
+        task=TASK, model_dir=student, cache_dir=tmp_path / "cache", engine="transformers"
+    )
+    prompts = [served.encode([{"role": "user", "content": t}], 0) for t in INPUTS[:2]]
+    backend.reset()
+    free = backend.greedy(prompts, 4)
+    first = free[0].tokens[0]
+    forced = [t for t in (7, 11, 13) if t not in backend.eos_token_ids][:2]
+
+    def force(index: int, tokens: Sequence[int]) -> list[int]:
+        return forced if index == 0 and len(tokens) == 1 else []
+
+    backend.reset()
+    got = backend.greedy(prompts, 4, force=force)
+    assert got[0].tokens[:3] == [first, *forced]
+    assert got[0].logprobs[0] == pytest.approx(free[0].logprobs[0], abs=0.1)
+    assert all(lp != lp for lp in got[0].logprobs[1:3])  # forced: nan, no choice was made
+    assert got[1].tokens == free[1].tokens
+    backend.reset()
+    after = backend.greedy([[*prompts[0], first, *forced]], 1)[0]
+    assert got[0].tokens[3] == after.tokens[0]
+    # Passes, alone: four chosen tokens take the prompt's pass and one for each after the
+    # first; with two of them forced, the prompt's pass and one.
+    assert len(free[0].tokens) == 4
+    for rule, passes in ((None, 4), (force, 2)):
+        backend.reset()
+        before = backend.context.passes
+        backend.greedy(prompts[:1], 4, force=rule)
+        assert backend.context.passes - before == passes
