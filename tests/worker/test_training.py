@@ -197,9 +197,11 @@ def test_cancel_stops_within_one_step_and_keeps_a_checkpoint(
     def cancel_on_third_step(event: dict[str, Any]) -> None:
         recorder(event)
         if event["type"] == "step" and event["step"] == 3:
-            # Same clock as the events' "t" (a file's mtime is kernel-tick coarse).
-            cancelled_at.append(time.time())
             process.cancel()
+            # Taken once the cancel file exists (before it, a loaded machine could let the child
+            # finish and check a step in between), on the events' clock (a file's mtime is
+            # kernel-tick coarse) plus half of their 1 ms rounding.
+            cancelled_at.append(time.time() + 0.0005)
 
     result = process.wait(cancel_on_third_step, poll_interval_s=0.02)
     assert result.status == "cancelled"

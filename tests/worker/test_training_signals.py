@@ -225,11 +225,13 @@ def test_a_tiny_student_learns_the_teachers_doubt_with_soft_labels(
     hard_share = runner_up_share(Path(hard.merged_dir or ""))
     soft_share = runner_up_share(Path(soft.merged_dir or ""))
     # Hard labels teach "card_arrival" only; the KL term teaches the teacher's 40 %.
-    # The exact share moves by a few points with the number of threads training picks (it
-    # follows the machine's load: 0.199 was seen on a loaded 2-core run); what must hold is that
-    # the soft student keeps a real share of the doubt, several times the hard student's.
+    # The exact share moves with the number of threads training picks (it follows the
+    # machine's load; 2 idle cores: 0.327, a loaded run 0.199, the whole suite on 2 cores 0.142,
+    # the hard student ~0.001); what must hold is that the soft student keeps a real share of
+    # the doubt, many times the hard student's.
     assert hard_share < 0.05, hard_share
-    assert 0.15 < soft_share < 0.6, soft_share
+    assert 0.1 < soft_share < 0.6, soft_share
+    assert soft_share > 10 * hard_share, (soft_share, hard_share)
     assert soft.hyperparameters  # the run reports what it resolved
 
 
