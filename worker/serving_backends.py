@@ -122,6 +122,52 @@ def finished(tokens: list[int], logprobs: list[float], eos: tuple[int, ...]) -> 
     return Generated(tokens, logprobs[: len(tokens)], False)
 
 
+def pick(logprobs: Any, temperature: float, rng: Any) -> int:
+    """The next token from one position's log-probabilities (numpy): the arg-max at temperature
+    0 (or below), else drawn with ``rng`` (a numpy Generator) at that temperature."""
+    if temperature <= 0:
+        return int(logprobs.argmax())
+    import numpy as np
+
+    weights = np.exp((logprobs - logprobs.max()) / temperature)
+    return int(rng.choice(len(weights), p=weights / weights.sum()))
+
+
+def choose_tokens(
+    active: Sequence[int],
+    logprobs: Callable[[int], Any],
+    tokens: list[list[int]],
+    lps: list[list[float]],
+    *,
+    temperature: float,
+    rng: Any,
+    eos: tuple[int, ...],
+    max_new: int,
+    index: Callable[[int], int],
+    stop: StopRule | None = None,
+    force: ForceRule | None = None,
+) -> list[int]:
+    """One decoding step of a batch decoded in lockstep: for each active prompt ``k``, its next
+    token from ``logprobs(k)`` and what ``force`` appends after it (log-probability nan), added
+    to ``tokens[k]``/``lps[k]``; returns the prompts that go on (not ended, not stopped). The
+    rules are asked with ``index(k)``, the prompt's index in the caller's list."""
+    going = []
+    for k in active:
+        row = logprobs(k)
+        token = pick(row, temperature, rng)
+        tokens[k].append(token)
+        lps[k].append(float(row[token]))
+        ended = token in eos or len(tokens[k]) >= max_new
+        if not ended and force is not None:
+            forced = list(force(index(k), tokens[k]))[: max_new - len(tokens[k])]
+            tokens[k].extend(forced)
+            lps[k].extend([math.nan] * len(forced))
+            ended = len(tokens[k]) >= max_new
+        if not ended and (stop is None or not stop(index(k), tokens[k])):
+            going.append(k)
+    return going
+
+
 def log_softmax(logits: Any) -> Any:
     """Log-probabilities from one position's logits (a numpy vector, its dtype kept)."""
     import numpy as np
@@ -167,6 +213,36 @@ def ct2_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def built_once(
+    model_dir: Path,
+    cache_dir: Path,
+    name: str,
+    build: Callable[[Path], None],
+    *,
+    also: Sequence[str] = (),
+) -> Path:
+    """``cache_dir / name`` built from the student in ``model_dir`` once: ``build(work)`` writes
+    ``name`` (and the files in ``also``) into a scratch folder, and they are moved in only when
+    complete (a half-written file is never loaded); the mark file ``name``.source.txt records
+    the source folder, so a re-trained student builds anew."""
+    out = cache_dir / name
+    mark = cache_dir / f"{name}.source.txt"
+    source = str(model_dir.resolve())
+    if out.is_file() and mark.is_file() and mark.read_text(encoding="utf-8") == source:
+        return out
+    work = cache_dir / f"{name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        build(work)
+        for file in (*also, name):  # the main file last: it is what "built" is judged by
+            (work / file).replace(cache_dir / file)
+        mark.write_text(source, encoding="utf-8")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
 
 
 def convert_to_ct2(model_dir: Path, cache_dir: Path) -> Path:
@@ -522,7 +598,8 @@ def resolve_engine(engine: str = "auto") -> str:
     """The engine for this machine: vLLM on a CUDA machine where installed; on CPU llama.cpp
     (Q8_0) where llama-cpp-python and the converter are installed (``make venv`` builds them),
     else CTranslate2 int8, else transformers. ``engine`` (or DISTILLERY_SERVE_ENGINE) forces
-    one: vllm, llama, ct2 or transformers. Chosen by measurement (bench/serve_latency.py, the
+    one: vllm, llama, onnx (ONNX Runtime int8, worker.serving_onnx), ct2 or transformers.
+    Chosen by measurement (bench/serve_latency.py, the
     distilled BANKING77 student on 2 vCPUs): llama.cpp Q8_0 p50 50.2 ms and the evaluated
     accuracy exactly; CTranslate2 (another machine) p50 86.6 ms and 2.5 points off it."""
     engine = engine or os.environ.get("DISTILLERY_SERVE_ENGINE", "auto")
@@ -565,6 +642,10 @@ def _open(model_dir: Path, cache_dir: Path, engine: str) -> Backend:
         from worker.serving_llama import LlamaCppBackend
 
         return LlamaCppBackend(model_dir, cache_dir)
+    if engine == "onnx":
+        from worker.serving_onnx import OnnxBackend
+
+        return OnnxBackend(model_dir, cache_dir)
     if engine == "transformers":
         return TransformersBackend(model_dir)
-    raise ValueError(f"engine must be auto, vllm, llama, ct2 or transformers, not {engine!r}")
+    raise ValueError(f"engine must be auto, vllm, llama, onnx, ct2 or transformers, not {engine!r}")

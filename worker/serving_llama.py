@@ -26,9 +26,7 @@ log-probabilities within 0.1 of one-at-a-time; 1 of 300 labels differed with 8 c
 from __future__ import annotations
 
 import logging
-import math
 import os
-import shutil
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -41,10 +39,13 @@ from worker.serving_backends import (
     ForceRule,
     Generated,
     StopRule,
+    built_once,
+    choose_tokens,
     context_limit_of,
     eos_ids_of,
     finished,
     log_softmax,
+    pick,
 )
 
 # The weights' format (DISTILLERY_SERVE_GGUF): Q8_0 by default — it answered the evaluated
@@ -96,25 +97,15 @@ def convert_to_serving_gguf(
     source folder, so a re-trained student converts anew); a half-written file is never loaded."""
     from worker.export.llama_cpp_tools import convert_to_gguf, quantize
 
-    out = cache_dir / gguf_file(quant)
-    mark = cache_dir / gguf_mark(quant)
-    source = str(model_dir.resolve())
-    if out.is_file() and mark.is_file() and mark.read_text(encoding="utf-8") == source:
-        return out
-    work = cache_dir / "gguf.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
+    name = gguf_file(quant)
+
+    def build(work: Path) -> None:
         if quant in ("BF16", "F16"):
-            convert_to_gguf(model_dir, work / out.name, outtype=quant.lower())
+            convert_to_gguf(model_dir, work / name, outtype=quant.lower())
         else:
-            f16 = convert_to_gguf(model_dir, work / "student-f16.gguf")
-            quantize(f16, work / out.name, quant)
-        (work / out.name).replace(out)
-        mark.write_text(source, encoding="utf-8")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
+            quantize(convert_to_gguf(model_dir, work / "student-f16.gguf"), work / name, quant)
+
+    return built_once(model_dir, cache_dir, name, build)
 
 
 class _Context:
@@ -309,13 +300,6 @@ class LlamaCppBackend:
         with self._lock:
             self.context.clear()
 
-    def _pick(self, logprobs: Any, temperature: float) -> int:
-        if temperature <= 0:
-            return int(logprobs.argmax())
-        np = self.np
-        weights = np.exp((logprobs - logprobs.max()) / temperature)
-        return int(self._rng.choice(self.n_vocab, p=weights / weights.sum()))
-
     def _groups(self, prompts: Sequence[Sequence[int]], max_new: int) -> Iterator[list[int]]:
         """The prompts' indexes in groups that run together: at most one per sequence, and
         their tokens within the cache (a group that would not fit with what other sequences
@@ -353,19 +337,19 @@ class LlamaCppBackend:
             fed = [0] * len(group)  # generated tokens already in each sequence's cache
             active = list(range(len(group)))
             while active:
-                going = []
-                for k in active:
-                    token = self._pick(logprobs[k], temperature)
-                    tokens[k].append(token)
-                    lps[k].append(float(logprobs[k][token]))
-                    ended = token in self.eos_token_ids or len(tokens[k]) == max_new
-                    if not ended and force is not None:
-                        forced = list(force(group[k], tokens[k]))[: max_new - len(tokens[k])]
-                        tokens[k].extend(forced)
-                        lps[k].extend([math.nan] * len(forced))
-                        ended = len(tokens[k]) == max_new
-                    if not ended and (stop is None or not stop(group[k], tokens[k])):
-                        going.append(k)
+                going = choose_tokens(
+                    active,
+                    logprobs.__getitem__,
+                    tokens,
+                    lps,
+                    temperature=temperature,
+                    rng=self._rng,
+                    eos=self.eos_token_ids,
+                    max_new=max_new,
+                    index=group.__getitem__,
+                    stop=stop,
+                    force=force,
+                )
                 if not going:
                     break
                 stepped = context.evaluate([(seqs[k], tokens[k][fed[k] :]) for k in going])
@@ -422,7 +406,7 @@ class LlamaCppBackend:
         with self._lock:
             (seq,), (logprobs,) = self.context.start([prompt], max_new_tokens)
             for n in range(max_new_tokens):
-                token = self._pick(logprobs, temperature)
+                token = pick(logprobs, temperature, self._rng)
                 yield token, float(logprobs[token])
                 if token in self.eos_token_ids or n + 1 == max_new_tokens:
                     return

@@ -79,7 +79,7 @@ def _load(model_dir: Path, cache: Path, labels: tuple[str, ...], engine: str) ->
     return ServedStudent.load(task=task, model_dir=model_dir, cache_dir=cache, engine=engine)
 
 
-@pytest.mark.parametrize("engine", ["llama", "ct2", "transformers"])
+@pytest.mark.parametrize("engine", ["llama", "onnx", "ct2", "transformers"])
 def test_stop_rule_ends_each_prompt_where_it_says(tmp_path: Path, engine: str) -> None:
     served = _load(_student(tmp_path), tmp_path / "cache", ("refund", "card_arrival"), engine)
     prompts = [served.encode([{"role": "user", "content": t}], 0) for t in INPUTS]
@@ -95,7 +95,7 @@ def test_stop_rule_ends_each_prompt_where_it_says(tmp_path: Path, engine: str) -
         assert c.tokens == w.tokens[: i + 1]
 
 
-@pytest.mark.parametrize("engine", ["llama", "ct2", "transformers"])
+@pytest.mark.parametrize("engine", ["llama", "onnx", "ct2", "transformers"])
 def test_decided_answers_equal_the_whole_decoding(tmp_path: Path, engine: str) -> None:
     model_dir = _student(tmp_path)
     cache = tmp_path / "cache"

@@ -21,9 +21,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--engine",
             default=env("DISTILLERY_SERVE_ENGINE", "auto"),
-            choices=["auto", "llama", "ct2", "transformers", "vllm"],
+            choices=["auto", "llama", "onnx", "ct2", "transformers", "vllm"],
             help="auto: vLLM on a CUDA machine where installed, else llama.cpp, else "
-            "CTranslate2 int8, else transformers",
+            "CTranslate2 int8, else transformers; onnx: ONNX Runtime int8 (Llama-architecture "
+            "students; faster alone, measure it with bench/serve_latency.py --engine onnx)",
         )
         parser.add_argument(
             "--gguf",
