@@ -1,9 +1,9 @@
-"""Inference backends for the serving process: the same four token-level operations on three
-engines, so the answering logic (worker.serving_engine) is written once.
+"""Inference backends for the serving process: the same token-level operations on every engine,
+so the answering logic (worker.serving_engine) is written once. Here: the Backend protocol, what
+the engines share (decoding a batch in lockstep, converting a student once), the engine choice,
+and two engines; the others have their own modules — llama.cpp (worker.serving_llama), ONNX
+Runtime (worker.serving_onnx), CTranslate2 (worker.serving_ct2).
 
-- ``CT2Backend``: CTranslate2 with int8 weights on CPU (PyPI wheels, no compiler). The student is
-  converted once into ``<cache>/ct2-int8`` and loaded from there afterwards. Chosen by
-  measurement on CPU (bench/serve_latency.py prints both engines' figures).
 - ``TransformersBackend``: plain PyTorch + transformers, a hand-written greedy loop over the KV
   cache (so log-probabilities come for free). The fallback when ctranslate2 is not installed.
 - ``VLLMBackend``: on a CUDA machine with vllm installed (not exercised on CPU machines).
@@ -30,10 +30,6 @@ from worker.inference_hardware import available_cores
 from worker.model_loading import load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-CT2_DIR = "ct2-int8"
-CT2_MARK = "distillery_ct2_source.txt"
-
 
 # Asked after each greedy token with (the prompt's index in the batch, its tokens so far): True
 # ends that prompt's decoding there (the token stays in the result). Label answers stop as soon
@@ -133,11 +129,9 @@ def pick(logprobs: Any, temperature: float, rng: Any) -> int:
     return int(rng.choice(len(weights), p=weights / weights.sum()))
 
 
-def choose_tokens(
-    active: Sequence[int],
-    logprobs: Callable[[int], Any],
-    tokens: list[list[int]],
-    lps: list[list[float]],
+def lockstep(
+    first: Sequence[Any],
+    step: Callable[[list[int], list[list[int]]], Sequence[Any]],
     *,
     temperature: float,
     rng: Any,
@@ -146,26 +140,64 @@ def choose_tokens(
     index: Callable[[int], int],
     stop: StopRule | None = None,
     force: ForceRule | None = None,
-) -> list[int]:
-    """One decoding step of a batch decoded in lockstep: for each active prompt ``k``, its next
-    token from ``logprobs(k)`` and what ``force`` appends after it (log-probability nan), added
-    to ``tokens[k]``/``lps[k]``; returns the prompts that go on (not ended, not stopped). The
-    rules are asked with ``index(k)``, the prompt's index in the caller's list."""
-    going = []
-    for k in active:
-        row = logprobs(k)
-        token = pick(row, temperature, rng)
-        tokens[k].append(token)
-        lps[k].append(float(row[token]))
-        ended = token in eos or len(tokens[k]) >= max_new
-        if not ended and force is not None:
-            forced = list(force(index(k), tokens[k]))[: max_new - len(tokens[k])]
-            tokens[k].extend(forced)
-            lps[k].extend([math.nan] * len(forced))
-            ended = len(tokens[k]) >= max_new
-        if not ended and (stop is None or not stop(index(k), tokens[k])):
-            going.append(k)
-    return going
+) -> list[Generated]:
+    """Decode a batch in lockstep. ``first[k]``: prompt k's next-token log-probabilities after
+    its own tokens. Each round chooses every unfinished prompt's next token and appends what
+    ``force`` says must follow it (log-probability nan); ``step(going, new)`` then evaluates
+    each going prompt's new tokens in one pass and returns its next log-probabilities. Stop and
+    force rules are asked with ``index(k)``, the prompt's index in the caller's list."""
+    logprobs = list(first)
+    tokens: list[list[int]] = [[] for _ in logprobs]
+    lps: list[list[float]] = [[] for _ in logprobs]
+    fed = [0] * len(logprobs)  # generated tokens already evaluated
+    active = list(range(len(logprobs)))
+    while active:
+        going = []
+        for k in active:
+            row = logprobs[k]
+            token = pick(row, temperature, rng)
+            tokens[k].append(token)
+            lps[k].append(float(row[token]))
+            ended = token in eos or len(tokens[k]) >= max_new
+            if not ended and force is not None:
+                forced = list(force(index(k), tokens[k]))[: max_new - len(tokens[k])]
+                tokens[k].extend(forced)
+                lps[k].extend([math.nan] * len(forced))
+                ended = len(tokens[k]) >= max_new
+            if not ended and (stop is None or not stop(index(k), tokens[k])):
+                going.append(k)
+        if not going:
+            break
+        stepped = step(going, [tokens[k][fed[k] :] for k in going])
+        for k, row in zip(going, stepped, strict=True):
+            logprobs[k] = row
+            fed[k] = len(tokens[k])
+        active = going
+    return [finished(t, lp, eos) for t, lp in zip(tokens, lps, strict=True)]
+
+
+class BatchBackend:
+    """``greedy`` and ``sample`` for an engine that answers a whole batch in one call: both are
+    its ``_run(prompts, max_new, temperature, stop, force)``. An engine that decodes in lockstep
+    (llama.cpp, ONNX Runtime) applies the stop and force rules; one that generates whole
+    (CTranslate2: stop only; vLLM: neither) says so in its ``_run`` — the caller's answer is the
+    same, the rules only save steps."""
+
+    _run: Callable[..., list[Generated]]
+
+    def greedy(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop: StopRule | None = None,
+        force: ForceRule | None = None,
+    ) -> list[Generated]:
+        return self._run(prompts, max_new_tokens, 0.0, stop, force)
+
+    def sample(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
+    ) -> list[Generated]:
+        return self._run(prompts, max_new_tokens, temperature, None, None)
 
 
 def log_softmax(logits: Any) -> Any:
@@ -204,17 +236,6 @@ def stepwise_continuation_logprob(
     return total
 
 
-# -- CTranslate2 ---------------------------------------------------------------------------------
-
-
-def ct2_available() -> bool:
-    try:
-        import ctranslate2  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def built_once(
     model_dir: Path,
     cache_dir: Path,
@@ -245,39 +266,6 @@ def built_once(
     return out
 
 
-def convert_to_ct2(model_dir: Path, cache_dir: Path) -> Path:
-    """Convert the merged student to CTranslate2 int8 once; later calls reuse the folder (the
-    mark file records which model folder it came from, so a re-trained student converts anew)."""
-    from ctranslate2.converters import TransformersConverter
-
-    out = cache_dir / CT2_DIR
-    source = str(model_dir.resolve())
-    mark = out / CT2_MARK
-    if mark.is_file() and mark.read_text(encoding="utf-8") == source:
-        return out
-    tmp = cache_dir / (CT2_DIR + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    TransformersConverter(source, low_cpu_mem_usage=True).convert(
-        str(tmp), quantization="int8", force=True
-    )
-    (tmp / CT2_MARK).write_text(source, encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # a half-written conversion is never loaded
-    return out
-
-
-def ct2_threads() -> int:
-    """Threads for one CTranslate2 request: DISTILLERY_SERVE_THREADS, else 1 on a machine with
-    two cores or fewer, else every core. Measured on 2 vCPUs (SmolLM2-135M int8, one 45-token
-    label prompt, bench/serve_latency.py's student): 1 thread 80 ms, 2 threads 217 ms."""
-    chosen = os.environ.get("DISTILLERY_SERVE_THREADS", "").strip()
-    if chosen:
-        return max(1, int(chosen))
-    cores = available_cores()
-    return 1 if cores <= 2 else cores
-
-
 def engine_workers(engine: str = "auto") -> int:
     """Batches the serving process runs at once: DISTILLERY_SERVE_WORKERS, else for
     CTranslate2 one per group of ``ct2_threads()`` cores (each batch on its own core(s); the
@@ -287,130 +275,9 @@ def engine_workers(engine: str = "auto") -> int:
         return max(1, int(chosen))
     if resolve_engine(engine) != "ct2":
         return 1
+    from worker.serving_ct2 import ct2_threads
+
     return max(1, available_cores() // ct2_threads())
-
-
-class CT2Backend:
-    name = "ctranslate2-int8"
-
-    def __init__(self, model_dir: Path, cache_dir: Path, *, threads: int | None = None) -> None:
-        import ctranslate2
-
-        self.tokenizer = load_tokenizer(model_dir)
-        self.eos_token_ids = eos_ids_of(model_dir, self.tokenizer)
-        self.path = convert_to_ct2(model_dir, cache_dir)
-        self.generator = ctranslate2.Generator(
-            str(self.path),
-            device="cpu",
-            compute_type="int8",
-            intra_threads=threads or ct2_threads(),
-            inter_threads=engine_workers("ct2"),
-        )
-        self._end = [self.tokenizer.convert_ids_to_tokens(e) for e in self.eos_token_ids]
-        # The tokens every prompt of the task starts with (chat template + instruction up to the
-        # input), set by the engine: the model's state after them is computed once and reused
-        # (CTranslate2's static prompt), so a request pays only for its own tokens.
-        self.static_prefix: list[int] = []
-
-    def _tokens(self, ids: Sequence[int]) -> list[str]:
-        return list(self.tokenizer.convert_ids_to_tokens(list(ids)))
-
-    def _inputs(self, prompts: Sequence[Sequence[int]]) -> tuple[list[list[str]], dict[str, Any]]:
-        """The prompts as CTranslate2 takes them: after the cached static prefix when every one
-        starts with it (token for token, so the answer is the same), else whole."""
-        k = len(self.static_prefix)
-        if k and all(len(p) > k and list(p[:k]) == self.static_prefix for p in prompts):
-            static = self._tokens(self.static_prefix)
-            return [self._tokens(p[k:]) for p in prompts], {"static_prompt": static}
-        return [self._tokens(p) for p in prompts], {}
-
-    def _run(
-        self,
-        prompts: Sequence[Sequence[int]],
-        max_new_tokens: int,
-        temperature: float,
-        stop: StopRule | None = None,
-    ) -> list[Generated]:
-        inputs, options = self._inputs(prompts)
-        if stop is not None:
-            so_far: list[list[int]] = [[] for _ in prompts]
-
-            def callback(step: Any) -> bool:
-                tokens = so_far[step.batch_id]
-                tokens.append(int(step.token_id))
-                return bool(stop(step.batch_id, tokens))
-
-            options["callback"] = callback
-        results = self.generator.generate_batch(
-            inputs,
-            **options,
-            max_length=max_new_tokens,
-            sampling_topk=1 if temperature <= 0 else 0,
-            sampling_temperature=max(temperature, 1e-6),
-            beam_size=1,
-            include_prompt_in_result=False,
-            end_token=self._end,
-            return_end_token=True,
-            return_scores=True,
-            length_penalty=0.0,  # the score is then the plain sum of log-probabilities
-        )
-        out = []
-        for r in results:
-            ids = [int(i) for i in r.sequences_ids[0]]
-            # The score is the sequence's summed log-probability (end token included): kept as
-            # a total on the last token (the engine reads .logprob).
-            total = float(r.scores[0]) if r.scores else 0.0
-            logprobs = [0.0] * len(ids)
-            if logprobs:
-                logprobs[-1] = total
-            out.append(finished(ids, logprobs, self.eos_token_ids))
-        return out
-
-    def greedy(
-        self,
-        prompts: Sequence[Sequence[int]],
-        max_new_tokens: int,
-        stop: StopRule | None = None,
-        force: ForceRule | None = None,  # not applied: generate_batch chooses every token
-    ) -> list[Generated]:
-        return self._run(prompts, max_new_tokens, 0.0, stop)
-
-    def sample(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
-    ) -> list[Generated]:
-        return self._run(prompts, max_new_tokens, temperature)
-
-    def next_logprobs(
-        self, sequences: Sequence[Sequence[int]], wanted: Sequence[int]
-    ) -> list[list[float]]:
-        import numpy as np
-
-        out = []
-        for seq in sequences:  # the rare path (constrained fallback): one at a time
-            logits = np.asarray(self.generator.forward_batch([list(seq)]), dtype=np.float32)
-            norm = log_softmax(logits[0, -1])
-            out.append([float(norm[t]) for t in wanted])
-        return out
-
-    def continuation_logprob(self, prompt: Sequence[int], continuation: Sequence[int]) -> float:
-        # score_batch gives each token's log-probability given the ones before it.
-        result = self.generator.score_batch([self._tokens(list(prompt) + list(continuation))])[0]
-        return float(sum(result.log_probs[-len(continuation) :]))
-
-    def stream(
-        self, prompt: Sequence[int], max_new_tokens: int, temperature: float = 0.0
-    ) -> Iterator[tuple[int, float]]:
-        for step in self.generator.generate_tokens(
-            self._tokens(prompt),
-            max_length=max_new_tokens,
-            sampling_topk=1 if temperature <= 0 else 0,
-            sampling_temperature=max(temperature, 1e-6),
-            end_token=self._end,
-            return_log_prob=True,
-        ):
-            yield int(step.token_id), float(step.log_prob or 0.0)
-            if step.token_id in self.eos_token_ids:
-                return
 
 
 # -- transformers --------------------------------------------------------------------------------
@@ -515,7 +382,7 @@ def vllm_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-class VLLMBackend:
+class VLLMBackend(BatchBackend):
     """vLLM on a GPU worker: the merged student folder as is (no conversion)."""
 
     name = "vllm"
@@ -538,7 +405,15 @@ class VLLMBackend:
             skip_special_tokens=False,
         )
 
-    def _run(self, prompts: Sequence[Sequence[int]], max_new: int, temp: float) -> list[Generated]:
+    def _run(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new: int,
+        temp: float,
+        stop: StopRule | None = None,
+        force: ForceRule | None = None,
+    ) -> list[Generated]:
+        # The offline engine has no per-token hook: it generates whole, so neither rule applies.
         from vllm.inputs import TokensPrompt
 
         outputs = self.llm.generate(
@@ -551,22 +426,6 @@ class VLLMBackend:
             lps = [float(step[t].logprob) for t, step in zip(ids, c.logprobs or [], strict=False)]
             done.append(finished(ids, lps + [0.0] * (len(ids) - len(lps)), self.eos_token_ids))
         return done
-
-    def greedy(
-        self,
-        prompts: Sequence[Sequence[int]],
-        max_new_tokens: int,
-        stop: StopRule | None = None,
-        force: ForceRule | None = None,
-    ) -> list[Generated]:
-        # The offline engine has no per-token stop: it generates whole; the caller's answer is
-        # the same (stop and force rules only save steps), so neither is applied here.
-        return self._run(prompts, max_new_tokens, 0.0)
-
-    def sample(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
-    ) -> list[Generated]:
-        return self._run(prompts, max_new_tokens, temperature)
 
     def next_logprobs(
         self, sequences: Sequence[Sequence[int]], wanted: Sequence[int]
@@ -611,6 +470,8 @@ def resolve_engine(engine: str = "auto") -> str:
 
     if llama_cpp_available():
         return "llama"
+    from worker.serving_ct2 import ct2_available
+
     return "ct2" if ct2_available() else "transformers"
 
 
@@ -621,6 +482,7 @@ def open_backend(model_dir: Path, cache_dir: Path, *, engine: str = "auto") -> B
     chosen = resolve_engine(requested)
     if chosen == "llama" and requested == "auto":
         from worker.export.llama_cpp_tools import ExportToolError
+        from worker.serving_ct2 import ct2_available
         from worker.serving_llama import LlamaCppBackend
 
         try:
@@ -637,6 +499,8 @@ def _open(model_dir: Path, cache_dir: Path, engine: str) -> Backend:
     if engine == "vllm":
         return VLLMBackend(model_dir)
     if engine == "ct2":
+        from worker.serving_ct2 import CT2Backend
+
         return CT2Backend(model_dir, cache_dir)
     if engine == "llama":
         from worker.serving_llama import LlamaCppBackend

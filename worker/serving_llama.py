@@ -25,6 +25,7 @@ log-probabilities within 0.1 of one-at-a-time; 1 of 300 labels differed with 8 c
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -36,14 +37,14 @@ from typing import Any
 from worker.inference_hardware import available_cores
 from worker.model_loading import load_tokenizer
 from worker.serving_backends import (
+    BatchBackend,
     ForceRule,
     Generated,
     StopRule,
     built_once,
-    choose_tokens,
     context_limit_of,
     eos_ids_of,
-    finished,
+    lockstep,
     log_softmax,
     pick,
 )
@@ -265,7 +266,7 @@ def _free_context(llama_cpp: Any, model: Any, ctx: Any, batch: Any) -> None:
     llama_cpp.llama_model_free(model)
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(BatchBackend):
     def __init__(
         self,
         model_dir: Path,
@@ -321,27 +322,19 @@ class LlamaCppBackend:
         prompts: Sequence[Sequence[int]],
         max_new: int,
         temperature: float,
-        stop: StopRule | None,
+        stop: StopRule | None = None,
         force: ForceRule | None = None,
     ) -> list[Generated]:
         """Decode the prompts in lockstep: one pass evaluates every prompt's own tokens, then
         each pass the new tokens of every prompt that is not done — the one it chose, and
         those ``force`` says must follow it (no choice to make, so no pass of their own)."""
         out: list[Generated | None] = [None] * len(prompts)
-        context = self.context
-        for group in self._groups(prompts, max_new):
-            batch = [prompts[i] for i in group]
-            seqs, logprobs = context.start(batch, max_new)
-            tokens: list[list[int]] = [[] for _ in group]
-            lps: list[list[float]] = [[] for _ in group]
-            fed = [0] * len(group)  # generated tokens already in each sequence's cache
-            active = list(range(len(group)))
-            while active:
-                going = choose_tokens(
-                    active,
-                    logprobs.__getitem__,
-                    tokens,
-                    lps,
+        with self._lock:
+            for group in self._groups(prompts, max_new):
+                seqs, first = self.context.start([prompts[i] for i in group], max_new)
+                results = lockstep(
+                    first,
+                    functools.partial(self._step, seqs),
                     temperature=temperature,
                     rng=self._rng,
                     eos=self.eos_token_ids,
@@ -350,34 +343,15 @@ class LlamaCppBackend:
                     stop=stop,
                     force=force,
                 )
-                if not going:
-                    break
-                stepped = context.evaluate([(seqs[k], tokens[k][fed[k] :]) for k in going])
-                for k, lp in zip(going, stepped, strict=True):
-                    logprobs[k] = lp
-                    fed[k] = len(tokens[k])
-                active = going
-            for k, i in enumerate(group):
-                out[i] = finished(tokens[k], lps[k], self.eos_token_ids)
+                for i, generated in zip(group, results, strict=True):
+                    out[i] = generated
         return [g for g in out if g is not None]
 
-    # -- the backend's operations ------------------------------------------------------------
+    def _step(self, seqs: list[int], going: list[int], new: list[list[int]]) -> list[Any]:
+        """One pass: each going prompt's new tokens appended to its sequence."""
+        return self.context.evaluate([(seqs[k], t) for k, t in zip(going, new, strict=True)])
 
-    def greedy(
-        self,
-        prompts: Sequence[Sequence[int]],
-        max_new_tokens: int,
-        stop: StopRule | None = None,
-        force: ForceRule | None = None,
-    ) -> list[Generated]:
-        with self._lock:
-            return self._run(prompts, max_new_tokens, 0.0, stop, force)
-
-    def sample(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
-    ) -> list[Generated]:
-        with self._lock:
-            return self._run(prompts, max_new_tokens, temperature, None)
+    # -- the backend's other operations ------------------------------------------------------
 
     def next_logprobs(
         self, sequences: Sequence[Sequence[int]], wanted: Sequence[int]

@@ -32,14 +32,14 @@ from typing import Any
 from worker.inference_hardware import available_cores
 from worker.model_loading import load_tokenizer
 from worker.serving_backends import (
+    BatchBackend,
     ForceRule,
     Generated,
     StopRule,
     built_once,
-    choose_tokens,
     context_limit_of,
     eos_ids_of,
-    finished,
+    lockstep,
     log_softmax,
     pick,
 )
@@ -216,7 +216,7 @@ def convert_to_serving_onnx(model_dir: Path, cache_dir: Path) -> Path:
     return built_once(model_dir, cache_dir, ONNX_FILE, build, also=(f"{ONNX_FILE}.data",))
 
 
-class OnnxBackend:
+class OnnxBackend(BatchBackend):
     def __init__(
         self,
         model_dir: Path,
@@ -334,78 +334,48 @@ class OnnxBackend:
         np = self.np
         n = len(prompts)
         start, cache = self._start_of(prompts)
-        own = [list(p[start:]) for p in prompts]
-        width = max(map(len, own))
-        ids = np.zeros((n, width), np.int64)
-        pos = np.zeros((n, width), np.int64)
-        real = np.zeros((n, width), bool)
-        for b, mine in enumerate(own):
-            ids[b, width - len(mine) :] = mine
-            real[b, width - len(mine) :] = True
-            pos[b, width - len(mine) :] = np.arange(start, start + len(mine))
-        allowed = np.concatenate(
-            [
-                np.ones((n, width, start), bool),
-                np.tril(np.ones((width, width), bool)) & real[:, None],
-            ],
-            -1,
-        )
-        allowed[:, :, 0] |= ~allowed.any(-1)  # a padding token attends to one cell (no empty row)
         cache = [(np.repeat(k, n, 0), np.repeat(v, n, 0)) for k, v in cache]
-        logits, cache = self._forward(
-            ids, pos, allowed, cache, [b * width + width - 1 for b in range(n)]
-        )
-        cells = np.concatenate([np.ones((n, start), bool), real], -1)
-        next_pos = [start + len(t) for t in own]
-        tokens: list[list[int]] = [[] for _ in prompts]
-        lps: list[list[float]] = [[] for _ in prompts]
-        fed = [0] * n  # generated tokens already in each row's cache
-        row_of = {b: b for b in range(n)}
-        active = list(range(n))
-        while active:
-            rows = {b: log_softmax(logits[row_of[b]].astype(np.float64)) for b in active}
-            going = choose_tokens(
-                active,
-                rows.__getitem__,
-                tokens,
-                lps,
-                temperature=temperature,
-                rng=self._rng,
-                eos=self.eos_token_ids,
-                max_new=max_new,
-                index=lambda b: offset + b,
-                stop=stop,
-                force=force,
-            )
-            if not going:
-                break
-            pending = {b: tokens[b][fed[b] :] for b in going}
-            step = max(len(pending[b]) for b in going)
-            ids = np.zeros((n, step), np.int64)
-            pos = np.zeros((n, step), np.int64)
-            new = np.zeros((n, step), bool)
-            for b in going:
-                k = len(pending[b])
-                ids[b, step - k :] = pending[b]
-                new[b, step - k :] = True
-                pos[b, step - k :] = np.arange(next_pos[b], next_pos[b] + k)
-                next_pos[b] += k
-                fed[b] = len(tokens[b])
+        cells = np.ones((n, start), bool)  # which cached cells each row attends to
+        next_pos = [start] * n
+
+        def step(going: list[int], new_tokens: list[list[int]]) -> list[Any]:
+            """The going rows' new tokens (first: their prompts' own), padded on the left, in one
+            pass over the cache."""
+            nonlocal cells, cache
+            width = max(map(len, new_tokens))
+            ids = np.zeros((n, width), np.int64)
+            pos = np.zeros((n, width), np.int64)
+            new = np.zeros((n, width), bool)
+            for b, mine in zip(going, new_tokens, strict=True):
+                ids[b, width - len(mine) :] = mine
+                new[b, width - len(mine) :] = True
+                pos[b, width - len(mine) :] = np.arange(next_pos[b], next_pos[b] + len(mine))
+                next_pos[b] += len(mine)
             allowed = np.concatenate(
                 [
-                    np.repeat(cells[:, None, :], step, 1),
-                    np.tril(np.ones((step, step), bool))[None] & new[:, None, :],
+                    np.repeat(cells[:, None, :], width, 1),
+                    np.tril(np.ones((width, width), bool))[None] & new[:, None, :],
                 ],
                 -1,
             )
-            allowed[:, :, 0] |= ~allowed.any(-1)
+            allowed[:, :, 0] |= ~allowed.any(-1)  # a padding or done row still needs one cell
             logits, cache = self._forward(
-                ids, pos, allowed, cache, [b * step + step - 1 for b in going]
+                ids, pos, allowed, cache, [b * width + width - 1 for b in going]
             )
             cells = np.concatenate([cells, new], -1)
-            row_of = {b: j for j, b in enumerate(going)}
-            active = going
-        return [finished(t, lp, self.eos_token_ids) for t, lp in zip(tokens, lps, strict=True)]
+            return [log_softmax(row.astype(np.float64)) for row in logits]
+
+        return lockstep(
+            step(list(range(n)), [list(p[start:]) for p in prompts]),
+            step,
+            temperature=temperature,
+            rng=self._rng,
+            eos=self.eos_token_ids,
+            max_new=max_new,
+            index=lambda b: offset + b,
+            stop=stop,
+            force=force,
+        )
 
     def _run(
         self,
@@ -422,21 +392,7 @@ class OnnxBackend:
                 out += self._decode(batch, max_new, temperature, stop, force, offset=first)
         return out
 
-    # -- the backend's operations ------------------------------------------------------------
-
-    def greedy(
-        self,
-        prompts: Sequence[Sequence[int]],
-        max_new_tokens: int,
-        stop: StopRule | None = None,
-        force: ForceRule | None = None,
-    ) -> list[Generated]:
-        return self._run(prompts, max_new_tokens, 0.0, stop, force)
-
-    def sample(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float
-    ) -> list[Generated]:
-        return self._run(prompts, max_new_tokens, temperature)
+    # -- the backend's other operations ------------------------------------------------------
 
     def _scores(self, sequence: Sequence[int], first: int | None = None) -> Any:
         """Log-probabilities (float64) after each of ``sequence``'s tokens from index ``first``
