@@ -146,8 +146,7 @@ def measure_one(engine: str, n: int, work: Path) -> dict[str, Any]:
     """One engine's figures (a process of its own: llama.cpp's and ONNX Runtime's worker threads
     keep spinning for a while after their last call, which slowed whichever engine ran second in
     a shared process by up to 1.8x)."""
-    from worker.label_trie import LabelTrie
-    from worker.serving_engine import ServedStudent, decided_labels
+    from worker.serving_engine import ServedStudent
     from worker.serving_onnx import OnnxBackend, build_graph
     from worker.taskspec import TaskSpec
 
@@ -162,33 +161,20 @@ def measure_one(engine: str, n: int, work: Path) -> dict[str, Any]:
     )
     rows = record["test_rows"][: n or None]
     gold = [r["label"] for r in rows]
-    if engine in ("llama-q8_0", "int8-rows"):  # the serving engines: llama, onnx
-        served = ServedStudent.load(
-            task=task,
-            model_dir=model_dir,
-            cache_dir=work / engine,
-            engine="llama" if engine == "llama-q8_0" else "onnx",
-        )
-    else:
-        work.mkdir(parents=True, exist_ok=True)
+    # The serving engine's own student (prompts, label trie); the comparison forms swap in
+    # their graph (the int8-rows one is built once, in the run before them, and reused).
+    served = ServedStudent.load(
+        task=task,
+        model_dir=model_dir,
+        cache_dir=work / ("llama-q8_0" if engine == "llama-q8_0" else "int8-rows"),
+        engine="llama" if engine == "llama-q8_0" else "onnx",
+    )
+    if engine not in ("llama-q8_0", "int8-rows"):
         source = work / "student-f32.onnx"
         if not source.is_file():
             build_graph(model_dir, source)
-        backend = OnnxBackend(model_dir, graph=quantise(source, engine))
-        served = ServedStudent(
-            task=task,
-            model_dir=model_dir,
-            backend=backend,  # type: ignore[arg-type]
-            context_limit=8192,
-            label_list_in_prompt=False,
-        )
-        tok = backend.tokenizer
-        served.trie = LabelTrie.build(
-            task.label_set,
-            [tok(label, add_special_tokens=False)["input_ids"] for label in task.label_set],
-        )
-        served.decided = decided_labels(served.trie)
-        backend.static_prefix = served.common_prefix()
+        served.backend = OnnxBackend(model_dir, graph=quantise(source, engine))
+        served.backend.static_prefix = served.common_prefix()
     prompts = [served.encode([{"role": "user", "content": r["text"]}], 0) for r in rows]
     evaluated = [record["evaluated_outputs"].get(r["text"]) for r in rows]
     figures = measure(served, prompts, gold)
