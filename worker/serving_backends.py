@@ -243,14 +243,16 @@ def built_once(
     build: Callable[[Path], None],
     *,
     also: Sequence[str] = (),
+    version: str = "",
 ) -> Path:
     """``cache_dir / name`` built from the student in ``model_dir`` once: ``build(work)`` writes
     ``name`` (and the files in ``also``) into a scratch folder, and they are moved in only when
     complete (a half-written file is never loaded); the mark file ``name``.source.txt records
-    the source folder, so a re-trained student builds anew."""
+    the source folder and the builder's ``version``, so a re-trained student, or one built by
+    an older builder, builds anew."""
     out = cache_dir / name
     mark = cache_dir / f"{name}.source.txt"
-    source = str(model_dir.resolve())
+    source = str(model_dir.resolve()) + (f"\nbuilder {version}" if version else "")
     if out.is_file() and mark.is_file() and mark.read_text(encoding="utf-8") == source:
         return out
     work = cache_dir / f"{name}.partial"
