@@ -224,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gguf",
         default="",
-        help="llama.cpp: the weights' format (Q8_0, Q4_0, Q4_K_M, BF16, ...; default: the "
-        "serving default)",
+        help="serve with llama.cpp in this weights' format (Q8_0, Q4_0, Q4_K_M, BF16, ...; "
+        "default: the serving default engine, and Q8_0 when that is llama.cpp)",
     )
     parser.add_argument(
         "--untuned-stand-in",
@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         from django.db import connections
 
         connections.close_all()
-        proc, url, log = start_server(args.engine, args.gguf)
+        engine = "llama" if args.gguf and args.engine == "auto" else args.engine
+        proc, url, log = start_server(engine, args.gguf)
         try:
             served = measure_served(url, slug, token, texts)
         finally:

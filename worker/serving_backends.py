@@ -456,35 +456,61 @@ class VLLMBackend(BatchBackend):
 
 
 def resolve_engine(engine: str = "auto") -> str:
-    """The engine for this machine: vLLM on a CUDA machine where installed; on CPU llama.cpp
-    (Q8_0) where llama-cpp-python and the converter are installed (``make venv`` builds them),
-    else CTranslate2 int8, else transformers. ``engine`` (or DISTILLERY_SERVE_ENGINE) forces
-    one: vllm, llama, onnx (ONNX Runtime int8, worker.serving_onnx), ct2 or transformers.
-    Chosen by measurement (bench/serve_latency.py, the
-    distilled BANKING77 student on 2 vCPUs): llama.cpp Q8_0 p50 50.2 ms and the evaluated
-    accuracy exactly; CTranslate2 (another machine) p50 86.6 ms and 2.5 points off it."""
+    """The engine for this machine: vLLM on a CUDA machine where installed; on CPU ONNX Runtime
+    int8 (worker.serving_onnx) where onnxruntime and onnx are installed (``make venv`` installs
+    them), else llama.cpp (Q8_0) where llama-cpp-python and the converter are installed, else
+    CTranslate2 int8, else transformers. ``engine`` (or DISTILLERY_SERVE_ENGINE) forces one:
+    vllm, onnx, llama, ct2 or transformers. Chosen by measurement (bench/serve_latency.py, the
+    distilled BANKING77 student on 2 vCPUs, one session): ONNX Runtime p50 32.5 ms, 40.3
+    requests/s with 8 clients, 0.67 points from the evaluated accuracy; llama.cpp Q8_0 65.0 ms,
+    20.3 requests/s, 0 points; CTranslate2 (another machine) p50 86.6 ms, 2.5 points off."""
     engine = engine or os.environ.get("DISTILLERY_SERVE_ENGINE", "auto")
     if engine != "auto":
         return engine
     if vllm_available():
         return "vllm"
+    from worker.serving_onnx import onnx_available
+
+    if onnx_available():
+        return "onnx"
+    return _after_onnx()
+
+
+def _after_onnx() -> str:
     from worker.serving_llama import llama_cpp_available
 
     if llama_cpp_available():
         return "llama"
+    return _after_llama()
+
+
+def _after_llama() -> str:
     from worker.serving_ct2 import ct2_available
 
     return "ct2" if ct2_available() else "transformers"
 
 
 def open_backend(model_dir: Path, cache_dir: Path, *, engine: str = "auto") -> Backend:
-    """The backend of ``resolve_engine(engine)``. Chosen automatically, llama.cpp gives way to
-    CTranslate2 when it cannot convert this model (an architecture its converter lacks)."""
+    """The backend of ``resolve_engine(engine)``. Chosen automatically, an engine that cannot
+    take this student gives way to the next: ONNX Runtime (Llama-architecture students with
+    plain rotary positions) to llama.cpp, llama.cpp (an architecture its converter lacks) to
+    CTranslate2."""
     requested = engine or os.environ.get("DISTILLERY_SERVE_ENGINE", "auto")
     chosen = resolve_engine(requested)
-    if chosen == "llama" and requested == "auto":
+    if requested != "auto":
+        return _open(model_dir, cache_dir, chosen)
+    if chosen == "onnx":
+        from worker.serving_onnx import OnnxBackend, UnsupportedModel
+
+        try:
+            return OnnxBackend(model_dir, cache_dir)
+        except UnsupportedModel as exc:
+            log.warning(
+                "serving: ONNX Runtime cannot take %s (%s); the next engine", model_dir, exc
+            )
+            chosen = _after_onnx()
+    if chosen == "llama":
         from worker.export.llama_cpp_tools import ExportToolError
-        from worker.serving_ct2 import ct2_available
         from worker.serving_llama import LlamaCppBackend
 
         try:
@@ -493,7 +519,7 @@ def open_backend(model_dir: Path, cache_dir: Path, *, engine: str = "auto") -> B
             log.warning(
                 "serving: llama.cpp cannot take %s (%s); CTranslate2 instead", model_dir, exc
             )
-            chosen = "ct2" if ct2_available() else "transformers"
+            chosen = _after_llama()
     return _open(model_dir, cache_dir, chosen)
 
 

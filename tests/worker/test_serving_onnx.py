@@ -186,3 +186,25 @@ def test_smoothing_keeps_the_students_function_and_its_int8_answers_closer(
         build_graph(outsized, tmp_path / "smooth.onnx", int8_rows=True, ranges=ranges)
     )
     assert smoothed_error < 1.0 < plain, (smoothed_error, plain)
+
+
+def test_chosen_automatically_onnx_serves_the_student_and_gives_way_where_it_cannot(
+    student: Path, tmp_path: Path
+) -> None:
+    from worker.serving_backends import open_backend, resolve_engine
+    from worker.serving_llama import LlamaCppBackend
+
+    assert resolve_engine("auto") == "onnx"
+    assert isinstance(open_backend(student, tmp_path / "cache"), OnnxBackend)
+    # Scaled rotary positions: the graph builder refuses them before building anything, and
+    # llama.cpp (whose converter takes them) serves the student instead.
+    scaled = tmp_path / "scaled"
+    shutil.copytree(student, scaled)
+    cfg = json.loads((scaled / "config.json").read_text())
+    cfg["rope_parameters"] = {**cfg["rope_parameters"], "rope_type": "linear", "factor": 2.0}
+    (scaled / "config.json").write_text(json.dumps(cfg))
+    backend = open_backend(scaled, tmp_path / "cache-scaled")
+    assert isinstance(backend, LlamaCppBackend)
+    assert not (tmp_path / "cache-scaled" / ONNX_FILE).exists()
+    with pytest.raises(UnsupportedModel, match="rotary"):
+        open_backend(scaled, tmp_path / "cache-forced", engine="onnx")

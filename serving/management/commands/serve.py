@@ -21,10 +21,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--engine",
             default=env("DISTILLERY_SERVE_ENGINE", "auto"),
-            choices=["auto", "llama", "onnx", "ct2", "transformers", "vllm"],
-            help="auto: vLLM on a CUDA machine where installed, else llama.cpp, else "
-            "CTranslate2 int8, else transformers; onnx: ONNX Runtime int8 (Llama-architecture "
-            "students; faster alone, measure it with bench/serve_latency.py --engine onnx)",
+            choices=["auto", "onnx", "llama", "ct2", "transformers", "vllm"],
+            help="auto: vLLM on a CUDA machine where installed, else ONNX Runtime int8 "
+            "(Llama-architecture students), else llama.cpp Q8_0, else CTranslate2 int8, else "
+            "transformers; a student an engine cannot take goes to the next",
         )
         parser.add_argument(
             "--gguf",
@@ -32,7 +32,8 @@ class Command(BaseCommand):
             default=env("DISTILLERY_SERVE_GGUF") or DEFAULT_GGUF_TYPE,
             choices=GGUF_TYPES,
             help="llama.cpp: the format the student is converted to (Q8_0 stays closest to the "
-            "evaluated student; measure another with bench/serve_latency.py --gguf)",
+            "evaluated student; measure another with bench/serve_latency.py --engine llama "
+            "--gguf)",
         )
         parser.add_argument(
             "--capacity",
