@@ -1,6 +1,6 @@
 """ONNX Runtime's int8 forms vs llama.cpp Q8_0 for serving the distilled BANKING77 student,
-in-engine (no HTTP): the measurement behind the ``onnx`` serving engine (worker/serving_onnx.py)
-and behind keeping llama.cpp the default until bench/serve_latency.py says otherwise.
+in-engine (no HTTP): the measurement behind the ``onnx`` serving engine (worker/serving_onnx.py,
+the CPU default since bench/serve_latency.py measured it end to end).
 
 What it does, in one run, on the served student's 300 held-out rows:
 
@@ -10,24 +10,22 @@ What it does, in one run, on the served student's 300 held-out rows:
    labels, forced tokens), in batches of 8 and one at a time, each engine in a process of its own
    (llama.cpp's and ONNX Runtime's worker threads keep spinning for a while after their last
    call, which slowed whichever engine ran second in a shared process by up to 1.8x):
-   ``llama-q8_0`` (the serving default), ``int8-rows`` (the ``onnx`` serving engine: int8
-   weights, activations quantised per token), and two forms from onnxruntime.quantization for
-   comparison: ``int8-dynamic`` (activations with one scale per *call*) and ``nbits8``
-   (MatMulNBits, 8-bit blocks of 128, accuracy level 4; needs ``pip install onnx_ir``).
+   ``llama-q8_0`` (llama.cpp, the engine before ONNX Runtime), ``int8-rows`` (the ``onnx``
+   serving engine's graph: smoothed weights, int8 weights, activations quantised per token),
+   and two forms from onnxruntime.quantization of the unsmoothed float32 graph for comparison:
+   ``int8-dynamic`` (activations with one scale per *call*) and ``nbits8`` (MatMulNBits, 8-bit
+   blocks of 128, accuracy level 4; measured only where ``pip install onnx_ir`` was done).
 
-Measured (2 vCPUs, AMD EPYC, 2026-12-05; the full fine-tune student of bench/serve_student.py,
-evaluated 82.33 %), ms per request in batches of 8 / alone p50 / alone p95, accuracy batched /
-alone:
+Measured (2 vCPUs, AMD EPYC, 2026-12-05, a later session; the full fine-tune student of
+bench/serve_student.py, evaluated 82.0 %), ms per request in batches of 8 / alone p50 / alone
+p95, accuracy batched / alone:
 
-- llama.cpp Q8_0: 33.7 / 48.7 / 86.5 ms, 82.33 % / 82.33 %.
-- int8-rows: 26.8 / 32.7 / 55.4 ms (1.26x / 1.49x), 82.67 % / 84.0 %.
-- nbits8: 38.4 / 32.2 / 59.3 ms (0.88x / 1.51x), 83.33 % / 83.0 %.
-- int8-dynamic: 22.3 / 26.4 / 47.4 ms, but 73.67 % / 81.67 %: one activation scale for the
+- llama.cpp Q8_0: 40.4 / 56.9 / 109.2 ms, 82.33 % / 82.33 %.
+- int8-rows: 21.4 / 28.9 / 51.7 ms (1.89x / 1.97x), 82.33 % / 82.67 %.
+- int8-dynamic: 19.2 / 26.4 / 45.1 ms, but 77.0 % / 80.33 %: one activation scale for the
   whole batch makes each answer depend on what it is batched with — unusable for serving.
-
-So ONNX Runtime with per-token int8 activations is the faster engine here (a third less time
-alone, a fifth less in batches, answers within the quantisation's near-ties) — not enough on
-its own for 40 requests/s with 8 clients on two cores.
+- (an earlier session, another student, before the smoothing and the fused quantisation ops:
+  int8-rows 26.8 / 32.7 ms and llama.cpp 33.7 / 48.7 ms; nbits8 38.4 / 32.2 ms, 83.33 %.)
 
     nice .venv/bin/python bench/serve_onnx_probe.py            # trains the student if needed
 """
