@@ -138,13 +138,17 @@ def smooth(
     dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     out = dict(weights)
 
-    def factor(key: str, *layers: Any) -> Any:
-        w = np.max([np.abs(layer).max(axis=0) for layer in layers], axis=0)  # [in]
+    def ratio(activation: Any, weight: Any) -> Any:
+        """s = activation^alpha / weight^(1 - alpha), kept within [1e-2, 1e2]."""
         return np.clip(
-            np.maximum(ranges[key], 1e-5) ** alpha / np.maximum(w, 1e-5) ** (1 - alpha),
+            np.maximum(activation, 1e-5) ** alpha / np.maximum(weight, 1e-5) ** (1 - alpha),
             1e-2,
             1e2,
         )
+
+    def factor(key: str, *layers: Any) -> Any:
+        """Per input channel, for the layers (HF layout [out, in]) that read input ``key``."""
+        return ratio(ranges[key], np.max([np.abs(w).max(axis=0) for w in layers], axis=0))
 
     def get(name: str) -> Any:
         return out[name].astype(np.float32)
@@ -168,13 +172,10 @@ def smooth(
         out[p + "mlp.down_proj.weight"] = get(p + "mlp.down_proj.weight") * s
         o = get(p + "self_attn.o_proj.weight")  # [hidden, heads * dim]
         rep = heads // kv_heads
-        grouped_range = ranges[f"o_proj_{i}"].reshape(kv_heads, rep, dim).max(axis=1)
-        grouped_w = np.abs(o).max(axis=0).reshape(kv_heads, rep, dim).max(axis=1)
-        s_kv = np.clip(
-            np.maximum(grouped_range, 1e-5) ** alpha / np.maximum(grouped_w, 1e-5) ** (1 - alpha),
-            1e-2,
-            1e2,
-        )  # [kv_heads, dim]
+        s_kv = ratio(  # [kv_heads, dim]: a query head's channel takes its KV head's factor
+            ranges[f"o_proj_{i}"].reshape(kv_heads, rep, dim).max(axis=1),
+            np.abs(o).max(axis=0).reshape(kv_heads, rep, dim).max(axis=1),
+        )
         out[p + "self_attn.v_proj.weight"] = (
             get(p + "self_attn.v_proj.weight") / s_kv.reshape(-1)[:, None]
         )
