@@ -1,19 +1,19 @@
 """ONNX Runtime as a serving engine (``OnnxBackend``, engine ``onnx``): the student built once as
 an ONNX graph (``build_graph``: a Llama-architecture student's safetensors, by hand — embedding,
-RMSNorm, rotary positions fed in, grouped-query attention over a KV cache that is an input and an
-output of every layer, SwiGLU, the output layer) whose linear layers are int8: int8 weights (a
-scale per output column) times activations quantised per row, per token, at run time
-(QuantizeLinear per row, then MatMulIntegerToFloat; the layers that share an input — q/k/v,
-gate/up — as one product). Per token, not per call: ONNX Runtime's own dynamic quantisation
-takes one scale for a whole call, which made answers depend on what they were batched with
-(BANKING77: 73.7 % in batches of 8 vs 81.7 % alone); per token, a batch answers as its prompts
-do alone, up to the float rounding around the quantisation steps.
+RMSNorm, rotary positions (ONNX Runtime's RotaryEmbedding over a table in the graph), grouped-query
+attention over a KV cache that is an input and an output of every layer, SwiGLU, the output layer)
+whose linear layers are int8: int8 weights (a scale per output column) times activations quantised
+per row, per token, at run time (QuantizeLinear per row, then MatMulIntegerToFloat; the layers that
+share an input — q/k/v, gate/up — as one product). Per token, not per call: ONNX Runtime's own
+dynamic quantisation takes one scale for a whole call, which made answers depend on what they were
+batched with (BANKING77: 73.7 % in batches of 8 vs 81.7 % alone); per token, a batch answers as its
+prompts do alone, up to the float rounding around the quantisation steps.
 
 Per-token int8 alone moved 14 of 300 BANKING77 answers away from the float32 student's: a few
 channels of each layer's input are far larger than the rest and set every token's step. So the
 weights are smoothed first (``smooth``, SmoothQuant with alpha 0.5, folded into the weights: no
-extra work per token), calibrated on a few generic messages (``activation_ranges``): 3 answers of
-300 then differ from the float32 graph's — as many as llama.cpp Q8_0's.
+extra work per token), calibrated on a few generic messages (``activation_ranges``): 3 or 4 answers
+of 300 then differ from the float32 graph's (rounding moves near-ties) — llama.cpp Q8_0: 3.
 
 Why: measured on the distilled BANKING77 student, 2 vCPUs, through the ``openai`` SDK
 (bench/serve_latency.py, one session): p50 32.5 ms, p95 55.4 ms, 40.3 requests/s with 8 clients,
@@ -239,18 +239,28 @@ def build_graph(
 
     eps = init("eps", np.float32(cfg["rms_norm_eps"]))
     scale = init("scale", np.float32(1 / math.sqrt(dim)))
-    split = init("split", np.array([dim // 2, dim // 2], np.int64))
 
     def rms(x: str, weight: Any, name: str) -> str:
         mean = node("ReduceMean", [node("Mul", [x, x])], axes=[-1], keepdims=1)
         normed = node("Div", [x, node("Sqrt", [node("Add", [mean, eps])])])
         return node("Mul", [normed, init(name, weight.astype(np.float32))])
 
+    rope_theta = float(
+        cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta") or 10000.0
+    )
+    positions = np.arange(context_limit_of(model_dir), dtype=np.float64)[:, None]
+    angles = positions / rope_theta ** (np.arange(0, dim, 2) / dim)
+    cos_cache = init("cos_cache", np.cos(angles).astype(np.float32))
+    sin_cache = init("sin_cache", np.sin(angles).astype(np.float32))
+
     def rope(x: str) -> str:
-        first, second = f"{x}_a", f"{x}_b"
-        nodes.append(helper.make_node("Split", [x, split], [first, second], axis=-1))
-        rotated = node("Concat", [node("Neg", [second]), first], axis=-1)
-        return node("Add", [node("Mul", [x, "cos"]), node("Mul", [rotated, "sin"])])
+        """Rotary positions (rotate-half, as Llama), ONNX Runtime's fused op."""
+        return node(
+            "RotaryEmbedding",
+            [x, "position_ids", cos_cache, sin_cache],
+            domain="com.microsoft",
+            interleaved=0,
+        )
 
     def heads_first(x: str, n: int) -> str:
         return node("Transpose", [node("Reshape", [x, shape([0, 0, n, dim])])], perm=[0, 2, 1, 3])
@@ -360,8 +370,7 @@ def build_graph(
     f32 = TensorProto.FLOAT
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "T"]),
-        helper.make_tensor_value_info("cos", f32, ["B", 1, "T", dim]),
-        helper.make_tensor_value_info("sin", f32, ["B", 1, "T", dim]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["B", "T"]),
         helper.make_tensor_value_info("mask", f32, ["B", 1, "RT", "S"]),
         helper.make_tensor_value_info("rows", TensorProto.INT64, ["R"]),
     ]
@@ -396,7 +405,10 @@ CALIBRATION_MESSAGES = (
     "Total: $23.50 VAT 2.35 Thank you for shopping at ACME",
 )
 # Bumped whenever the serving graph changes, so students built by an older builder build anew.
-GRAPH_VERSION = "3: fused products, QuantizeLinear per row, MatMulIntegerToFloat, SmoothQuant 0.5"
+GRAPH_VERSION = (
+    "4: fused products, QuantizeLinear per row, MatMulIntegerToFloat, SmoothQuant 0.5, "
+    "RotaryEmbedding"
+)
 
 
 def calibration_prompts(model_dir: Path) -> list[list[int]]:
@@ -458,9 +470,6 @@ class OnnxBackend(BatchBackend):
         self.layers, self.kv_heads = cfg["num_hidden_layers"], cfg["num_key_value_heads"]
         self.dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         self.rep = cfg["num_attention_heads"] // self.kv_heads
-        rope = cfg.get("rope_parameters") or {}
-        theta = float(cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0)
-        self.inv_freq = 1.0 / (theta ** (np.arange(0, self.dim, 2) / self.dim))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cores()
         options.inter_op_num_threads = 1
@@ -503,12 +512,9 @@ class OnnxBackend(BatchBackend):
         batch, width = ids.shape
         mask = np.where(allowed, 0.0, -1e9).astype(np.float32)
         mask = np.repeat(mask[:, None], self.rep, axis=1).reshape(batch, 1, self.rep * width, -1)
-        angles = pos[..., None].astype(np.float64) * self.inv_freq
-        emb = np.concatenate([angles, angles], -1)
         feed: dict[str, Any] = {
             "input_ids": ids,
-            "cos": np.cos(emb).astype(np.float32)[:, None],
-            "sin": np.sin(emb).astype(np.float32)[:, None],
+            "position_ids": pos,
             "mask": mask,
             "rows": np.asarray(rows, np.int64),
         }
