@@ -21,7 +21,8 @@ bench/serve_student.py, evaluated 82.0 %), ms per request in batches of 8 / alon
 p95, accuracy batched / alone:
 
 - llama.cpp Q8_0: 40.4 / 56.9 / 109.2 ms, 82.33 % / 82.33 %.
-- int8-rows: 21.4 / 28.9 / 51.7 ms (1.89x / 1.97x), 82.33 % / 82.67 %.
+- int8-rows: 21.4 / 28.9 / 51.7 ms (1.89x / 1.97x), 82.33 % / 82.67 % (graph version 3, before
+  the RotaryEmbedding op: ~4 % less in batches since).
 - int8-dynamic: 19.2 / 26.4 / 45.1 ms, but 77.0 % / 80.33 %: one activation scale for the
   whole batch makes each answer depend on what it is batched with — unusable for serving.
 - (an earlier session, another student, before the smoothing and the fused quantisation ops:
