@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,14 +194,14 @@ def build_graph(
     out: Path,
     *,
     int8_rows: bool = False,
-    keep_float: Collection[str] = (),
     ranges: dict[str, Any] | None = None,
     alpha: float = 0.5,
 ) -> Path:
     """The student as a float32 ONNX graph with a KV cache (weights in ``out``.data).
-    ``int8_rows``: every linear layer as MatMulInteger with int8 weights (a scale per output
-    column) and activations quantised per row (per token: symmetric, shifted to uint8 with
-    zero point 128), so an answer does not depend on what it is batched with."""
+    ``int8_rows``: every linear layer as int8 weights (a scale per output column) times
+    activations quantised per row (per token: symmetric, shifted to uint8 with zero point 128),
+    so an answer does not depend on what it is batched with; with ``ranges``
+    (``activation_ranges``) the weights are smoothed first (``smooth``, ``alpha``)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper, save
     from safetensors.numpy import load_file
@@ -275,7 +275,7 @@ def build_graph(
 
     def matmul(x: str, weight: Any, name: str) -> str:
         weight = weight.astype(np.float32)
-        if not int8_rows or name in keep_float or name.rsplit("_", 1)[0] in keep_float:
+        if not int8_rows:
             return node("MatMul", [x, init(name, weight)])
         w_scale = np.maximum(np.abs(weight).max(axis=0), 1e-8) / 127
         w_q = np.clip(np.round(weight / w_scale), -127, 127).astype(np.int8)
