@@ -467,27 +467,31 @@ def resolve_engine(engine: str = "auto") -> str:
     engine = engine or os.environ.get("DISTILLERY_SERVE_ENGINE", "auto")
     if engine != "auto":
         return engine
-    if vllm_available():
-        return "vllm"
+    return "vllm" if vllm_available() else _cpu_engines()[0]
+
+
+def _cpu_engines() -> list[str]:
+    """The CPU engines installed here, in the order ``resolve_engine`` prefers them."""
+    from worker.serving_ct2 import ct2_available
+    from worker.serving_llama import llama_cpp_available
     from worker.serving_onnx import onnx_available
 
-    if onnx_available():
-        return "onnx"
-    return _after_onnx()
+    installed = {"onnx": onnx_available, "llama": llama_cpp_available, "ct2": ct2_available}
+    return [name for name, available in installed.items() if available()] + ["transformers"]
 
 
-def _after_onnx() -> str:
-    from worker.serving_llama import llama_cpp_available
+def _refusals(engine: str) -> tuple[type[Exception], ...]:
+    """What ``engine`` raises for a student it cannot take (chosen automatically, the next
+    engine then serves it)."""
+    if engine == "onnx":
+        from worker.serving_onnx import UnsupportedModel
 
-    if llama_cpp_available():
-        return "llama"
-    return _after_llama()
+        return (UnsupportedModel,)
+    if engine == "llama":
+        from worker.export.llama_cpp_tools import ExportToolError
 
-
-def _after_llama() -> str:
-    from worker.serving_ct2 import ct2_available
-
-    return "ct2" if ct2_available() else "transformers"
+        return (ExportToolError,)
+    return ()
 
 
 def open_backend(model_dir: Path, cache_dir: Path, *, engine: str = "auto") -> Backend:
@@ -497,30 +501,17 @@ def open_backend(model_dir: Path, cache_dir: Path, *, engine: str = "auto") -> B
     CTranslate2."""
     requested = engine or os.environ.get("DISTILLERY_SERVE_ENGINE", "auto")
     chosen = resolve_engine(requested)
-    if requested != "auto":
+    if requested != "auto" or chosen == "vllm":
         return _open(model_dir, cache_dir, chosen)
-    if chosen == "onnx":
-        from worker.serving_onnx import OnnxBackend, UnsupportedModel
-
+    engines = _cpu_engines()
+    for candidate in engines[engines.index(chosen) : -1]:
         try:
-            return OnnxBackend(model_dir, cache_dir)
-        except UnsupportedModel as exc:
+            return _open(model_dir, cache_dir, candidate)
+        except _refusals(candidate) as exc:
             log.warning(
-                "serving: ONNX Runtime cannot take %s (%s); the next engine", model_dir, exc
+                "serving: %s cannot take %s (%s); the next engine", candidate, model_dir, exc
             )
-            chosen = _after_onnx()
-    if chosen == "llama":
-        from worker.export.llama_cpp_tools import ExportToolError
-        from worker.serving_llama import LlamaCppBackend
-
-        try:
-            return LlamaCppBackend(model_dir, cache_dir)
-        except ExportToolError as exc:
-            log.warning(
-                "serving: llama.cpp cannot take %s (%s); CTranslate2 instead", model_dir, exc
-            )
-            chosen = _after_llama()
-    return _open(model_dir, cache_dir, chosen)
+    return _open(model_dir, cache_dir, engines[-1])
 
 
 def _open(model_dir: Path, cache_dir: Path, engine: str) -> Backend:
