@@ -4,7 +4,7 @@ the CPU default since bench/serve_latency.py measured it end to end).
 
 What it does, in one run, on the served student's 300 held-out rows:
 
-1. Checks the hand-built graph (``worker.serving_onnx.build_graph``) in float32 against
+1. Checks the hand-built graph (``worker.serving_onnx_graph.build_graph``) in float32 against
    transformers on a prompt (``f32_graph_max_logprob_difference``: ~4e-5).
 2. Answers every prompt with the serving engine's own label logic (``ServedStudent``: decided
    labels, forced tokens), in batches of 8 and one at a time, each engine in a process of its own
@@ -117,7 +117,8 @@ def graph_check(model_dir: Path, work: Path) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from worker.serving_onnx import OnnxBackend, build_graph
+    from worker.serving_onnx import OnnxBackend
+    from worker.serving_onnx_graph import build_graph
 
     work.mkdir(parents=True, exist_ok=True)
     source = work / "student-f32.onnx"
@@ -146,7 +147,8 @@ def measure_one(engine: str, n: int, work: Path) -> dict[str, Any]:
     keep spinning for a while after their last call, which slowed whichever engine ran second in
     a shared process by up to 1.8x)."""
     from worker.serving_engine import ServedStudent
-    from worker.serving_onnx import OnnxBackend, build_graph
+    from worker.serving_onnx import OnnxBackend
+    from worker.serving_onnx_graph import build_graph
     from worker.taskspec import TaskSpec
 
     record = serve_student.load_record()

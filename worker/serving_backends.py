@@ -474,7 +474,7 @@ def _cpu_engines() -> list[str]:
     """The CPU engines installed here, in the order ``resolve_engine`` prefers them."""
     from worker.serving_ct2 import ct2_available
     from worker.serving_llama import llama_cpp_available
-    from worker.serving_onnx import onnx_available
+    from worker.serving_onnx_graph import onnx_available
 
     installed = {"onnx": onnx_available, "llama": llama_cpp_available, "ct2": ct2_available}
     return [name for name, available in installed.items() if available()] + ["transformers"]
@@ -484,7 +484,7 @@ def _refusals(engine: str) -> tuple[type[Exception], ...]:
     """What ``engine`` raises for a student it cannot take (chosen automatically, the next
     engine then serves it)."""
     if engine == "onnx":
-        from worker.serving_onnx import UnsupportedModel
+        from worker.serving_onnx_graph import UnsupportedModel
 
         return (UnsupportedModel,)
     if engine == "llama":

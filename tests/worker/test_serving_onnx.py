@@ -16,11 +16,11 @@ from tests.worker.test_serving_llama import TASK
 from tests.worker.test_serving_static_prefix import INPUTS
 from worker.model_loading import load_causal_lm
 from worker.serving_engine import ServedStudent
-from worker.serving_onnx import (
+from worker.serving_onnx import OnnxBackend
+from worker.serving_onnx_graph import (
     GRAPH_VERSION,
     ONNX_FILE,
     ONNX_MARK,
-    OnnxBackend,
     UnsupportedModel,
     activation_ranges,
     build_graph,
